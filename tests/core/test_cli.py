@@ -1,0 +1,64 @@
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import zmqkit
+from zmqkit.cli import main
+from zmqkit.security import load_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(main, ["--version"])
+    assert result.exit_code == 0
+    assert zmqkit.__version__ in result.output
+
+
+def test_keys_generate_writes_a_loadable_pair(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["keys", "generate", "server", "--dir", str(tmp_path / "keys")])
+    assert result.exit_code == 0, result.output
+    pair = load_keys(tmp_path / "keys" / "server.key_secret")
+    assert len(pair.public) == 40
+    assert (tmp_path / "keys" / "server.key").stat().st_mode & 0o077 != 0o077
+    assert (tmp_path / "keys" / "server.key_secret").stat().st_mode & 0o077 == 0
+
+
+def test_zmqkit_error_is_one_line_and_nonzero(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["keys", "generate", "../escape", "--dir", str(tmp_path)])
+    assert result.exit_code == 1
+    assert result.output.strip() == "Error: bad key name '../escape': use a plain file name such as 'server'"
+    assert "Traceback" not in result.output
+
+
+def test_bad_argument_is_usage_error() -> None:
+    result = CliRunner().invoke(main, ["--log-level", "loud", "keys"])
+    assert result.exit_code == 2
+    assert "loud" in result.output
+
+
+@pytest.mark.timeout(60)
+def test_console_script_runs(tmp_path: Path) -> None:
+    exe = Path(sys.executable).parent / "zmqkit"
+    out = subprocess.run([str(exe), "--version"], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and zmqkit.__version__ in out.stdout
+
+
+@pytest.mark.timeout(180)
+def test_wheel_holds_only_the_zmqkit_package(tmp_path: Path) -> None:
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(ROOT)],
+        check=True,
+        timeout=170,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("zmqkit-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
+    assert tops == {"zmqkit"}
+    assert "zmqkit/patterns/__init__.py" in names and "zmqkit/cache/__init__.py" in names
+    assert "zmqkit/py.typed" in names

@@ -1,0 +1,11 @@
+"""Async twins of the zmqkit classes: the same names and methods, with I/O methods as coroutines.
+
+``from zmqkit.asyncio import CacheClient`` mirrors ``from zmqkit.cache import CacheClient``. Both share one
+protocol implementation; only the runner differs.
+"""
+
+from __future__ import annotations
+
+from .sockets import async_context as async_context
+
+__all__ = ["async_context"]

@@ -1,0 +1,184 @@
+"""Benchmark plumbing shared by every ``zmqkit bench`` command: raw pyzmq baselines and the result table.
+
+Each baseline runs plain pyzmq in the same run and on the same machine as the zmqkit figure it is set beside,
+with the peer in a second process, so a ratio compares like with like.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import click
+import zmq
+
+__all__ = ["Row", "print_table", "raw_pushpull", "raw_pubsub", "raw_reqrep", "raw_dealer", "spawn"]
+
+_LOCAL = "tcp://127.0.0.1:*"
+
+
+def spawn(target: Callable[..., None], *args: object) -> mp.process.BaseProcess:
+    """Start ``target(*args)`` in a fresh process (spawned, so no parent sockets or threads leak in)."""
+    proc = mp.get_context("spawn").Process(target=target, args=args, daemon=True)
+    proc.start()
+    return proc
+
+
+def _bound(ctx: zmq.Context, kind: int) -> tuple[zmq.Socket, str]:
+    sock = ctx.socket(kind)
+    sock.linger = 0
+    sock.bind(_LOCAL)
+    return sock, sock.last_endpoint.decode()
+
+
+def _raw_pusher(endpoint: str, n: int, size: int) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.PUSH)
+    s.connect(endpoint)
+    body = b"x" * size
+    for _ in range(n):
+        s.send(body)
+    s.close(linger=-1)
+    ctx.term()
+
+
+def raw_pushpull(n: int, size: int, handler: Callable[[bytes], object] = lambda b: None) -> float:
+    """Messages/s through raw PUSH (other process) -> PULL, calling ``handler`` on each like a worker would."""
+    ctx = zmq.Context()
+    pull, ep = _bound(ctx, zmq.PULL)
+    pull.rcvhwm = 0
+    proc = spawn(_raw_pusher, ep, n, size)
+    handler(pull.recv())
+    start = time.perf_counter()
+    for _ in range(n - 1):
+        handler(pull.recv())
+    elapsed = time.perf_counter() - start
+    proc.join(10)
+    ctx.destroy(linger=0)
+    return (n - 1) / elapsed
+
+
+def _raw_publisher(endpoint: str, n: int, size: int) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(zmq.XPUB)
+    s.sndhwm = 0
+    s.connect(endpoint)
+    s.recv()  # the subscription notice: the subscriber is there, nothing published is lost
+    body = b"x" * size
+    for _ in range(n):
+        s.send_multipart([b"bench", body])
+    s.close(linger=-1)
+    ctx.term()
+
+
+def raw_pubsub(n: int, size: int) -> float:
+    """Messages/s of raw PUB (other process) -> SUB with [topic, body] frames."""
+    ctx = zmq.Context()
+    sub, ep = _bound(ctx, zmq.SUB)
+    sub.rcvhwm = 0
+    sub.subscribe(b"bench")
+    proc = spawn(_raw_publisher, ep, n, size)
+    sub.recv_multipart()
+    start = time.perf_counter()
+    for _ in range(n - 1):
+        sub.recv_multipart()
+    elapsed = time.perf_counter() - start
+    proc.join(10)
+    ctx.destroy(linger=0)
+    return (n - 1) / elapsed
+
+
+def _raw_replier(endpoint: str, kind: int) -> None:
+    ctx = zmq.Context()
+    s = ctx.socket(kind)
+    s.connect(endpoint)
+    while True:
+        msg = s.recv_multipart()
+        if msg[-1] == b"STOP":
+            s.send_multipart(msg)
+            break
+        s.send_multipart(msg)
+    s.close(linger=-1)
+    ctx.term()
+
+
+def raw_reqrep(n: int, size: int) -> float:
+    """Mean seconds per raw REQ -> REP round trip (REP in another process)."""
+    ctx = zmq.Context()
+    req, ep = _bound(ctx, zmq.REQ)
+    proc = spawn(_raw_replier, ep, zmq.REP)
+    body = b"x" * size
+    req.send(body)
+    req.recv()
+    start = time.perf_counter()
+    for _ in range(n):
+        req.send(body)
+        req.recv()
+    elapsed = time.perf_counter() - start
+    req.send(b"STOP")
+    req.recv()
+    proc.join(10)
+    ctx.destroy(linger=0)
+    return elapsed / n
+
+
+def raw_dealer(n: int, size: int, window: int = 100) -> float:
+    """Requests/s of a raw DEALER keeping ``window`` requests in flight to a REP in another process."""
+    ctx = zmq.Context()
+    dealer, ep = _bound(ctx, zmq.DEALER)
+    proc = spawn(_raw_replier, ep, zmq.REP)
+    body = b"x" * size
+    dealer.send_multipart([b"", body])
+    dealer.recv_multipart()
+    start = time.perf_counter()
+    sent = received = 0
+    while received < n:
+        while sent < n and sent - received < window:
+            dealer.send_multipart([b"", body])
+            sent += 1
+        dealer.recv_multipart()
+        received += 1
+    elapsed = time.perf_counter() - start
+    dealer.send_multipart([b"", b"STOP"])
+    dealer.recv_multipart()
+    proc.join(10)
+    ctx.destroy(linger=0)
+    return n / elapsed
+
+
+@dataclass
+class Row:
+    """One benchmark line: a figure, its unit, and optionally the baseline figure it is compared with.
+
+    ``lower_is_better`` flips the ratio so that a ratio above 1 always means "zmqkit is worse" for latencies
+    and "zmqkit is better" for rates, as the targets in the issues are written.
+    """
+
+    name: str
+    value: float
+    unit: str
+    baseline: float | None = None
+    target: str = ""
+
+    @property
+    def ratio(self) -> float | None:
+        return None if not self.baseline else self.value / self.baseline
+
+
+def _fmt(value: float, unit: str) -> str:
+    if unit == "s":
+        return f"{value * 1e6:,.1f} µs" if value < 1e-2 else f"{value * 1e3:,.2f} ms"
+    return f"{value:,.0f} {unit}"
+
+
+def print_table(title: str, rows: list[Row]) -> None:
+    """Print rows as an aligned table with each ratio to its baseline."""
+    click.echo(title)
+    width = max(len(r.name) for r in rows) + 2
+    click.echo(f"{'':{width}}{'figure':>16}{'baseline':>16}{'ratio':>9}  target")
+    for r in rows:
+        base = _fmt(r.baseline, r.unit) if r.baseline else ""
+        ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
+        click.echo(f"{r.name:{width}}{_fmt(r.value, r.unit):>16}{base:>16}{ratio:>9}  {r.target}")

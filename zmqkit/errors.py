@@ -1,0 +1,53 @@
+"""The zmqkit error tree: one root, split by who is to blame."""
+
+from __future__ import annotations
+
+__all__ = [
+    "ZmqkitError",
+    "ConfigurationError",
+    "RequestTimeout",
+    "RemoteError",
+    "ProtocolError",
+    "Unavailable",
+    "NodeUnavailable",
+]
+
+
+class ZmqkitError(Exception):
+    """Root of every error zmqkit raises."""
+
+
+class ConfigurationError(ZmqkitError, ValueError):
+    """A bad argument, option or endpoint from the caller; raised at once, naming the bad value."""
+
+
+class RequestTimeout(ZmqkitError, TimeoutError):
+    """No answer arrived before the deadline."""
+
+
+class RemoteError(ZmqkitError):
+    """The peer ran the request and it failed there.
+
+    ``remote_type``, ``message`` and ``remote_traceback`` are what the peer reported.
+    """
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(f"{remote_type}: {message}")
+        self.remote_type = remote_type
+        self.message = message
+        self.remote_traceback = remote_traceback
+
+    def __reduce__(self) -> tuple[type, tuple[str, str, str]]:
+        return (type(self), (self.remote_type, self.message, self.remote_traceback))
+
+
+class ProtocolError(ZmqkitError):
+    """A peer sent frames that do not follow the wire format."""
+
+
+class Unavailable(ZmqkitError):
+    """No peer that could serve the call is reachable right now."""
+
+
+class NodeUnavailable(Unavailable):
+    """A cache node (or every node a key could live on) is not answering."""

@@ -1,0 +1,200 @@
+"""The socket factory: one context per process, and every safe default applied in one place.
+
+Patterns ask for a socket by role (``make_socket("dealer", options)``) and never set options by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Any
+
+import zmq
+import zmq.asyncio
+
+from .endpoints import parse_endpoint
+from .errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from .security import Curve
+
+__all__ = ["ROLES", "SocketOptions", "context", "async_context", "make_socket", "bind", "connect"]
+
+ROLES: dict[str, int] = {
+    "push": zmq.PUSH,
+    "pull": zmq.PULL,
+    "pub": zmq.PUB,
+    "sub": zmq.SUB,
+    "xpub": zmq.XPUB,
+    "xsub": zmq.XSUB,
+    "dealer": zmq.DEALER,
+    "router": zmq.ROUTER,
+    "req": zmq.REQ,
+    "rep": zmq.REP,
+    "pair": zmq.PAIR,
+}
+# IMMEDIATE keeps a PUSH/DEALER from queueing messages for peers that are not connected yet (or any more),
+# so work goes to live peers instead of waiting in a pipe to a dead one.
+_IMMEDIATE_ROLES = {"push", "dealer"}
+
+
+@dataclass(frozen=True)
+class SocketOptions:
+    """Socket settings with safe defaults; every field is checked when the object is made.
+
+    ``max_msg_size`` is in bytes (-1 = unlimited): a peer that sends a bigger message is disconnected.
+    Times are milliseconds. ``immediate``/``router_mandatory`` default by role when None.
+    """
+
+    linger_ms: int = 1000
+    sndhwm: int = 1000
+    rcvhwm: int = 1000
+    max_msg_size: int = 64 * 1024 * 1024
+    heartbeat_ivl_ms: int = 2000
+    heartbeat_timeout_ms: int = 6000
+    reconnect_ivl_ms: int = 100
+    reconnect_ivl_max_ms: int = 2000
+    immediate: bool | None = None
+    router_mandatory: bool | None = None
+    curve: Curve | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name in ("immediate", "router_mandatory"):
+                if value is not None and not isinstance(value, bool):
+                    raise ConfigurationError(f"bad socket option {f.name}={value!r}: expected True, False or None")
+            elif f.name == "curve":
+                from .security import Curve
+
+                if value is not None and not isinstance(value, Curve):
+                    raise ConfigurationError(f"bad socket option curve={value!r}: expected a zmqkit.Curve")
+            elif not isinstance(value, int) or isinstance(value, bool):
+                raise ConfigurationError(f"bad socket option {f.name}={value!r}: expected an integer")
+            elif value < (-1 if f.name in ("linger_ms", "max_msg_size") else 0):
+                raise ConfigurationError(f"bad socket option {f.name}={value!r}: must not be negative")
+
+    def with_(self, **changes: Any) -> SocketOptions:
+        """A copy with ``changes`` applied (and checked)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigurationError(f"unknown socket option(s) {sorted(unknown)!r}")
+        return replace(self, **changes)
+
+
+DEFAULT_OPTIONS = SocketOptions()
+
+
+class _ProcessContext:
+    """One libzmq context per process, made again in a forked child (a context must not cross fork)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._sync: zmq.Context | None = None
+        self._async: zmq.asyncio.Context | None = None
+
+    def sync(self) -> zmq.Context:
+        if self._pid != os.getpid() or self._sync is None or self._sync.closed:
+            with self._lock:
+                if self._pid != os.getpid() or self._sync is None or self._sync.closed:
+                    self._sync = zmq.Context()
+                    self._async = None
+                    self._pid = os.getpid()
+        return self._sync
+
+    def asyncio(self) -> zmq.asyncio.Context:
+        sync = self.sync()
+        if self._async is None:
+            with self._lock:
+                if self._async is None:
+                    # A shadow shares the libzmq context, so inproc, ZAP and fork-handling stay one thing.
+                    self._async = zmq.asyncio.Context.shadow(sync.underlying)
+        return self._async
+
+
+_CONTEXT = _ProcessContext()
+_open_sockets: weakref.WeakSet[zmq.Socket] = weakref.WeakSet()
+
+
+def context() -> zmq.Context:
+    """The process-wide zmq context (re-created after fork)."""
+    return _CONTEXT.sync()
+
+
+def async_context() -> zmq.asyncio.Context:
+    """The process-wide context for asyncio sockets (a shadow of :func:`context`)."""
+    return _CONTEXT.asyncio()
+
+
+def make_socket(
+    role: str,
+    options: SocketOptions | None = None,
+    *,
+    asyncio: bool = False,
+    ctx: zmq.Context | None = None,
+) -> Any:
+    """Create a socket of ``role`` with every default applied, before any bind or connect.
+
+    Returns a ``zmq.Socket`` (``zmq.asyncio.Socket`` when ``asyncio``).
+    """
+    if role not in ROLES:
+        raise ConfigurationError(f"unknown socket role {role!r}: expected one of {', '.join(ROLES)}")
+    opts = options or DEFAULT_OPTIONS
+    if not isinstance(opts, SocketOptions):
+        raise ConfigurationError(f"bad options {opts!r}: expected zmqkit.SocketOptions")
+    context_ = ctx or (async_context() if asyncio else context())
+    sock = context_.socket(ROLES[role])
+    try:
+        sock.linger = opts.linger_ms
+        sock.sndhwm = opts.sndhwm
+        sock.rcvhwm = opts.rcvhwm
+        sock.setsockopt(zmq.MAXMSGSIZE, opts.max_msg_size)
+        sock.setsockopt(zmq.HEARTBEAT_IVL, opts.heartbeat_ivl_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TIMEOUT, opts.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.HEARTBEAT_TTL, opts.heartbeat_timeout_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL, opts.reconnect_ivl_ms)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, opts.reconnect_ivl_max_ms)
+        immediate = opts.immediate if opts.immediate is not None else role in _IMMEDIATE_ROLES
+        if immediate:
+            sock.setsockopt(zmq.IMMEDIATE, 1)
+        if role == "router":
+            # Fail loudly on a reply to a peer that left, instead of dropping it in silence.
+            mandatory = opts.router_mandatory if opts.router_mandatory is not None else True
+            sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
+        if opts.curve is not None:
+            opts.curve.apply(sock)
+    except BaseException:
+        sock.close(linger=0)
+        raise
+    _open_sockets.add(sock)
+    return sock
+
+
+def bind(sock: zmq.Socket, endpoint: str) -> str:
+    """Bind ``sock`` and return the real endpoint (port 0 or ``*`` picks a free port)."""
+    ep = parse_endpoint(endpoint, for_bind=True)
+    target = str(ep)
+    try:
+        sock.bind(target)
+    except zmq.ZMQError as exc:
+        raise ConfigurationError(f"cannot bind {endpoint!r}: {exc.strerror}") from None
+    real = sock.getsockopt(zmq.LAST_ENDPOINT)
+    return real.decode() if isinstance(real, bytes) else str(real)
+
+
+def connect(sock: zmq.Socket, endpoint: str) -> str:
+    """Connect ``sock`` to a checked endpoint; return it."""
+    target = str(parse_endpoint(endpoint))
+    try:
+        sock.connect(target)
+    except zmq.ZMQError as exc:
+        raise ConfigurationError(f"cannot connect to {endpoint!r}: {exc.strerror}") from None
+    return target
+
+
+def open_sockets() -> list[zmq.Socket]:
+    """Sockets made by :func:`make_socket` in this process that are still open (for leak checks)."""
+    return [s for s in list(_open_sockets) if not s.closed]

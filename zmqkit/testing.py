@@ -1,0 +1,89 @@
+"""Helpers for tests that use real sockets: free ports, and fixtures that close everything they made.
+
+In a conftest.py: ``pytest_plugins = ["zmqkit.testing"]`` gives the fixtures ``zmq_ctx``, ``raw_socket``,
+``tcp_endpoint`` and ``zmqkit_leak_check``.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+from .sockets import open_sockets
+
+__all__ = ["free_port", "free_tcp_endpoint", "terminate", "zmq_ctx", "raw_socket", "tcp_endpoint", "zmqkit_leak_check"]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (prefer binding to port 0 where the API allows it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    return f"tcp://{host}:{free_port(host)}"
+
+
+def terminate(ctx: zmq.Context, timeout: float = 5.0, *, close_sockets: bool = False) -> None:
+    """Terminate ``ctx``, raising TimeoutError instead of hanging; ``close_sockets`` closes leftovers first."""
+    done = threading.Event()
+
+    def _term() -> None:
+        # destroy() closes every socket still open with linger 0, then terminates.
+        ctx.destroy(linger=0) if close_sockets else ctx.term()
+        done.set()
+
+    threading.Thread(target=_term, daemon=True).start()
+    if not done.wait(timeout):
+        raise TimeoutError(f"zmq context did not terminate within {timeout}s: a socket was left open")
+
+
+@pytest.fixture
+def zmq_ctx() -> Iterator[zmq.Context]:
+    """A fresh zmq context for raw peer sockets; its sockets closed with linger 0, terminated under a timeout."""
+    ctx = zmq.Context()
+    yield ctx
+    terminate(ctx, close_sockets=True)
+
+
+@pytest.fixture
+def raw_socket(zmq_ctx: zmq.Context) -> Iterator[Callable[..., zmq.Socket]]:
+    """Make plain pyzmq sockets (the foreign peer in interop tests): ``raw_socket(zmq.DEALER)``."""
+    made: list[zmq.Socket] = []
+
+    def make(kind: int, **options: Any) -> zmq.Socket:
+        sock = zmq_ctx.socket(kind)
+        sock.linger = 0
+        for name, value in options.items():
+            setattr(sock, name, value)
+        made.append(sock)
+        return sock
+
+    yield make
+    for sock in made:
+        sock.close(linger=0)
+
+
+@pytest.fixture
+def tcp_endpoint() -> str:
+    """A loopback TCP endpoint on a free port."""
+    return free_tcp_endpoint()
+
+
+@pytest.fixture
+def zmqkit_leak_check() -> Iterator[None]:
+    """Fail the test if it leaves a socket made by zmqkit open (they are closed with linger 0 either way)."""
+    before = set(map(id, open_sockets()))
+    yield
+    leaked = [s for s in open_sockets() if id(s) not in before]
+    for sock in leaked:
+        sock.close(linger=0)
+    if leaked:
+        kinds = ", ".join(sorted({zmq.SocketType(int(s.type)).name for s in leaked}))
+        pytest.fail(f"test left {len(leaked)} zmqkit socket(s) open: {kinds}")
