@@ -1,0 +1,511 @@
+"""Request-reply runners: Client (ROUTER connected to many servers), Server (ROUTER + handler threads), Proxy.
+
+The logic lives in :mod:`reqrep_protocol`; these classes only move frames between it and the sockets.
+
+Why the client is a ROUTER and not a DEALER: a DEALER connected to many servers deals requests round-robin,
+blindly, and queues them to peers that died. A ROUTER that names each connection after its endpoint
+(``ZMQ_CONNECT_ROUTING_ID``, the zguide's Freelance pattern) lets the client choose the server per request
+(least loaded, not one that said goodbye, another one on retry), and with ROUTER_MANDATORY a send to a server
+that is gone fails at once instead of queueing.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import zmq
+
+from zmqkit.codecs import Codec, get_codec
+from zmqkit.endpoints import parse_endpoints
+from zmqkit.errors import ConfigurationError, RequestTimeout
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+
+from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
+
+__all__ = ["Client", "Server", "Proxy", "ClientCore"]
+
+log = logging.getLogger(__name__)
+_ids = itertools.count(1)
+_POLL_MAX_MS = 3_600_000
+# Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
+NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def socket_options(options: SocketOptions | None, curve: Curve | None, **changes: Any) -> SocketOptions:
+    """``options`` (or the defaults) with ``curve`` and ``changes`` applied."""
+    opts = options if options is not None else SocketOptions()
+    if not isinstance(opts, SocketOptions):
+        raise ConfigurationError(f"bad options {opts!r}: expected zmqkit.SocketOptions")
+    if curve is not None:
+        changes["curve"] = curve
+    return opts.with_(**changes) if changes else opts
+
+
+def check_timeout(value: float | None, what: str = "timeout") -> float | None:
+    """Seconds > 0, or None; anything else is a ConfigurationError."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
+        raise ConfigurationError(f"bad {what}={value!r}: expected seconds > 0")
+    return float(value)
+
+
+def _ms(seconds: float) -> int:
+    return min(_POLL_MAX_MS, max(0, math.ceil(seconds * 1000)))
+
+
+def _alias(endpoint: str, index: int) -> bytes:
+    raw = endpoint.encode()
+    return raw if len(raw) <= 255 else b"server-%d" % index
+
+
+class ClientCore:
+    """What the sync and asyncio clients share: the protocol, the socket, and moving frames between them."""
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float = 5.0,
+        attempt_timeout: float | None = None,
+        retries: int = 2,
+        backoff: float = 0.01,
+        max_in_flight: int = 1000,
+        codec: str | Codec = "auto",
+        allow_pickle: bool = False,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        asyncio: bool = False,
+    ) -> None:
+        eps = parse_endpoints(endpoints)  # type: ignore[arg-type]
+        self.timeout = check_timeout(timeout) or 5.0
+        self._codec = get_codec(codec)
+        peers = {_alias(ep, i): ep for i, ep in enumerate(eps)}
+        self._proto = ClientProtocol(
+            peers,
+            attempt_timeout=check_timeout(attempt_timeout, "attempt_timeout"),
+            retries=retries,
+            backoff=backoff,
+            max_in_flight=max_in_flight,
+            allow_pickle=allow_pickle or getattr(self._codec, "name", "") == "pickle",
+            clock=clock,
+        )
+        self.endpoints = list(peers.values())
+        self._socket = make_socket("router", socket_options(options, curve), asyncio=asyncio)
+        # The asyncio runner does its non-blocking sends and receives through a plain view of the same socket.
+        self._sock: zmq.Socket = zmq.Socket.shadow(self._socket.underlying) if asyncio else self._socket
+        self.closed = False
+        try:
+            for alias, ep in peers.items():
+                connect(self._socket, ep, routing_id=alias)
+        except BaseException:
+            self._socket.close(linger=0)
+            raise
+        self._proto.tick()
+        self._flush()
+
+    def servers(self) -> dict[str, str]:
+        """Each server's endpoint and its state as this client sees it (ready, connecting, leaving, down, suspect)."""
+        return {self._proto.peers[alias].endpoint: state for alias, state in self._proto.servers_state().items()}
+
+    def _flush(self) -> None:
+        """Send everything the protocol queued; tell it what could not be delivered."""
+        proto = self._proto
+        out = proto.outbox
+        send = self._sock.send_multipart
+        i = 0
+        while i < len(out):
+            frames = out[i]
+            i += 1
+            try:
+                send(frames, NOBLOCK)
+            except zmq.ZMQError as exc:
+                if exc.errno == zmq.EHOSTUNREACH:
+                    proto.undeliverable(frames, gone=True)
+                elif exc.errno == zmq.EAGAIN:
+                    proto.undeliverable(frames, gone=False)
+                else:
+                    raise
+        out.clear()
+
+    def _drain(self) -> None:
+        """Feed every message waiting on the socket to the protocol."""
+        sock = self._sock
+        on_message = self._proto.on_message
+        while sock.getsockopt(EVENTS) & POLLIN:
+            on_message(sock.recv_multipart(NOBLOCK))
+
+    def _submit(self, body: Any, timeout: float | None) -> bytes:
+        if self.closed:
+            raise ConfigurationError(f"client for {self.endpoints!r} is closed")
+        limit = check_timeout(timeout) or self.timeout
+        codec_id, payload = self._codec.pack(body)
+        self._drain()  # learn of goodbyes and ready servers before choosing one
+        self._proto.tick()
+        rid = self._proto.submit(codec_id, payload, limit)
+        self._flush()
+        return rid
+
+    def _close_socket(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._socket.close(linger=0)
+
+
+class Client(ClientCore):
+    """Send requests to many servers at once, with timeouts, retries on another server, and failover.
+
+    >>> with Client(["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"], timeout=5.0) as client:
+    ...     client.request(b"resize photo 42")
+
+    ``attempt_timeout`` (default: the timeout split over ``retries + 1`` attempts) bounds one try; the request
+    is then sent to another server after a backoff. One thread at a time (like a socket); for many requests in
+    flight use ``zmqkit.asyncio.Client``.
+    """
+
+    def request(self, body: Any, timeout: float | None = None) -> Any:
+        """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
+        rid = self._submit(body, timeout)
+        proto = self._proto
+        completed = proto.completed
+        sock = self._sock
+        clock = proto.clock
+        try:
+            while not completed:
+                now = clock()
+                due = proto.next_deadline()
+                if due <= now:
+                    proto.tick()
+                elif sock.poll(_ms(due - now)):
+                    self._drain()
+                if proto.outbox:
+                    self._flush()
+        finally:
+            if rid in proto.pending:
+                proto.cancel(rid)  # interrupted (Ctrl-C): forget it, its late reply will be ignored
+        for done_rid, (ok, value) in completed:
+            if done_rid == rid:
+                completed.clear()
+                if ok:
+                    return value
+                raise value
+        completed.clear()
+        raise RequestTimeout("request lost its reply slot")  # unreachable: completed held only other ids
+
+    def close(self) -> None:
+        """Close the socket; the client cannot be used after."""
+        self._close_socket()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Server:
+    """Answer requests with ``handler(body) -> reply`` on a ROUTER, in a background thread.
+
+    >>> with Server("tcp://*:5555", lambda body: body.upper(), concurrency=4) as server:
+    ...     print(server.endpoints)     # the real endpoints (port 0 picks a free one)
+    ...     server.leave(timeout=10)    # goodbye to clients, finish what is held, close
+
+    ``concurrency=1`` runs the handler in the socket thread (lowest latency); more runs it on that many threads.
+    ``max_queue`` bounds what the server holds (more is refused, and clients go elsewhere).
+    ``idempotency_window`` recent request ids are remembered with their replies, so a retry is not run twice.
+    ``connect=`` endpoints are connected to (e.g. a Proxy's backend) besides binding ``endpoints``.
+    """
+
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None,
+        handler: Callable[[Any], Any],
+        *,
+        concurrency: int = 1,
+        max_queue: int = 1000,
+        idempotency_window: int = 10_000,
+        codec: str | Codec = "auto",
+        allow_pickle: bool = False,
+        connect: str | Sequence[str] = (),
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not callable(handler):
+            raise ConfigurationError(f"bad handler {handler!r}: expected a callable taking the request body")
+        if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
+            raise ConfigurationError(f"bad concurrency={concurrency!r}: expected a positive integer")
+        self._binds = parse_endpoints(endpoints, for_bind=True) if endpoints else []  # type: ignore[arg-type]
+        self._connects = parse_endpoints(connect) if connect else []  # type: ignore[arg-type]
+        if not self._binds and not self._connects:
+            raise ConfigurationError(f"bad endpoints {endpoints!r}: give endpoints to bind or connect=")
+        self.handler = handler
+        self.concurrency = concurrency
+        self._codec = get_codec(codec)
+        self._allow_pickle = allow_pickle or self._codec.name == "pickle"
+        self._proto = ServerProtocol(max_queue=max_queue, window=idempotency_window, clock=clock)
+        self._options = socket_options(options, curve)
+        self._clock = clock
+        self.endpoints: list[str] = []
+        self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
+        self._commands: deque[tuple[str, float]] = deque()
+        self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    @property
+    def stats(self) -> dict[str, int]:
+        """Requests executed, duplicates answered from the idempotency window, requests held now."""
+        p = self._proto
+        return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held}
+
+    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
+        """Run the handler on one job (overridden by RpcServer)."""
+        return run_handler(self.handler, self._codec, self._allow_pickle, job)
+
+    # --------------------------------------------------------------- lifecycle
+    def start(self, timeout: float = 10.0) -> Server:
+        """Bind and serve in a background thread; return once bound (raise if binding failed)."""
+        if self._thread is not None:
+            return self
+        self._thread = threading.Thread(target=self._run, name=f"zmqkit-server-{self._wake_ep[-4:]}", daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RequestTimeout(f"server on {self._binds or self._connects!r} did not start within {timeout}s")
+        if self._error is not None:
+            self._thread.join(timeout)
+            raise self._error
+        return self
+
+    def leave(self, timeout: float = 10.0) -> None:
+        """Leave gracefully: say goodbye, refuse new work, finish what is held, then close (at most ``timeout``)."""
+        self._stop("leave", check_timeout(timeout) or 10.0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop now: requests held are dropped (their clients retry elsewhere)."""
+        self._stop("close", check_timeout(timeout) or 10.0)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server has stopped (or ``timeout``); True if it has."""
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _stop(self, command: str, timeout: float) -> None:
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        self._commands.append((command, timeout))
+        self._wake()
+        thread.join(timeout + 5.0)
+        if thread.is_alive():
+            raise RequestTimeout(f"server on {self.endpoints!r} did not stop within {timeout}s")
+
+    def _wake(self) -> None:
+        """Nudge the socket thread from any other thread (a throwaway PUSH: sockets are not shared)."""
+        push = make_socket("push", SocketOptions(linger_ms=100, immediate=False))
+        try:
+            connect(push, self._wake_ep)
+            push.send(b"", zmq.NOBLOCK)
+        except zmq.ZMQError:
+            pass  # the thread already ended
+        finally:
+            push.close()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------- the thread
+    def _run(self) -> None:
+        router = wake = None
+        workers: list[threading.Thread] = []
+        jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
+        try:
+            try:
+                router = make_socket("router", self._options)
+                wake = make_socket("pull")
+                bind(wake, self._wake_ep)
+                self.endpoints = [bind(router, ep) for ep in self._binds]
+                for ep in self._connects:
+                    connect(router, ep)
+            except BaseException as exc:
+                self._error = exc
+                return
+            finally:
+                self._started.set()
+            for _ in range(self.concurrency if self.concurrency > 1 else 0):
+                t = threading.Thread(target=self._work, args=(jobs,), daemon=True)
+                t.start()
+                workers.append(t)
+            self._loop(router, wake, jobs if workers else None)
+        except Exception:
+            log.exception("request-reply server on %r stopped on an error", self.endpoints)
+        finally:
+            for _ in workers:
+                jobs.put(None)
+            for t in workers:
+                t.join(5.0)
+            for sock in (router, wake):
+                if sock is not None:
+                    sock.close(linger=0 if sock is wake else None)
+
+    def _work(self, jobs: queue.SimpleQueue[Job | None]) -> None:
+        """A handler thread: run jobs, hand results back to the socket thread, nudge it."""
+        push = make_socket("push", SocketOptions(immediate=False, sndhwm=0))
+        try:
+            connect(push, self._wake_ep)
+            while (job := jobs.get()) is not None:
+                self._results.append((job, self._execute(job)))
+                push.send(b"")
+        finally:
+            push.close(linger=0)
+
+    def _loop(self, router: zmq.Socket, wake: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
+        proto = self._proto
+        poller = zmq.Poller()
+        poller.register(router, zmq.POLLIN)
+        poller.register(wake, zmq.POLLIN)
+        leave_by: float | None = None
+        on_message = proto.on_message
+        execute = self._execute
+        while True:
+            timeout = None if leave_by is None else _ms(leave_by - self._clock())
+            events = dict(poller.poll(timeout))
+            if router in events:
+                while router.getsockopt(EVENTS) & POLLIN:
+                    job = on_message(router.recv_multipart(NOBLOCK))
+                    if job is not None:
+                        if jobs is None:
+                            proto.finish(job, *execute(job))
+                        else:
+                            jobs.put(job)
+                    if proto.outbox:
+                        self._flush(router)
+            if wake in events:
+                while wake.get(zmq.EVENTS) & zmq.POLLIN:
+                    wake.recv(zmq.NOBLOCK)
+                while self._results:
+                    job, result = self._results.popleft()
+                    proto.finish(job, *result)
+                while self._commands:
+                    command, timeout_s = self._commands.popleft()
+                    if command == "close":
+                        return
+                    proto.leave()
+                    leave_by = self._clock() + timeout_s
+                self._flush(router)
+            if leave_by is not None:
+                if proto.drained:
+                    return
+                if self._clock() >= leave_by:
+                    log.warning("server on %r left with %d request(s) unfinished", self.endpoints, proto.held)
+                    return
+
+    def _flush(self, router: zmq.Socket) -> None:
+        proto = self._proto
+        for frames in proto.outbox:
+            try:
+                router.send_multipart(frames, NOBLOCK)
+            except zmq.ZMQError as exc:
+                # The client left (or stopped reading): its reply has nowhere to go.
+                log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
+                if exc.errno == zmq.EHOSTUNREACH:
+                    proto.client_gone(frames[: frames.index(b"")])
+        proto.outbox.clear()
+
+
+class Proxy:
+    """A queue device: clients connect to ``frontend`` (ROUTER), servers to ``backend`` (DEALER); libzmq relays.
+
+    >>> with Proxy("tcp://*:5555", "tcp://*:5556") as proxy:
+    ...     Server(None, handler, connect=proxy.backend).start()
+
+    Runs ``zmq.proxy_steerable`` in a background thread, stopped with TERMINATE over an inproc PAIR.
+    """
+
+    def __init__(
+        self, frontend: str, backend: str, *, curve: Curve | None = None, options: SocketOptions | None = None
+    ) -> None:
+        self._front_ep = parse_endpoints(frontend, for_bind=True)
+        self._back_ep = parse_endpoints(backend, for_bind=True)
+        # A reply to a client that left must be dropped: with ROUTER_MANDATORY libzmq's proxy would stop on it.
+        self._options = socket_options(options, curve, router_mandatory=False)
+        self._control_ep = f"inproc://zmqkit-reqrep-proxy-{next(_ids)}"
+        self.frontend = ""
+        self.backend = ""
+        self._thread: threading.Thread | None = None
+        self._started = threading.Event()
+        self._error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> Proxy:
+        """Bind both sides and start relaying in a background thread."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="zmqkit-proxy", daemon=True)
+            self._thread.start()
+            if not self._started.wait(timeout):
+                raise RequestTimeout(f"proxy did not start within {timeout}s")
+            if self._error is not None:
+                self._thread.join(timeout)
+                raise self._error
+        return self
+
+    def _run(self) -> None:
+        socks: list[zmq.Socket] = []
+        try:
+            try:
+                front = make_socket("router", self._options)
+                socks.append(front)
+                back = make_socket("dealer", self._options)
+                socks.append(back)
+                control = make_socket("pair")
+                socks.append(control)
+                bind(control, self._control_ep)
+                self.frontend = ", ".join(bind(front, ep) for ep in self._front_ep)
+                self.backend = ", ".join(bind(back, ep) for ep in self._back_ep)
+            except BaseException as exc:
+                self._error = exc
+                return
+            finally:
+                self._started.set()
+            zmq.proxy_steerable(front, back, None, control)
+        except zmq.ZMQError as exc:
+            log.error("proxy stopped: %s", exc)
+        finally:
+            for sock in socks:
+                sock.close(linger=0)
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop relaying and close both sides."""
+        thread = self._thread
+        if thread is None or not thread.is_alive():
+            return
+        pair = make_socket("pair", SocketOptions(linger_ms=100))
+        try:
+            connect(pair, self._control_ep)
+            pair.send(b"TERMINATE")
+        finally:
+            pair.close()
+        thread.join(timeout)
+        if thread.is_alive():
+            raise RequestTimeout(f"proxy did not stop within {timeout}s")
+
+    def __enter__(self) -> Proxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,615 @@
+"""Request-reply protocol (ZKR v1), sans I/O: frames, the client's pending table and server choice, the server's
+idempotency window and graceful leave.
+
+Nothing here touches a socket. Runners feed received frames in (``on_message``), send what lands in ``outbox``,
+report frames that could not be delivered (``undeliverable``) and call ``tick`` when ``next_deadline`` passes.
+Time comes from the injected ``clock``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import struct
+import time
+import traceback
+from collections import OrderedDict, deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from zmqkit.codecs import Codec, unpack
+from zmqkit.errors import ConfigurationError, ProtocolError, RemoteError, RequestTimeout, Unavailable
+from zmqkit.wire import ProtocolId
+
+__all__ = [
+    "PROTOCOL",
+    "HEADER",
+    "REQUEST",
+    "REPLY",
+    "ERROR",
+    "REJECT",
+    "HELLO",
+    "READY",
+    "GOODBYE",
+    "ACK",
+    "ClientProtocol",
+    "ServerProtocol",
+    "Job",
+    "Outcome",
+    "error_frames",
+    "message",
+    "parse_message",
+    "describe_exception",
+    "run_handler",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = ProtocolId(b"ZKR", 1)
+HEADER = PROTOCOL.header
+# Message kinds: the first byte of the control frame.
+REQUEST, REPLY, ERROR, REJECT = b"Q"[0], b"R"[0], b"E"[0], b"N"[0]
+HELLO, READY, GOODBYE, ACK = b"H"[0], b"W"[0], b"G"[0], b"A"[0]
+MAX_ID = 32
+MAX_ATTEMPT = 255
+_U32 = struct.Struct(">I")
+_HELLO_CTL = bytes([HELLO])
+_ACK_CTL = bytes([ACK])
+_GOODBYE_CTL = bytes([GOODBYE])
+
+# Peer states, as the client sees a server.
+CONNECTING, READY_, LEAVING, DOWN, SUSPECT = "connecting", "ready", "leaving", "down", "suspect"
+
+Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
+
+
+def message(kind: int, attempt: int, codec: int, request_id: bytes, payload: bytes = b"") -> bytes:
+    """The message frame of a request, reply, error or reject: 4 fixed bytes, the request id, the payload."""
+    return bytes((kind, attempt, codec, len(request_id))) + request_id + payload
+
+
+def parse_message(frame: bytes) -> tuple[int, int, int, bytes, bytes]:
+    """``(kind, attempt, codec, request id, payload)`` from a message frame; ProtocolError if it is malformed."""
+    if len(frame) < 4 or len(frame) < 4 + frame[3] or frame[3] > MAX_ID:
+        raise ProtocolError(f"message frame too short or request id too long: {bytes(frame[:40])!r}")
+    n = 4 + frame[3]
+    return frame[0], frame[1], frame[2], frame[4:n], frame[n:]
+
+
+def error_frames(remote_type: str, message: str, tb: str = "") -> list[bytes]:
+    """The three text frames that follow an ERROR control frame."""
+    return [remote_type.encode(), message.encode(errors="replace"), tb.encode(errors="replace")]
+
+
+def _text(frame: bytes) -> str:
+    return bytes(frame).decode(errors="replace")
+
+
+class _Peer:
+    """One server, as a client sees it."""
+
+    __slots__ = ("alias", "capacity", "endpoint", "in_flight", "probe_at", "probe_delay", "state")
+
+    def __init__(self, alias: bytes, endpoint: str, now: float) -> None:
+        self.alias = alias
+        self.endpoint = endpoint
+        self.state = CONNECTING
+        self.in_flight = 0
+        self.capacity = 0
+        self.probe_at = now
+        self.probe_delay = 0.0
+
+
+class _Pending:
+    """One request the client has not finished with."""
+
+    __slots__ = ("attempt", "body", "codec", "deadline", "gen", "peer", "request_id", "retries_left", "sent", "tried")
+
+    def __init__(self, request_id: bytes, codec: int, body: bytes, deadline: float, retries: int) -> None:
+        self.request_id = request_id
+        self.codec = codec
+        self.body = body
+        self.deadline = deadline
+        self.retries_left = retries
+        self.attempt = 0  # number of the most recent attempt sent (1-based on the wire)
+        self.peer: _Peer | None = None  # server holding the current attempt, None while waiting
+        self.gen = 0  # bumps whenever the timer is re-armed; stale heap entries carry an old gen
+        self.sent = False
+        self.tried: set[bytes] = set()
+
+
+class ClientProtocol:
+    """A client's view of many servers: which are ready, what each holds, and every request in flight.
+
+    >>> proto = ClientProtocol({b"tcp://10.0.0.1:5555": "tcp://10.0.0.1:5555"})
+    >>> rid = proto.submit(0, b"ping", timeout=2.0)   # then send proto.outbox, feed replies to on_message
+    """
+
+    def __init__(
+        self,
+        peers: dict[bytes, str],
+        *,
+        attempt_timeout: float | None = None,
+        retries: int = 2,
+        backoff: float = 0.01,
+        backoff_max: float = 1.0,
+        max_in_flight: int = 1000,
+        probe_min: float = 0.01,
+        probe_max: float = 1.0,
+        allow_pickle: bool = False,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not peers:
+            raise ConfigurationError(f"bad endpoints {list(peers.values())!r}: give at least one server endpoint")
+        if not isinstance(retries, int) or not 0 <= retries < MAX_ATTEMPT:
+            raise ConfigurationError(f"bad retries={retries!r}: expected an integer from 0 to {MAX_ATTEMPT - 1}")
+        if not isinstance(max_in_flight, int) or max_in_flight < 1:
+            raise ConfigurationError(f"bad max_in_flight={max_in_flight!r}: expected a positive integer")
+        for name, value in (("attempt_timeout", attempt_timeout), ("backoff", backoff), ("backoff_max", backoff_max)):
+            if value is not None and (not isinstance(value, (int, float)) or value < 0 or value != value):
+                raise ConfigurationError(f"bad {name}={value!r}: expected seconds >= 0")
+        if attempt_timeout == 0:
+            raise ConfigurationError("bad attempt_timeout=0: expected seconds > 0 or None")
+        self.clock = clock
+        now = clock()
+        self.peers = {alias: _Peer(alias, ep, now) for alias, ep in peers.items()}
+        self._ring = list(self.peers.values())
+        self._turn = 0
+        self.attempt_timeout = attempt_timeout
+        self.retries = retries
+        self.backoff = backoff
+        self.backoff_max = backoff_max
+        self.max_in_flight = max_in_flight
+        self.probe_min = probe_min
+        self.probe_max = probe_max
+        self.allow_pickle = allow_pickle
+        self.pending: dict[bytes, _Pending] = {}
+        self.waiting: deque[bytes] = deque()
+        self.outbox: list[list[bytes]] = []
+        self.completed: list[tuple[bytes, Outcome]] = []
+        self.late_replies = 0
+        self._timers: list[tuple[float, bytes, int]] = []
+        self._probe_due = now
+        self._prefix = os.urandom(8)
+        self._seq = itertools.count(1)
+
+    def servers_state(self) -> dict[bytes, str]:
+        """Each server's state: connecting, ready, leaving, down or suspect."""
+        return {alias: peer.state for alias, peer in self.peers.items()}
+
+    # ----------------------------------------------------------------- requests
+    def submit(self, codec: int, body: bytes, timeout: float) -> bytes:
+        """Start a request; return its id. Its frames (if a server is free) are appended to ``outbox``."""
+        now = self.clock()
+        rid = self._prefix + next(self._seq).to_bytes(8, "big")
+        p = _Pending(rid, codec, body, now + timeout, self.retries)
+        self.pending[rid] = p
+        self._arm(p, p.deadline)
+        if not self._send(p, now):
+            self.waiting.append(rid)
+        return rid
+
+    def cancel(self, rid: bytes) -> None:
+        """Forget a request whose caller gave up (a cancelled coroutine)."""
+        p = self.pending.pop(rid, None)
+        if p is not None and p.peer is not None:
+            p.peer.in_flight -= 1
+
+    def _arm(self, p: _Pending, when: float) -> None:
+        p.gen += 1
+        heapq.heappush(self._timers, (when, p.request_id, p.gen))
+        if len(self._timers) > 64 + 4 * len(self.pending):
+            # Finished requests leave their timers behind; rebuild now and then so the heap stays small.
+            self._timers = [t for t in self._timers if (q := self.pending.get(t[1])) is not None and q.gen == t[2]]
+            heapq.heapify(self._timers)
+
+    def _pick(self, p: _Pending) -> _Peer | None:
+        """The ready server with the fewest requests of ours in flight, preferring ones this request has not tried."""
+        ring = self._ring
+        n = len(ring)
+        best: _Peer | None = None
+        best_key = (2, 0)
+        start = self._turn
+        for i in range(n):
+            peer = ring[(start + i) % n]
+            if peer.state is not READY_ or peer.in_flight >= min(peer.capacity, self.max_in_flight):
+                continue
+            key = (1 if peer.alias in p.tried else 0, peer.in_flight)
+            if key < best_key:
+                best, best_key = peer, key
+                if key == (0, 0):
+                    break
+        self._turn = (start + 1) % n
+        return best
+
+    def _send(self, p: _Pending, now: float) -> bool:
+        """Send ``p``'s next attempt to the best server; False if none can take it now."""
+        if p.attempt >= MAX_ATTEMPT:
+            self._finish(p, Unavailable(f"request gave up after {MAX_ATTEMPT} attempts; servers keep refusing it"))
+            return True
+        peer = self._pick(p)
+        if peer is None:
+            return False
+        p.attempt += 1
+        p.peer = peer
+        p.sent = True
+        p.tried.add(peer.alias)
+        peer.in_flight += 1
+        remaining = p.deadline - now
+        per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
+        self._arm(p, now + min(per_try, remaining))
+        self.outbox.append(
+            [peer.alias, b"", HEADER, bytes((REQUEST, p.attempt, p.codec, 16)) + p.request_id + p.body]
+        )
+        return True
+
+    def _release(self, p: _Pending) -> None:
+        if p.peer is not None:
+            p.peer.in_flight -= 1
+            p.peer = None
+
+    def _finish(self, p: _Pending, result: Any, ok: bool = False) -> None:
+        del self.pending[p.request_id]
+        self._release(p)
+        self.completed.append((p.request_id, (ok, result)))
+
+    def _requeue(self, p: _Pending, now: float, delay: float = 0.0) -> None:
+        """Take ``p`` off its server and send it again (after ``delay``) somewhere else."""
+        self._release(p)
+        if delay > 0:
+            self._arm(p, min(now + delay, p.deadline))
+        elif not self._send(p, now):
+            self._arm(p, p.deadline)
+            self.waiting.append(p.request_id)
+
+    def _dispatch(self, now: float) -> None:
+        """Send waiting requests while some server has room."""
+        waiting = self.waiting
+        while waiting:
+            p = self.pending.get(waiting[0])
+            if p is None or p.peer is not None:
+                waiting.popleft()
+                continue
+            if not self._send(p, now):
+                return
+            waiting.popleft()
+
+    # ------------------------------------------------------------------ inbound
+    def on_message(self, frames: Sequence[bytes]) -> None:
+        """Handle one message from a server: ``[alias, b"", header, control, ...]``."""
+        try:
+            self._on_message(frames)
+        except ProtocolError as exc:
+            log.warning("dropped a malformed message from %r: %s", bytes(frames[0])[:64] if frames else b"", exc)
+
+    def _on_message(self, frames: Sequence[bytes]) -> None:
+        if len(frames) < 4 or frames[1] != b"" or frames[2] != HEADER:
+            if len(frames) >= 3 and frames[1] == b"":
+                PROTOCOL.check(frames[2])
+            raise ProtocolError(f"expected [alias, '', header, message, ...], got {len(frames)} frame(s)")
+        ctl = frames[3]
+        if not ctl:
+            raise ProtocolError("empty message frame")
+        kind = ctl[0]
+        if kind == REPLY or kind == ERROR or kind == REJECT:
+            _, attempt, codec, rid, payload = parse_message(ctl)
+            p = self.pending.get(rid)
+            if p is None or attempt != p.attempt:
+                self.late_replies += 1  # an old attempt's answer, or one we gave up on: never mixed up
+                return
+            if kind == REPLY:
+                try:
+                    value = unpack(codec, payload, allow_pickle=self.allow_pickle)
+                except ProtocolError as exc:
+                    self._finish(p, exc)
+                else:
+                    self._finish(p, value, ok=True)
+                self._dispatch(self.clock())
+            elif kind == ERROR:
+                parts = [_text(f) for f in frames[4:7]] + ["", "", ""]
+                self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
+                self._dispatch(self.clock())
+            else:
+                # Refused (leaving or busy): straight to a server it has not tried, else back off first.
+                self._requeue(p, self.clock(), 0.0 if len(p.tried) < len(self.peers) else self._backoff(p.attempt))
+            return
+        peer = self.peers.get(bytes(frames[0]))
+        if peer is None:
+            raise ProtocolError(f"message from unknown server {bytes(frames[0])[:64]!r}")
+        now = self.clock()
+        if kind == READY:
+            if len(ctl) != 5:
+                raise ProtocolError(f"ready control frame must be 5 bytes, got {len(ctl)}")
+            peer.capacity = max(1, _U32.unpack(ctl[1:5])[0])
+            peer.state = READY_
+            peer.probe_delay = 0.0
+            self._dispatch(now)
+        elif kind == GOODBYE:
+            # The server stops taking work; what it holds it still answers. Promise to send nothing more.
+            if peer.state is not DOWN:
+                peer.state = LEAVING
+            self._probe_later(peer, now)
+            self.outbox.append([peer.alias, b"", HEADER, _ACK_CTL])
+        else:
+            raise ProtocolError(f"unknown message kind {bytes([kind])!r} from a server")
+
+    def undeliverable(self, frames: list[bytes], gone: bool) -> None:
+        """A message in ``outbox`` could not be sent: the server is not connected (``gone``) or its queue is full."""
+        peer = self.peers.get(frames[0])
+        if peer is None:
+            return
+        now = self.clock()
+        if gone:
+            was = peer.state
+            peer.state = DOWN
+            if was is not DOWN:
+                self._probe_later(peer, now)
+                # Whatever it held is lost with the connection: send it elsewhere now, not after a timeout.
+                for p in [p for p in self.pending.values() if p.peer is peer]:
+                    self._requeue(p, now)
+        ctl = frames[3]
+        if ctl[0] == REQUEST:
+            p = self.pending.get(parse_message(ctl)[3])
+            if p is not None and p.peer is peer:
+                self._requeue(p, now, 0.0 if gone else self._backoff(p.attempt))
+
+    # ------------------------------------------------------------------- timers
+    def next_deadline(self) -> float:
+        """When ``tick`` next has something to do."""
+        first = self._timers[0][0] if self._timers else float("inf")
+        return min(first, self._probe_due)
+
+    def tick(self) -> None:
+        """Time out attempts, retry them elsewhere with backoff, fail requests past their deadline, probe servers."""
+        now = self.clock()
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, rid, gen = heapq.heappop(timers)
+            p = self.pending.get(rid)
+            if p is None or p.gen != gen:
+                continue
+            self._expire(p, now)
+        if now >= self._probe_due:
+            self._probe(now)
+        self._dispatch(now)
+
+    def _expire(self, p: _Pending, now: float) -> None:
+        if now >= p.deadline:
+            self._finish(p, self._timeout_error(p))
+        elif p.peer is not None:
+            # The attempt timed out: assume its server is in trouble until it answers a probe.
+            peer = p.peer
+            if peer.state is READY_:
+                peer.state = SUSPECT
+                self._probe_later(peer, now, self.probe_min)
+            if p.retries_left == 0:
+                self._finish(p, self._timeout_error(p))
+                return
+            p.retries_left -= 1
+            self._requeue(p, now, self._backoff(p.attempt))
+        elif not self._send(p, now):
+            # A backoff ended (or a deadline check came up) and no server is free: wait for one.
+            self._arm(p, p.deadline)
+            self.waiting.append(p.request_id)
+
+    def _timeout_error(self, p: _Pending) -> Exception:
+        servers = ", ".join(self.peers[a].endpoint for a in sorted(p.tried)) or "none"
+        if not p.sent:
+            known = ", ".join(f"{x.endpoint} ({x.state})" for x in self._ring)
+            return Unavailable(f"no server was ready to take the request: {known}")
+        return RequestTimeout(f"no reply after {p.attempt} attempt(s); servers tried: {servers}")
+
+    def _backoff(self, attempt: int) -> float:
+        return min(self.backoff_max, self.backoff * (2 ** max(0, attempt - 1)))
+
+    def _probe_later(self, peer: _Peer, now: float, delay: float | None = None) -> None:
+        if delay is None:
+            delay = min(self.probe_max, max(self.probe_min, peer.probe_delay * 2))
+        peer.probe_delay = delay
+        peer.probe_at = now + delay
+        self._probe_due = min(self._probe_due, peer.probe_at)
+
+    def _probe(self, now: float) -> None:
+        """Say hello to servers that are not (known to be) ready: connecting, down, suspect or leaving."""
+        due = float("inf")
+        for peer in self._ring:
+            if peer.state is READY_:
+                continue
+            if peer.probe_at <= now:
+                self.outbox.append([peer.alias, b"", HEADER, _HELLO_CTL])
+                self._probe_later(peer, now)
+            due = min(due, peer.probe_at)
+        self._probe_due = due
+
+    def fail_all(self, exc: Exception) -> None:
+        """Finish every pending request with ``exc`` (the client is closing)."""
+        for p in list(self.pending.values()):
+            self._finish(p, exc)
+
+
+class Job:
+    """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler."""
+
+    __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
+
+    def __init__(self, envelope: list[bytes], request_id: bytes, attempt: int, codec: int, body: bytes) -> None:
+        self.envelope = envelope
+        self.request_id = request_id
+        self.attempt = attempt
+        self.codec = codec
+        self.body = body
+        self.key: tuple[bytes, ...] = (*envelope, request_id)
+
+
+class ServerProtocol:
+    """A server's side: parse requests, bound what it holds, remember recent replies, and leave gracefully.
+
+    >>> proto = ServerProtocol(max_queue=100, window=10_000)
+    >>> job = proto.on_message(frames)       # a Job to run, or None (answer already in proto.outbox)
+    >>> proto.finish(job, REPLY, 0, [b"result"])
+    """
+
+    def __init__(
+        self,
+        *,
+        max_queue: int = 1000,
+        window: int = 10_000,
+        max_clients: int = 100_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if not isinstance(max_queue, int) or max_queue < 1:
+            raise ConfigurationError(f"bad max_queue={max_queue!r}: expected a positive integer")
+        if not isinstance(window, int) or window < 0:
+            raise ConfigurationError(f"bad idempotency window={window!r}: expected an integer >= 0 (0 turns it off)")
+        self.clock = clock
+        self.max_queue = max_queue
+        self.window = window
+        self.max_clients = max_clients
+        self.outbox: list[list[bytes]] = []
+        self.held = 0
+        self.leaving = False
+        self.executed = 0
+        self.duplicates = 0
+        # request key -> Job while running (the newest attempt to answer) or the reply frames once done
+        self._recent: OrderedDict[tuple[bytes, ...], Job | list[bytes]] = OrderedDict()
+        self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
+        self._unacked: set[tuple[bytes, ...]] = set()
+        self._ready_ctl = bytes([READY]) + _U32.pack(max_queue)
+
+    def on_message(self, frames: list[bytes]) -> Job | None:
+        """Handle one message from the ROUTER; return a Job to run, or None (any answer is in ``outbox``)."""
+        try:
+            delim = frames.index(b"", 0, 32)
+        except ValueError:
+            log.warning("dropped a message with no envelope delimiter (%d frames)", len(frames))
+            return None
+        envelope = frames[:delim]
+        if not envelope:
+            log.warning("dropped a message with an empty routing envelope")
+            return None
+        body = frames[delim + 1 :]
+        try:
+            return self._on_body(envelope, body)
+        except ProtocolError as exc:
+            log.warning("malformed request from %r: %s", envelope[-1][:64], exc)
+            try:
+                kind, attempt, _, rid, _ = parse_message(body[1])
+                if kind != REQUEST:
+                    raise ProtocolError("not a request")
+            except (ProtocolError, IndexError):
+                attempt, rid = 0, b""  # nothing to match the answer to; the peer sees an id-less error
+            self.outbox.append(
+                [*envelope, b"", HEADER, message(ERROR, attempt, 0, rid), *error_frames("ProtocolError", str(exc))]
+            )
+            return None
+
+    def _on_body(self, envelope: list[bytes], body: list[bytes]) -> Job | None:
+        if not body:
+            raise ProtocolError("no frames after the envelope")
+        if body[0] != HEADER:
+            PROTOCOL.check(body[0])
+        if len(body) < 2 or not body[1]:
+            raise ProtocolError("missing message frame")
+        ctl = body[1]
+        kind = ctl[0]
+        if kind == REQUEST:
+            if len(body) != 2:
+                raise ProtocolError(f"a request has 2 frames after the envelope, got {len(body)}")
+            _, attempt, codec, rid, payload = parse_message(ctl)
+            if not rid:
+                raise ProtocolError("a request needs a request id of 1-32 bytes")
+            return self._on_request(envelope, attempt, codec, rid, payload)
+        key = tuple(envelope)
+        if kind == HELLO:
+            if self.leaving:
+                self._unacked.add(key)
+                self.outbox.append([*envelope, b"", HEADER, _GOODBYE_CTL])
+            else:
+                if key not in self._clients and len(self._clients) >= self.max_clients:
+                    self._clients.pop(next(iter(self._clients)))
+                self._clients[key] = None
+                self.outbox.append([*envelope, b"", HEADER, self._ready_ctl])
+            return None
+        if kind == ACK:
+            self._unacked.discard(key)
+            return None
+        raise ProtocolError(f"unknown message kind {bytes([kind])!r}")
+
+    def _on_request(self, envelope: list[bytes], attempt: int, codec: int, rid: bytes, body: bytes) -> Job | None:
+        if self.window:
+            key = (*envelope, rid)
+            seen = self._recent.get(key)
+            if seen is not None:
+                self.duplicates += 1
+                if isinstance(seen, Job):
+                    seen.attempt = attempt  # still running: answer this newest attempt when it finishes
+                else:
+                    first = seen[0]
+                    self.outbox.append([*envelope, b"", HEADER, bytes((first[0], attempt)) + first[2:], *seen[1:]])
+                return None
+        if self.leaving or self.held >= self.max_queue:
+            reason = b"leaving" if self.leaving else b"busy"
+            self.outbox.append([*envelope, b"", HEADER, message(REJECT, attempt, 0, rid, reason)])
+            return None
+        job = Job(envelope, rid, attempt, codec, body)
+        self.held += 1
+        if self.window:
+            recent = self._recent
+            recent[job.key] = job
+            if len(recent) > self.window:
+                recent.popitem(last=False)
+        return job
+
+    def finish(self, job: Job, kind: int, codec: int, frames: list[bytes]) -> None:
+        """The handler is done with ``job``: queue its REPLY (payload in ``frames[0]``) or ERROR (three text
+        frames), and remember it in the window."""
+        self.held -= 1
+        self.executed += 1
+        rid = job.request_id
+        if kind == REPLY:
+            answer = [bytes((REPLY, job.attempt, codec, len(rid))) + rid + frames[0]]
+        else:
+            answer = [message(kind, job.attempt, codec, rid), *frames]
+        if self.window and job.key in self._recent:
+            self._recent[job.key] = answer
+        self.outbox.append([*job.envelope, b"", HEADER, *answer])
+
+    def leave(self) -> None:
+        """Stop taking work: goodbye to every client that said hello; new requests are rejected from now on."""
+        if self.leaving:
+            return
+        self.leaving = True
+        for key in self._clients:
+            self._unacked.add(key)
+            self.outbox.append([*key, b"", HEADER, _GOODBYE_CTL])
+
+    def client_gone(self, envelope: Sequence[bytes]) -> None:
+        """A message to this client could not be delivered: it left; do not wait for its goodbye ack."""
+        key = tuple(envelope)
+        self._clients.pop(key, None)
+        self._unacked.discard(key)
+
+    @property
+    def drained(self) -> bool:
+        """Leaving, nothing held, and every client that knew us has promised to send nothing more."""
+        return self.leaving and self.held == 0 and not self._unacked
+
+
+def describe_exception(exc: BaseException) -> list[bytes]:
+    """ERROR frames for an exception raised by a handler: type, message, traceback."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return error_frames(type(exc).__name__, str(exc), tb)
+
+
+def run_handler(
+    handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job
+) -> tuple[int, int, list[bytes]]:
+    """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
+    try:
+        value = unpack(job.codec, job.body, allow_pickle=allow_pickle)
+        cid, payload = codec.pack(handler(value))
+    except Exception as exc:
+        return ERROR, 0, describe_exception(exc)
+    return REPLY, cid, [payload]

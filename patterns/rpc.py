@@ -1,0 +1,169 @@
+"""RPC on request-reply: RpcServer exposes functions and objects, RpcClient calls them by attribute.
+
+A call is one request whose body is ``[method, [args...], {kwargs...}]`` in the request's codec (JSON by
+default, msgpack optional); the reply carries the result in the same codec, or an ERROR with the remote
+exception's type, message and traceback (raised at the caller as RemoteError).
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar, overload
+
+from zmqkit.codecs import CODEC_IDS, get_codec
+from zmqkit.errors import ConfigurationError
+
+from .reqrep import Client, ClientCore, Server
+from .reqrep_async import AsyncClient
+from .reqrep_protocol import ERROR, REPLY, Job, describe_exception, unpack
+
+__all__ = ["RpcServer", "RpcClient", "AsyncRpcClient", "MethodNotFound", "METHODS"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+METHODS = "_methods"  # the reserved call that lists what a server offers
+_RPC_CODECS = ("json", "msgpack", "pickle")
+
+
+class MethodNotFound(LookupError):
+    """The server has no method by that name (reaches the caller as RemoteError 'MethodNotFound')."""
+
+
+def _describe(fn: Callable[..., Any]) -> dict[str, str]:
+    try:
+        signature = str(inspect.signature(fn))
+    except (TypeError, ValueError):
+        signature = "(...)"
+    doc = (inspect.getdoc(fn) or "").strip().splitlines()
+    return {"signature": signature, "doc": doc[0] if doc else ""}
+
+
+class RpcServer(Server):
+    """Expose functions (``@server.method``) and objects (``server.register(obj)``) to RpcClients.
+
+    >>> server = RpcServer("tcp://*:5555", concurrency=8)
+    >>> @server.method
+    ... def resize(img: str, size: int) -> str: ...
+    >>> server.register(Thumbnailer(), prefix="thumb.")   # its public methods, as thumb.<name>
+    >>> server.start()
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
+        kwargs.setdefault("codec", "json")
+        super().__init__(endpoints, self._call, **kwargs)
+        if self._codec.name not in _RPC_CODECS:
+            raise ConfigurationError(f"bad RPC codec {self._codec!r}: expected one of {', '.join(_RPC_CODECS)}")
+        self._methods: dict[str, Callable[..., Any]] = {}
+
+    @overload
+    def method(self, fn: F) -> F: ...
+    @overload
+    def method(self, fn: str) -> Callable[[F], F]: ...
+
+    def method(self, fn: F | str) -> F | Callable[[F], F]:
+        """Decorator: expose ``fn`` under its name (or ``@server.method("name")``)."""
+        if isinstance(fn, str):
+            return functools.partial(self._add, fn)  # type: ignore[return-value]
+        return self._add(fn.__name__, fn)
+
+    def register(self, obj: object, prefix: str = "") -> None:
+        """Expose every public method of ``obj`` as ``prefix + name``."""
+        for name, fn in inspect.getmembers(obj, callable):
+            if not name.startswith("_"):
+                self._add(prefix + name, fn)
+
+    def _add(self, name: str, fn: F) -> F:
+        if not isinstance(name, str) or not name or name.startswith("_"):
+            raise ConfigurationError(f"bad RPC method name {name!r}: a non-empty name not starting with '_'")
+        if not callable(fn):
+            raise ConfigurationError(f"bad RPC method {fn!r} for {name!r}: not callable")
+        self._methods[name] = fn
+        return fn
+
+    def _call(self, request: Any) -> Any:
+        if not (isinstance(request, list) and len(request) == 3 and isinstance(request[0], str)):
+            raise TypeError(f"an RPC request is [method, args, kwargs], got {request!r:.100}")
+        name, args, kwargs = request
+        if not isinstance(args, list) or not isinstance(kwargs, dict):
+            raise TypeError(f"RPC args must be a list and kwargs a map, got {args!r:.60} and {kwargs!r:.60}")
+        if name == METHODS:
+            return {n: _describe(fn) for n, fn in sorted(self._methods.items())}
+        fn = self._methods.get(name)
+        if fn is None:
+            offered = ", ".join(sorted(self._methods)) or "none"
+            raise MethodNotFound(f"no method {name!r} on this server; it offers: {offered}")
+        return fn(*args, **kwargs)
+
+    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
+        # The reply goes back in the caller's codec, so a msgpack client gets msgpack even from a JSON default.
+        try:
+            if job.codec not in (CODEC_IDS["json"], CODEC_IDS["msgpack"], CODEC_IDS["pickle"]):
+                raise TypeError(f"RPC bodies are json or msgpack, got codec id {job.codec}")
+            result = self._call(unpack(job.codec, job.body, allow_pickle=self._allow_pickle))
+            name = next(n for n, i in CODEC_IDS.items() if i == job.codec)
+            codec_id, payload = get_codec(name).pack(result)
+        except Exception as exc:
+            return ERROR, 0, describe_exception(exc)
+        return REPLY, codec_id, [payload]
+
+
+class _Api:
+    """``client.api.name(*args, **kwargs)`` is ``client.call("name", *args, **kwargs)``."""
+
+    def __init__(self, call: Callable[..., Any]) -> None:
+        self._call = call
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return functools.partial(self._call, name)
+
+
+class RpcClient:
+    """Call an RpcServer's methods: ``client.api.resize(img, 128)`` or ``client.call("resize", img, 128)``.
+
+    >>> with RpcClient(["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"]) as client:
+    ...     client.methods()              # {"resize": {"signature": "(img, size)", "doc": ...}, ...}
+    ...     client.api.resize("a.png", 128)
+
+    Remote exceptions raise RemoteError (``remote_type``, ``message``, ``remote_traceback``). Every Client
+    option (timeout, retries, curve, ...) is accepted. ``timeout=`` on a call is the call's timeout.
+    """
+
+    _client_class: type[ClientCore] = Client
+
+    def __init__(self, endpoints: str | Sequence[str], *, codec: str = "json", **kwargs: Any) -> None:
+        if get_codec(codec).name not in _RPC_CODECS:
+            raise ConfigurationError(f"bad RPC codec {codec!r}: expected one of {', '.join(_RPC_CODECS)}")
+        self._client = self._client_class(endpoints, codec=codec, **kwargs)
+        self.api = _Api(self.call)
+
+    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` remotely; its result (an awaitable on the asyncio client)."""
+        return self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
+
+    def methods(self, timeout: float | None = None) -> Any:
+        """What the server offers: ``{name: {"signature": ..., "doc": ...}}``."""
+        return self.call(METHODS, timeout=timeout)
+
+    def close(self) -> None:
+        self._client.close()  # type: ignore[attr-defined]
+
+    def __enter__(self) -> RpcClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncRpcClient(RpcClient):
+    """The asyncio RpcClient (``zmqkit.asyncio.RpcClient``): ``await client.api.resize(img, 128)``."""
+
+    _client_class = AsyncClient
+
+    async def __aenter__(self) -> AsyncRpcClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,264 @@
+"""The request-reply protocol without sockets: server choice, timeouts, retries, late replies, goodbye, window."""
+
+from __future__ import annotations
+
+import pytest
+
+from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
+from zmqkit.patterns.reqrep_protocol import (
+    ACK,
+    ERROR,
+    GOODBYE,
+    HEADER,
+    HELLO,
+    READY,
+    REJECT,
+    REPLY,
+    REQUEST,
+    ClientProtocol,
+    ServerProtocol,
+    message,
+    parse_message,
+)
+from zmqkit.wire import pack_u32
+
+A, B = b"tcp://a:1", b"tcp://b:1"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def ready(proto: ClientProtocol, alias: bytes, capacity: int = 10) -> None:
+    proto.on_message([alias, b"", HEADER, bytes([READY]) + pack_u32(capacity)])
+
+
+def sent(proto: ClientProtocol) -> list[tuple[bytes, int, int, bytes]]:
+    """Requests in the outbox as (server, kind, attempt, request id); clears it."""
+    out = []
+    for frames in proto.outbox:
+        kind, attempt, _, rid, _ = parse_message(frames[3]) if len(frames[3]) > 3 else (frames[3][0], 0, 0, b"", b"")
+        out.append((frames[0], kind, attempt, rid))
+    proto.outbox.clear()
+    return out
+
+
+def answer(proto: ClientProtocol, alias: bytes, attempt: int, rid: bytes, body: bytes = b"ok") -> None:
+    proto.on_message([alias, b"", HEADER, message(REPLY, attempt, 0, rid, body)])
+
+
+def make(clock: Clock, **kw: object) -> ClientProtocol:
+    proto = ClientProtocol({A: A.decode(), B: B.decode()}, clock=clock, **kw)  # type: ignore[arg-type]
+    proto.tick()
+    assert {s[1] for s in sent(proto)} == {HELLO}
+    return proto
+
+
+def test_requests_wait_for_a_ready_server_then_go_to_the_least_loaded() -> None:
+    clock = Clock()
+    proto = make(clock, attempt_timeout=1.0)
+    rid = proto.submit(0, b"x", timeout=5.0)
+    assert sent(proto) == []  # nobody is ready yet
+    ready(proto, A)
+    assert sent(proto) == [(A, REQUEST, 1, rid)]
+    ready(proto, B)
+    rid2 = proto.submit(0, b"y", timeout=5.0)
+    assert sent(proto) == [(B, REQUEST, 1, rid2)]  # A holds one already
+    answer(proto, A, 1, rid)
+    assert proto.completed == [(rid, (True, b"ok"))]
+
+
+def test_timeout_retries_on_another_server_and_ignores_the_late_reply() -> None:
+    clock = Clock()
+    proto = make(clock, attempt_timeout=1.0, retries=2, backoff=0.1)
+    ready(proto, A)
+    ready(proto, B)
+    rid = proto.submit(0, b"x", timeout=10.0)
+    first = sent(proto)[0][0]
+    other = B if first == A else A
+    clock.now += 1.0
+    proto.tick()
+    assert sent(proto) == [] and proto.servers_state()[first] == "suspect"
+    clock.now += 0.1  # the backoff
+    proto.tick()
+    assert [r for r in sent(proto) if r[1] == REQUEST] == [(other, REQUEST, 2, rid)]
+    answer(proto, first, 1, rid, b"late")
+    assert proto.completed == [] and proto.late_replies == 1
+    answer(proto, other, 2, rid, b"fresh")
+    assert proto.completed == [(rid, (True, b"fresh"))]
+
+
+def test_retries_run_out_as_request_timeout() -> None:
+    clock = Clock()
+    proto = make(clock, attempt_timeout=1.0, retries=1, backoff=0.0)
+    ready(proto, A)
+    proto.submit(0, b"x", timeout=10.0)
+    for _ in range(3):
+        clock.now += 1.0
+        proto.tick()
+        proto.on_message([A, b"", HEADER, bytes([READY]) + pack_u32(10)])  # it answers probes, not requests
+    [(_, (ok, exc))] = proto.completed
+    assert not ok and isinstance(exc, RequestTimeout) and "2 attempt(s)" in str(exc)
+
+
+def test_no_server_ever_ready_is_unavailable() -> None:
+    clock = Clock()
+    proto = make(clock)
+    proto.submit(0, b"x", timeout=2.0)
+    clock.now += 2.0
+    proto.tick()
+    [(_, (ok, exc))] = proto.completed
+    assert not ok and isinstance(exc, Unavailable) and "tcp://a:1 (connecting)" in str(exc)
+
+
+def test_goodbye_stops_new_work_but_replies_in_hand_still_count() -> None:
+    clock = Clock()
+    proto = make(clock)
+    ready(proto, A)
+    ready(proto, B)
+    rid = proto.submit(0, b"x", timeout=5.0)
+    holder = sent(proto)[0][0]
+    other = B if holder == A else A
+    proto.on_message([holder, b"", HEADER, bytes([GOODBYE])])
+    assert sent(proto) == [(holder, ACK, 0, b"")]
+    for _ in range(3):
+        r = proto.submit(0, b"y", timeout=5.0)
+        assert sent(proto) == [(other, REQUEST, 1, r)]
+    answer(proto, holder, 1, rid)
+    assert (rid, (True, b"ok")) in proto.completed
+
+
+def test_reject_goes_elsewhere_at_once_without_using_a_retry() -> None:
+    clock = Clock()
+    proto = make(clock, retries=0)
+    ready(proto, A)
+    ready(proto, B)
+    rid = proto.submit(0, b"x", timeout=5.0)
+    first = sent(proto)[0][0]
+    proto.on_message([first, b"", HEADER, message(REJECT, 1, 0, rid, b"leaving")])
+    [(to, kind, attempt, again)] = sent(proto)
+    assert to != first and (kind, attempt, again) == (REQUEST, 2, rid)
+
+
+def test_unreachable_server_hands_its_requests_to_another_at_once() -> None:
+    clock = Clock()
+    proto = make(clock)
+    ready(proto, A)
+    ready(proto, B)
+    rids = [proto.submit(0, b"%d" % i, timeout=5.0) for i in range(4)]
+    out = list(proto.outbox)
+    sent(proto)
+    on_a = [f for f in out if f[0] == A]
+    proto.undeliverable(on_a[-1], gone=True)
+    resent = sent(proto)
+    assert {r[0] for r in resent} == {B} and len(resent) == len(on_a)
+    assert proto.servers_state()[A] == "down"
+    assert len(proto.pending) == len(rids)
+
+
+def test_per_server_bound_queues_the_rest() -> None:
+    clock = Clock()
+    proto = make(clock, max_in_flight=2)
+    ready(proto, A)
+    rids = [proto.submit(0, b"x", timeout=5.0) for _ in range(3)]
+    assert [r[3] for r in sent(proto)] == rids[:2]
+    answer(proto, A, 1, rids[0])
+    assert [r[3] for r in sent(proto)] == [rids[2]]
+
+
+def test_remote_error_and_malformed_replies() -> None:
+    clock = Clock()
+    proto = make(clock)
+    ready(proto, A)
+    rid = proto.submit(0, b"x", timeout=5.0)
+    proto.on_message([A, b"", HEADER, b"\x00"])  # unknown kind: logged and dropped
+    proto.on_message([A, b"", b"XXX\x01", b"R"])
+    proto.on_message([A, b""])
+    assert proto.completed == []
+    proto.on_message([A, b"", HEADER, message(ERROR, 1, 0, rid), b"ValueError", b"bad size", b"Traceback..."])
+    [(_, (ok, exc))] = proto.completed
+    assert isinstance(exc, RemoteError) and exc.remote_type == "ValueError" and exc.remote_traceback
+
+
+def test_bad_arguments_raise_at_once() -> None:
+    with pytest.raises(ConfigurationError, match="retries=-1"):
+        ClientProtocol({A: "a"}, retries=-1)
+    with pytest.raises(ConfigurationError, match="max_in_flight=0"):
+        ClientProtocol({A: "a"}, max_in_flight=0)
+    with pytest.raises(ConfigurationError, match="window=-3"):
+        ServerProtocol(window=-3)
+
+
+def request(rid: bytes, attempt: int = 1, body: bytes = b"x", who: bytes = b"c1") -> list[bytes]:
+    return [who, b"", HEADER, message(REQUEST, attempt, 0, rid, body)]
+
+
+def test_server_window_answers_a_retry_without_running_it_again() -> None:
+    proto = ServerProtocol(window=100)
+    job = proto.on_message(request(b"r1"))
+    assert job is not None and proto.held == 1
+    assert proto.on_message(request(b"r1", attempt=2)) is None  # still running: answer attempt 2 when done
+    proto.finish(job, REPLY, 0, [b"done"])
+    [reply] = proto.outbox
+    assert parse_message(reply[3])[:2] == (REPLY, 2)
+    proto.outbox.clear()
+    assert proto.on_message(request(b"r1", attempt=3)) is None
+    [again] = proto.outbox
+    assert parse_message(again[3]) == (REPLY, 3, 0, b"r1", b"done")
+    assert proto.executed == 1 and proto.duplicates == 2
+    # Another client's request with the same id is its own request.
+    assert proto.on_message(request(b"r1", who=b"c2")) is not None
+
+
+def test_server_without_window_runs_duplicates() -> None:
+    proto = ServerProtocol(window=0)
+    assert proto.on_message(request(b"r1")) is not None
+    assert proto.on_message(request(b"r1", attempt=2)) is not None
+
+
+def test_server_busy_and_leaving_reject() -> None:
+    proto = ServerProtocol(max_queue=1)
+    proto.on_message([b"c1", b"", HEADER, bytes([HELLO])])
+    assert proto.outbox.pop()[3] == bytes([READY]) + pack_u32(1)
+    job = proto.on_message(request(b"r1"))
+    assert proto.on_message(request(b"r2")) is None
+    assert parse_message(proto.outbox.pop()[3]) == (REJECT, 1, 0, b"r2", b"busy")
+    proto.leave()
+    assert proto.outbox.pop() == [b"c1", b"", HEADER, bytes([GOODBYE])]
+    assert proto.on_message(request(b"r3")) is None
+    assert parse_message(proto.outbox.pop()[3])[4] == b"leaving"
+    assert job is not None
+    proto.finish(job, REPLY, 0, [b"ok"])
+    assert not proto.drained  # c1 has not promised to stop sending yet
+    proto.on_message([b"c1", b"", HEADER, bytes([ACK])])
+    assert proto.drained
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [b"c1", b"", b"XYZ\x01", b"Q"],
+        [b"c1", b"", HEADER[:-1] + b"\x09", b"Q"],
+        [b"c1", b"", HEADER],
+        [b"c1", b"", HEADER, b"Q\x01\x00\x40" + b"x" * 10],
+        [b"c1", b"", HEADER, message(REQUEST, 1, 0, b"r"), b"extra"],
+        [b"c1", b"", HEADER, message(REQUEST, 1, 0, b"")],
+        [b"c1", b"", HEADER, b"Z"],
+    ],
+)
+def test_server_answers_malformed_requests_with_an_error(frames: list[bytes]) -> None:
+    proto = ServerProtocol()
+    assert proto.on_message(frames) is None
+    [reply] = proto.outbox
+    assert reply[:3] == [b"c1", b"", HEADER] and reply[3][0] == ERROR and reply[4] == b"ProtocolError"
+
+
+def test_server_drops_messages_without_envelope() -> None:
+    proto = ServerProtocol()
+    assert proto.on_message([b"c1", HEADER]) is None
+    assert proto.on_message([b"", HEADER]) is None
+    assert proto.outbox == []
