@@ -263,6 +263,7 @@ class Server:
         self._thread: threading.Thread | None = None
         self._started = threading.Event()
         self._error: BaseException | None = None
+        self._left_cleanly = False
 
     @property
     def stats(self) -> dict[str, int]:
@@ -288,9 +289,13 @@ class Server:
             raise self._error
         return self
 
-    def leave(self, timeout: float = 10.0) -> None:
-        """Leave gracefully: say goodbye, refuse new work, finish what is held, then close (at most ``timeout``)."""
+    def leave(self, timeout: float = 10.0) -> bool:
+        """Leave gracefully: say goodbye, refuse new work, finish what is held, then close (at most ``timeout``).
+
+        True if everything held was answered; False if ``timeout`` cut it short.
+        """
         self._stop("leave", check_timeout(timeout) or 10.0)
+        return self._left_cleanly
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop now: requests held are dropped (their clients retry elsewhere)."""
@@ -384,7 +389,12 @@ class Server:
         on_message = proto.on_message
         execute = self._execute
         while True:
-            timeout = None if leave_by is None else _ms(leave_by - self._clock())
+            timeout = None
+            if leave_by is not None:
+                # Wake to re-check: when idle clients stop being waited for, and at the deadline.
+                now = self._clock()
+                settled = proto.left_at + proto.settle
+                timeout = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
             events = dict(poller.poll(timeout))
             if router in events:
                 while router.getsockopt(EVENTS) & POLLIN:
@@ -411,6 +421,7 @@ class Server:
                 self._flush(router)
             if leave_by is not None:
                 if proto.drained:
+                    self._left_cleanly = True
                     return
                 if self._clock() >= leave_by:
                     log.warning("server on %r left with %d request(s) unfinished", self.endpoints, proto.held)

@@ -457,6 +457,7 @@ class ServerProtocol:
         max_queue: int = 1000,
         window: int = 10_000,
         max_clients: int = 100_000,
+        settle: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not isinstance(max_queue, int) or max_queue < 1:
@@ -470,6 +471,8 @@ class ServerProtocol:
         self.outbox: list[list[bytes]] = []
         self.held = 0
         self.leaving = False
+        self.settle = settle
+        self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
         # request key -> Job while running (the newest attempt to answer) or the reply frames once done
@@ -581,6 +584,7 @@ class ServerProtocol:
         if self.leaving:
             return
         self.leaving = True
+        self.left_at = self.clock()
         for key in self._clients:
             self._unacked.add(key)
             self.outbox.append([*key, b"", HEADER, _GOODBYE_CTL])
@@ -593,8 +597,14 @@ class ServerProtocol:
 
     @property
     def drained(self) -> bool:
-        """Leaving, nothing held, and every client that knew us has promised to send nothing more."""
-        return self.leaving and self.held == 0 and not self._unacked
+        """Leaving, nothing held, and every client that knew us has promised to send nothing more.
+
+        A client that does not answer the goodbye within ``settle`` seconds is idle (a sync client between
+        calls reads the goodbye before it chooses a server), so it is not waited for any longer.
+        """
+        if not self.leaving or self.held:
+            return False
+        return not self._unacked or self.clock() >= self.left_at + self.settle
 
 
 def describe_exception(exc: BaseException) -> list[bytes]:

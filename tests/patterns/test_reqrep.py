@@ -1,0 +1,301 @@
+"""Request-reply over real sockets: round trips, errors, plain pyzmq peers, failover, leave, idempotency, proxy."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import zmq
+
+import zmqkit.asyncio as zasync
+from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
+from zmqkit.patterns import Client, Proxy, Server
+from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
+from zmqkit.testing import free_tcp_endpoint
+
+LOCAL = "tcp://127.0.0.1:0"
+
+
+@pytest.fixture
+def servers() -> Iterator[Callable[..., Server]]:
+    """Start servers on free ports; every one is closed at the end."""
+    made: list[Server] = []
+
+    def start(handler: Callable[[Any], Any] = lambda body: body, **kw: Any) -> Server:
+        server = Server(kw.pop("endpoints", LOCAL), handler, **kw).start()
+        made.append(server)
+        return server
+
+    yield start
+    for server in made:
+        server.close()
+
+
+@pytest.mark.timeout(20)
+def test_round_trip_with_codecs(servers: Callable[..., Server]) -> None:
+    server = servers(lambda body: body.upper() if isinstance(body, (bytes, str)) else body)
+    with Client(server.endpoints) as client:
+        assert client.request(b"hello") == b"HELLO"
+        assert client.request("text") == "TEXT"
+        assert client.request({"n": [1, 2]}) == {"n": [1, 2]}
+        assert client.servers() == {server.endpoints[0]: "ready"}
+
+
+@pytest.mark.timeout(20)
+def test_handler_exception_is_a_remote_error_and_the_server_keeps_serving(servers: Callable[..., Server]) -> None:
+    def handler(body: bytes) -> bytes:
+        if body == b"boom":
+            raise ValueError("cannot resize to -1")
+        return body
+
+    server = servers(handler)
+    with Client(server.endpoints) as client:
+        with pytest.raises(RemoteError) as info:
+            client.request(b"boom")
+        assert info.value.remote_type == "ValueError"
+        assert info.value.message == "cannot resize to -1"
+        assert "Traceback" in info.value.remote_traceback and "handler" in info.value.remote_traceback
+        assert client.request(b"still here") == b"still here"
+
+
+@pytest.mark.timeout(20)
+def test_plain_pyzmq_clients_speak_to_the_server(servers: Callable[..., Server], raw_socket: Any) -> None:
+    server = servers(lambda body: b"<" + body + b">")
+    dealer = raw_socket(zmq.DEALER)
+    dealer.connect(server.endpoints[0])
+    dealer.send_multipart([b"", HEADER, bytes([HELLO])])
+    assert dealer.poll(5000)
+    empty, header, ready = dealer.recv_multipart()
+    assert (empty, header, ready[0], len(ready)) == (b"", b"ZKR\x01", READY, 5)
+    dealer.send_multipart([b"", b"ZKR\x01", b"Q\x01\x00\x02id" + b"payload"])  # kind, attempt, codec, id length
+    assert dealer.poll(5000)
+    _, _, frame = dealer.recv_multipart()
+    assert frame == b"R\x01\x00\x02id<payload>"
+    # A REQ socket works too: it adds and strips the empty delimiter itself.
+    req = raw_socket(zmq.REQ)
+    req.connect(server.endpoints[0])
+    req.send_multipart([b"ZKR\x01", message(REQUEST, 1, 0, b"r", b"text")])
+    assert req.poll(5000)
+    assert req.recv_multipart() == [b"ZKR\x01", message(REPLY, 1, 0, b"r", b"<text>")]
+
+
+@pytest.mark.timeout(20)
+def test_client_speaks_to_a_plain_pyzmq_server(raw_socket: Any) -> None:
+    router = raw_socket(zmq.ROUTER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    endpoint = f"tcp://127.0.0.1:{port}"
+
+    def serve() -> None:
+        answered = 0
+        while answered < 2 and router.poll(10_000):
+            who, empty, header, frame = router.recv_multipart()
+            if frame[0] == HELLO:
+                router.send_multipart([who, b"", header, b"W\x00\x00\x00\x10"])  # ready, capacity 16
+                continue
+            kind, attempt, codec, rid, payload = parse_message(frame)
+            if payload == b"fail":
+                router.send_multipart([who, b"", header, message(ERROR, attempt, 0, rid), b"KeyError", b"no", b""])
+            else:
+                router.send_multipart([who, b"", header, message(REPLY, attempt, codec, rid, payload[::-1])])
+            answered += 1
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with Client(endpoint, timeout=5) as client:
+            assert client.request(b"abc") == b"cba"
+            with pytest.raises(RemoteError, match="KeyError: no"):
+                client.request(b"fail")
+    finally:
+        thread.join(15)
+
+
+@pytest.mark.timeout(30)
+def test_timeout_then_nothing_is_stuck(servers: Callable[..., Server]) -> None:
+    release = threading.Event()
+    stuck = servers(lambda body: release.wait(10) and body, concurrency=2)
+    with Client(stuck.endpoints, timeout=0.5, retries=1) as client:
+        with pytest.raises(RequestTimeout, match="2 attempt"):
+            client.request(b"x")
+        release.set()
+        # Unlike a REQ socket after a timeout, the same client goes on working.
+        assert client.request(b"y", timeout=5) == b"y"
+
+
+@pytest.mark.timeout(30)
+def test_failover_past_dead_and_closed_servers(servers: Callable[..., Server]) -> None:
+    dead = free_tcp_endpoint()  # nothing ever listens here
+    a, b = servers(), servers()
+    with Client([dead, *a.endpoints, *b.endpoints], timeout=5) as client:
+        for i in range(20):
+            assert client.request(b"%d" % i) == b"%d" % i
+        a.close()
+        for i in range(20):
+            assert client.request(b"%d" % i) == b"%d" % i
+        assert client.servers()[dead] in ("connecting", "down")
+    assert b.stats["executed"] >= 20
+
+
+@pytest.mark.timeout(20)
+def test_no_server_at_all_is_unavailable() -> None:
+    with Client(free_tcp_endpoint(), timeout=0.3) as client, pytest.raises(Unavailable, match="connecting|down"):
+        client.request(b"x")
+
+
+@pytest.mark.timeout(30)
+def test_retry_of_a_slow_request_is_not_run_twice(servers: Callable[..., Server]) -> None:
+    runs: list[bytes] = []
+    first = threading.Event()
+
+    def slow_once(body: bytes) -> bytes:
+        runs.append(body)
+        if len(runs) == 1:
+            first.wait(0.6)  # longer than the attempt timeout: the client retries meanwhile
+        return body + b"!"
+
+    server = servers(slow_once, concurrency=2)
+    with Client(server.endpoints, timeout=10, attempt_timeout=0.2, retries=20, backoff=0.05) as client:
+        assert client.request(b"pay 10") == b"pay 10!"
+    assert runs == [b"pay 10"]
+    assert server.stats["duplicates"] >= 1
+
+
+@pytest.mark.timeout(30)
+def test_window_off_runs_a_retry_again(servers: Callable[..., Server]) -> None:
+    runs: list[bytes] = []
+
+    def slow_once(body: bytes) -> bytes:
+        runs.append(body)
+        if len(runs) == 1:
+            threading.Event().wait(0.6)
+        return body
+
+    server = servers(slow_once, concurrency=2, idempotency_window=0)
+    with Client(server.endpoints, timeout=10, attempt_timeout=0.2, retries=20, backoff=0.05) as client:
+        assert client.request(b"x") == b"x"
+    assert len(runs) >= 2
+
+
+@pytest.mark.timeout(40)
+async def test_graceful_leave_under_load_fails_no_call(servers: Callable[..., Server]) -> None:
+    pool = [servers(lambda b: b, concurrency=2) for _ in range(3)]
+    leaving = pool[1]
+    done = 0
+    errors: list[BaseException] = []
+    async with zasync.Client([s.endpoints[0] for s in pool], timeout=10, attempt_timeout=5) as client:
+
+        async def lane(k: int) -> None:
+            nonlocal done
+            for i in range(60):
+                body = b"%d-%d" % (k, i)
+                try:
+                    assert await client.request(body) == body
+                except Exception as exc:
+                    errors.append(exc)
+                done += 1
+
+        lanes = asyncio.gather(*(lane(k) for k in range(20)))
+        while done < 300:
+            await asyncio.sleep(0.005)
+        assert await asyncio.to_thread(leaving.leave, 10) is True  # drained, not cut short
+        await lanes
+    assert errors == []
+    assert done == 1200
+    assert leaving.stats["executed"] > 0 and leaving.stats["held"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_sync_client_stops_using_a_server_that_left(servers: Callable[..., Server]) -> None:
+    a, b = servers(), servers()
+    with Client([*a.endpoints, *b.endpoints], timeout=5, attempt_timeout=3) as client:
+        for i in range(10):
+            client.request(b"x")
+        assert a.leave(5) is True  # the idle sync client is waited for only briefly
+        before = b.stats["executed"]
+        for i in range(10):
+            assert client.request(b"%d" % i) == b"%d" % i
+        assert b.stats["executed"] == before + 10
+        assert client.servers()[a.endpoints[0]] in ("leaving", "down")
+
+
+@pytest.mark.timeout(30)
+async def test_many_in_flight_are_matched_by_request_id(servers: Callable[..., Server]) -> None:
+    a, b = servers(lambda body: body * 2, concurrency=4), servers(lambda body: body * 2)
+    async with zasync.Client([a.endpoints[0], b.endpoints[0]]) as client:
+        bodies = [b"n%05d" % i for i in range(2000)]
+        replies = await asyncio.gather(*(client.request(body) for body in bodies))
+    assert replies == [body * 2 for body in bodies]
+
+
+@pytest.mark.timeout(30)
+async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Server]) -> None:
+    slow = servers(lambda body: threading.Event().wait(0.05) and body)
+    fast = servers(lambda body: body)
+    async with zasync.Client([slow.endpoints[0], fast.endpoints[0]], max_in_flight=4) as client:
+        sem = asyncio.Semaphore(8)
+
+        async def one(i: int) -> bytes:
+            async with sem:
+                return await client.request(b"%d" % i)  # type: ignore[no-any-return]
+
+        await asyncio.gather(*(one(i) for i in range(300)))
+    assert fast.stats["executed"] > 4 * slow.stats["executed"]
+
+
+@pytest.mark.timeout(20)
+async def test_closing_the_async_client_fails_what_is_in_flight(servers: Callable[..., Server]) -> None:
+    release = threading.Event()
+    server = servers(lambda body: release.wait(5) and body, concurrency=2)
+    client = zasync.Client(server.endpoints, timeout=10)
+    task = asyncio.ensure_future(client.request(b"x"))
+    while not server.stats["held"]:
+        await asyncio.sleep(0.01)
+    client.close()
+    with pytest.raises(Unavailable, match="closed"):
+        await task
+    release.set()
+
+
+@pytest.mark.timeout(20)
+def test_malformed_frames_get_an_error_or_are_dropped(servers: Callable[..., Server], raw_socket: Any) -> None:
+    server = servers()
+    dealer = raw_socket(zmq.DEALER)
+    dealer.connect(server.endpoints[0])
+    for garbage in ([b"no delimiter"], [b"", b"HTTP/1.1"], [b"", HEADER, b"Q\x01\x00\x7f"], [b"", HEADER]):
+        dealer.send_multipart(garbage)
+    dealer.send_multipart([b"", HEADER, message(REQUEST, 1, 6, b"p", b"\x80\x04pickled")])  # pickle: refused
+    errors = []
+    while len(errors) < 4 and dealer.poll(3000):
+        _, _, frame, kind, text, _ = dealer.recv_multipart()
+        assert frame[0] == ERROR
+        errors.append((kind, text))
+    assert len(errors) == 4 and all(k == b"ProtocolError" for k, _ in errors[:3])
+    assert b"pickle" in errors[3][1]
+    with Client(server.endpoints) as client:
+        assert client.request(b"fine") == b"fine"
+
+
+@pytest.mark.timeout(30)
+def test_proxy_gives_clients_one_address(servers: Callable[..., Server]) -> None:
+    with Proxy(LOCAL, LOCAL) as proxy:
+        backends = [servers(lambda body, k=k: b"%d:" % k + body, endpoints=None, connect=proxy.backend) for k in (1, 2)]
+        with Client(proxy.frontend, timeout=5) as client:
+            replies = {client.request(b"x%d" % i) for i in range(40)}
+        assert {r.split(b":")[0] for r in replies} == {b"1", b"2"}
+        assert sum(s.stats["executed"] for s in backends) == 40
+
+
+def test_bad_arguments_raise_at_once() -> None:
+    with pytest.raises(ConfigurationError, match="'nowhere'"):
+        Client("nowhere")
+    with pytest.raises(ConfigurationError, match="concurrency=0"):
+        Server(LOCAL, lambda b: b, concurrency=0)
+    with pytest.raises(ConfigurationError, match="handler 42"):
+        Server(LOCAL, 42)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="timeout=-1"):
+        Client("tcp://127.0.0.1:5", timeout=-1)
+    with pytest.raises(ConfigurationError, match="bad codec 'yaml'|unknown codec 'yaml'"):
+        Client("tcp://127.0.0.1:5", codec="yaml")
