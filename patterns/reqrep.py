@@ -31,7 +31,7 @@ from zmqkit.sockets import SocketOptions, bind, connect, make_socket
 
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore"]
+__all__ = ["Client", "Server", "Proxy", "ClientCore", "nudge_until_stopped"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -66,6 +66,27 @@ def _ms(seconds: float) -> int:
 def _alias(endpoint: str, index: int) -> bytes:
     raw = endpoint.encode()
     return raw if len(raw) <= 255 else b"server-%d" % index
+
+
+def nudge_until_stopped(thread: threading.Thread, role: str, endpoint: str, command: bytes, timeout: float) -> bool:
+    """Send ``command`` to a background thread's inproc socket until the thread ends; False on timeout.
+
+    The sending socket is this caller's own (sockets are not shared between threads) and stays open until the
+    thread has ended: closing an inproc peer right after a send can drop the message.
+    """
+    sock = make_socket(role, SocketOptions(linger_ms=0, immediate=False))
+    try:
+        connect(sock, endpoint)
+        deadline = time.monotonic() + timeout
+        while thread.is_alive() and time.monotonic() < deadline:
+            try:
+                sock.send(command, NOBLOCK)
+            except zmq.Again:
+                pass  # its queue is full of earlier nudges: it will see one
+            thread.join(0.1)
+    finally:
+        sock.close()
+    return not thread.is_alive()
 
 
 class ClientCore:
@@ -313,21 +334,8 @@ class Server:
         if thread is None or not thread.is_alive():
             return
         self._commands.append((command, timeout))
-        self._wake()
-        thread.join(timeout + 5.0)
-        if thread.is_alive():
+        if not nudge_until_stopped(thread, "push", self._wake_ep, b"", timeout + 5.0):
             raise RequestTimeout(f"server on {self.endpoints!r} did not stop within {timeout}s")
-
-    def _wake(self) -> None:
-        """Nudge the socket thread from any other thread (a throwaway PUSH: sockets are not shared)."""
-        push = make_socket("push", SocketOptions(linger_ms=100, immediate=False))
-        try:
-            connect(push, self._wake_ep)
-            push.send(b"", zmq.NOBLOCK)
-        except zmq.ZMQError:
-            pass  # the thread already ended
-        finally:
-            push.close()
 
     def __enter__(self) -> Server:
         return self.start()
@@ -505,14 +513,7 @@ class Proxy:
         thread = self._thread
         if thread is None or not thread.is_alive():
             return
-        pair = make_socket("pair", SocketOptions(linger_ms=100))
-        try:
-            connect(pair, self._control_ep)
-            pair.send(b"TERMINATE")
-        finally:
-            pair.close()
-        thread.join(timeout)
-        if thread.is_alive():
+        if not nudge_until_stopped(thread, "pair", self._control_ep, b"TERMINATE", timeout):
             raise RequestTimeout(f"proxy did not stop within {timeout}s")
 
     def __enter__(self) -> Proxy:
