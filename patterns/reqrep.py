@@ -11,6 +11,7 @@ that is gone fails at once instead of queueing.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -79,10 +80,8 @@ def nudge_until_stopped(thread: threading.Thread, role: str, endpoint: str, comm
         connect(sock, endpoint)
         deadline = time.monotonic() + timeout
         while thread.is_alive() and time.monotonic() < deadline:
-            try:
+            with contextlib.suppress(zmq.Again):  # its queue is full of earlier nudges: it will see one
                 sock.send(command, NOBLOCK)
-            except zmq.Again:
-                pass  # its queue is full of earlier nudges: it will see one
             thread.join(0.1)
     finally:
         sock.close()

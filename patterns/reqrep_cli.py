@@ -51,8 +51,9 @@ def req(endpoint: str, message: str, timeout: float, retries: int) -> None:
 @click.option("--connect", is_flag=True, help="Connect to ENDPOINT (a proxy's backend) instead of binding it.")
 def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:
     """Serve requests on ENDPOINT: an echo server (Ctrl-C leaves gracefully)."""
-    server = Server(None if connect else endpoint, lambda body: body, concurrency=concurrency,
-                    connect=endpoint if connect else ())
+    server = Server(
+        None if connect else endpoint, lambda body: body, concurrency=concurrency, connect=endpoint if connect else ()
+    )
     server.start()
     click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
     _wait_for_interrupt(server.leave)

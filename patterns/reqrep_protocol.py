@@ -240,9 +240,7 @@ class ClientProtocol:
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
         self._arm(p, now + min(per_try, remaining))
-        self.outbox.append(
-            [peer.alias, b"", HEADER, bytes((REQUEST, p.attempt, p.codec, 16)) + p.request_id + p.body]
-        )
+        self.outbox.append([peer.alias, b"", HEADER, bytes((REQUEST, p.attempt, p.codec, 16)) + p.request_id + p.body])
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -293,7 +291,7 @@ class ClientProtocol:
         if not ctl:
             raise ProtocolError("empty message frame")
         kind = ctl[0]
-        if kind == REPLY or kind == ERROR or kind == REJECT:
+        if kind in (REPLY, ERROR, REJECT):
             _, attempt, codec, rid, payload = parse_message(ctl)
             p = self.pending.get(rid)
             if p is None or attempt != p.attempt:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import zmq
+from zmqkit.patterns import Client, Proxy, Server
+from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
 
 import zmqkit.asyncio as zasync
 from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
-from zmqkit.patterns import Client, Proxy, Server
-from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
 from zmqkit.testing import free_tcp_endpoint
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -91,11 +91,11 @@ def test_client_speaks_to_a_plain_pyzmq_server(raw_socket: Any) -> None:
     def serve() -> None:
         answered = 0
         while answered < 2 and router.poll(10_000):
-            who, empty, header, frame = router.recv_multipart()
+            who, _empty, header, frame = router.recv_multipart()
             if frame[0] == HELLO:
                 router.send_multipart([who, b"", header, b"W\x00\x00\x00\x10"])  # ready, capacity 16
                 continue
-            kind, attempt, codec, rid, payload = parse_message(frame)
+            _kind, attempt, codec, rid, payload = parse_message(frame)
             if payload == b"fail":
                 router.send_multipart([who, b"", header, message(ERROR, attempt, 0, rid), b"KeyError", b"no", b""])
             else:
@@ -141,7 +141,7 @@ def test_failover_past_dead_and_closed_servers(servers: Callable[..., Server]) -
 
 @pytest.mark.timeout(20)
 def test_no_server_at_all_is_unavailable() -> None:
-    with Client(free_tcp_endpoint(), timeout=0.3) as client, pytest.raises(Unavailable, match="connecting|down"):
+    with Client(free_tcp_endpoint(), timeout=0.3) as client, pytest.raises(Unavailable, match=r"connecting|down"):
         client.request(b"x")
 
 
@@ -211,7 +211,7 @@ async def test_graceful_leave_under_load_fails_no_call(servers: Callable[..., Se
 def test_sync_client_stops_using_a_server_that_left(servers: Callable[..., Server]) -> None:
     a, b = servers(), servers()
     with Client([*a.endpoints, *b.endpoints], timeout=5, attempt_timeout=3) as client:
-        for i in range(10):
+        for _ in range(10):
             client.request(b"x")
         assert a.leave(5) is True  # the idle sync client is waited for only briefly
         before = b.stats["executed"]
@@ -297,5 +297,5 @@ def test_bad_arguments_raise_at_once() -> None:
         Server(LOCAL, 42)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="timeout=-1"):
         Client("tcp://127.0.0.1:5", timeout=-1)
-    with pytest.raises(ConfigurationError, match="bad codec 'yaml'|unknown codec 'yaml'"):
+    with pytest.raises(ConfigurationError, match=r"unknown codec 'yaml'"):
         Client("tcp://127.0.0.1:5", codec="yaml")

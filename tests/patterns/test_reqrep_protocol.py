@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
-from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
 from zmqkit.patterns.reqrep_protocol import (
     ACK,
     ERROR,
@@ -20,6 +18,8 @@ from zmqkit.patterns.reqrep_protocol import (
     message,
     parse_message,
 )
+
+from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
 from zmqkit.wire import pack_u32
 
 A, B = b"tcp://a:1", b"tcp://b:1"
@@ -180,7 +180,7 @@ def test_remote_error_and_malformed_replies() -> None:
     proto.on_message([A, b""])
     assert proto.completed == []
     proto.on_message([A, b"", HEADER, message(ERROR, 1, 0, rid), b"ValueError", b"bad size", b"Traceback..."])
-    [(_, (ok, exc))] = proto.completed
+    [(_, (_ok, exc))] = proto.completed
     assert isinstance(exc, RemoteError) and exc.remote_type == "ValueError" and exc.remote_traceback
 
 
