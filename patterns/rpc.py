@@ -32,9 +32,12 @@ class MethodNotFound(LookupError):
 
 def _describe(fn: Callable[..., Any]) -> dict[str, str]:
     try:
-        signature = str(inspect.signature(fn))
-    except (TypeError, ValueError):
-        signature = "(...)"
+        signature = str(inspect.signature(fn, eval_str=True))
+    except Exception:  # annotations that do not evaluate: show them as written
+        try:
+            signature = str(inspect.signature(fn))
+        except (TypeError, ValueError):
+            signature = "(...)"
     doc = (inspect.getdoc(fn) or "").strip().splitlines()
     return {"signature": signature, "doc": doc[0] if doc else ""}
 

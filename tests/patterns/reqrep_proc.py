@@ -11,8 +11,9 @@ import asyncio
 import os
 import sys
 
-from zmqkit.asyncio import Client
 from zmqkit.patterns import Server
+
+from zmqkit.asyncio import Client
 
 
 def serve() -> None:

@@ -52,7 +52,9 @@ def test_a_thousand_clients_across_processes_each_get_their_own_replies() -> Non
     procs, endpoints = start_servers(2)
     try:
         clients = [
-            subprocess.Popen([sys.executable, PROC, "clients", "250", "4", *endpoints], stdout=subprocess.PIPE, text=True)
+            subprocess.Popen(
+                [sys.executable, PROC, "clients", "250", "4", *endpoints], stdout=subprocess.PIPE, text=True
+            )
             for _ in range(4)
         ]
         outputs = [c.communicate(timeout=80)[0].strip() for c in clients]
