@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import zmq
+from zmq.backend import zmq_poll
 
 from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
@@ -32,13 +33,33 @@ from zmqkit.sockets import SocketOptions, bind, connect, make_socket
 
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "nudge_until_stopped"]
+__all__ = ["Client", "Server", "Proxy", "ClientCore", "nudge_until_stopped", "send_frames", "recv_frames"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+_MORE = int(zmq.SNDMORE) | NOBLOCK
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
+    """``send_multipart(frames, NOBLOCK)`` without its per-frame type checks and enum arithmetic."""
+    send = sock.send
+    for frame in frames[:-1]:
+        send(frame, _MORE)
+    send(frames[-1], NOBLOCK)
+
+
+def recv_frames(sock: zmq.Socket) -> list[bytes]:
+    """One whole message that poll said is waiting; frames read without copy let ``.more`` replace RCVMORE."""
+    recv = sock.recv
+    frame = recv(NOBLOCK, copy=False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = recv(NOBLOCK, copy=False)
+        parts.append(frame.bytes)
+    return parts
 
 
 def socket_options(options: SocketOptions | None, curve: Curve | None, **changes: Any) -> SocketOptions:
@@ -142,13 +163,13 @@ class ClientCore:
         """Send everything the protocol queued; tell it what could not be delivered."""
         proto = self._proto
         out = proto.outbox
-        send = self._sock.send_multipart
+        sock = self._sock
         i = 0
         while i < len(out):
             frames = out[i]
             i += 1
             try:
-                send(frames, NOBLOCK)
+                send_frames(sock, frames)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:
                     proto.undeliverable(frames, gone=True)
@@ -163,15 +184,14 @@ class ClientCore:
         sock = self._sock
         on_message = self._proto.on_message
         while sock.getsockopt(EVENTS) & POLLIN:
-            on_message(sock.recv_multipart(NOBLOCK))
+            on_message(recv_frames(sock))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:
         if self.closed:
             raise ConfigurationError(f"client for {self.endpoints!r} is closed")
         limit = check_timeout(timeout) or self.timeout
         codec_id, payload = self._codec.pack(body)
-        self._drain()  # learn of goodbyes and ready servers before choosing one
-        self._proto.tick()
+        # No look at the socket first: news (a goodbye) read later costs at most a refusal and a resend.
         rid = self._proto.submit(codec_id, payload, limit)
         self._flush()
         return rid
@@ -199,6 +219,8 @@ class Client(ClientCore):
         proto = self._proto
         completed = proto.completed
         sock = self._sock
+        items = [(sock, POLLIN)]
+        on_message = proto.on_message
         clock = proto.clock
         try:
             while not completed:
@@ -206,8 +228,8 @@ class Client(ClientCore):
                 due = proto.next_deadline()
                 if due <= now:
                     proto.tick()
-                elif sock.poll(_ms(due - now)):
-                    self._drain()
+                elif zmq_poll(items, _ms(due - now)):
+                    on_message(recv_frames(sock))
                 if proto.outbox:
                     self._flush()
         finally:
@@ -389,31 +411,29 @@ class Server:
 
     def _loop(self, router: zmq.Socket, wake: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
         proto = self._proto
-        poller = zmq.Poller()
-        poller.register(router, zmq.POLLIN)
-        poller.register(wake, zmq.POLLIN)
+        items = [(router, POLLIN), (wake, POLLIN)]
         leave_by: float | None = None
         on_message = proto.on_message
         execute = self._execute
         while True:
-            timeout = None
+            timeout = -1
             if leave_by is not None:
                 # Wake to re-check: when idle clients stop being waited for, and at the deadline.
                 now = self._clock()
                 settled = proto.left_at + proto.settle
                 timeout = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
-            events = dict(poller.poll(timeout))
-            if router in events:
-                while router.getsockopt(EVENTS) & POLLIN:
-                    job = on_message(router.recv_multipart(NOBLOCK))
-                    if job is not None:
-                        if jobs is None:
-                            proto.finish(job, *execute(job))
-                        else:
-                            jobs.put(job)
-                    if proto.outbox:
-                        self._flush(router)
-            if wake in events:
+            events = zmq_poll(items, timeout)
+            if events and events[0][0] is router:
+                # One message per poll: asking the socket whether more wait costs as much as polling again.
+                job = on_message(recv_frames(router))
+                if job is not None:
+                    if jobs is None:
+                        proto.finish(job, *execute(job))
+                    else:
+                        jobs.put(job)
+                if proto.outbox:
+                    self._flush(router)
+            if events and events[-1][0] is wake:
                 while wake.get(zmq.EVENTS) & zmq.POLLIN:
                     wake.recv(zmq.NOBLOCK)
                 while self._results:
@@ -438,7 +458,7 @@ class Server:
         proto = self._proto
         for frames in proto.outbox:
             try:
-                router.send_multipart(frames, NOBLOCK)
+                send_frames(router, frames)
             except zmq.ZMQError as exc:
                 # The client left (or stopped reading): its reply has nowhere to go.
                 log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])

@@ -38,8 +38,7 @@ class AsyncClient(ClientCore):
         rid = self._submit(body, timeout)
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self._futures[rid] = fut
-        if self._proto.completed:
-            self._deliver()
+        self._settle()
         if self._pump_task is None:
             self._pump_task = asyncio.get_running_loop().create_task(self._pump())
         elif self._proto.next_deadline() < self._wake_at and self._poll is not None:
@@ -50,6 +49,20 @@ class AsyncClient(ClientCore):
             if not fut.done():
                 self._futures.pop(rid, None)
                 self._proto.cancel(rid)
+
+    def _settle(self) -> None:
+        """Read what arrived and send what that produced, until the socket has nothing for us.
+
+        Using the socket directly consumes the edge-triggered wake-up that the pump's asyncio poll waits for;
+        leaving nothing unread means the next arrival wakes it again.
+        """
+        proto = self._proto
+        self._drain()
+        while proto.outbox:
+            self._flush()
+            self._drain()
+        if proto.completed:
+            self._deliver()
 
     def _deliver(self) -> None:
         futures = self._futures
@@ -78,11 +91,7 @@ class AsyncClient(ClientCore):
                 await asyncio.wait((self._poll,))
                 self._poll = None
                 self._wake_at = math.inf
-                self._drain()
-            if proto.outbox:
-                self._flush()
-            if proto.completed:
-                self._deliver()
+            self._settle()
 
     def close(self) -> None:
         """Fail what is in flight with Unavailable, stop the pump and close the socket."""

@@ -186,8 +186,8 @@ class ClientProtocol:
         rid = self._prefix + next(self._seq).to_bytes(8, "big")
         p = _Pending(rid, codec, body, now + timeout, self.retries)
         self.pending[rid] = p
-        self._arm(p, p.deadline)
-        if not self._send(p, now):
+        if not self._send(p, now):  # sent: its attempt timer (never later than the deadline) is armed
+            self._arm(p, p.deadline)
             self.waiting.append(rid)
         return rid
 
@@ -304,11 +304,13 @@ class ClientProtocol:
                     self._finish(p, exc)
                 else:
                     self._finish(p, value, ok=True)
-                self._dispatch(self.clock())
+                if self.waiting:
+                    self._dispatch(self.clock())
             elif kind == ERROR:
                 parts = [_text(f) for f in frames[4:7]] + ["", "", ""]
                 self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
-                self._dispatch(self.clock())
+                if self.waiting:
+                    self._dispatch(self.clock())
             else:
                 # Refused (leaving or busy): straight to a server it has not tried, else back off first.
                 self._requeue(p, self.clock(), 0.0 if len(p.tried) < len(self.peers) else self._backoff(p.attempt))
