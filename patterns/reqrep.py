@@ -109,6 +109,28 @@ def nudge_until_stopped(thread: threading.Thread, role: str, endpoint: str, comm
     return not thread.is_alive()
 
 
+class _Background:
+    """Owns one background thread that makes its own sockets; ``_launch`` returns once they are bound."""
+
+    _thread: threading.Thread | None = None
+    _error: BaseException | None = None
+
+    def _launch(self, name: str, what: str, timeout: float) -> None:
+        if self._thread is not None:
+            return
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+        if not self._started.wait(timeout):
+            raise RequestTimeout(f"{what} did not start within {timeout}s")
+        if self._error is not None:
+            self._thread.join(timeout)
+            raise self._error
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
 class ClientCore:
     """What the sync and asyncio clients share: the protocol, the socket, and moving frames between them."""
 
@@ -255,7 +277,7 @@ class Client(ClientCore):
         self.close()
 
 
-class Server:
+class Server(_Background):
     """Answer requests with ``handler(body) -> reply`` on a ROUTER, in a background thread.
 
     >>> with Server("tcp://*:5555", lambda body: body.upper(), concurrency=4) as server:
@@ -302,9 +324,6 @@ class Server:
         self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
         self._commands: deque[tuple[str, float]] = deque()
         self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
         self._left_cleanly = False
 
     @property
@@ -320,15 +339,7 @@ class Server:
     # --------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 10.0) -> Server:
         """Bind and serve in a background thread; return once bound (raise if binding failed)."""
-        if self._thread is not None:
-            return self
-        self._thread = threading.Thread(target=self._run, name=f"zmqkit-server-{self._wake_ep[-4:]}", daemon=True)
-        self._thread.start()
-        if not self._started.wait(timeout):
-            raise RequestTimeout(f"server on {self._binds or self._connects!r} did not start within {timeout}s")
-        if self._error is not None:
-            self._thread.join(timeout)
-            raise self._error
+        self._launch("zmqkit-server", f"server on {self._binds or self._connects!r}", timeout)
         return self
 
     def leave(self, timeout: float = 10.0) -> bool:
@@ -467,7 +478,7 @@ class Server:
         proto.outbox.clear()
 
 
-class Proxy:
+class Proxy(_Background):
     """A queue device: clients connect to ``frontend`` (ROUTER), servers to ``backend`` (DEALER); libzmq relays.
 
     >>> with Proxy("tcp://*:5555", "tcp://*:5556") as proxy:
@@ -486,20 +497,10 @@ class Proxy:
         self._control_ep = f"inproc://zmqkit-reqrep-proxy-{next(_ids)}"
         self.frontend = ""
         self.backend = ""
-        self._thread: threading.Thread | None = None
-        self._started = threading.Event()
-        self._error: BaseException | None = None
 
     def start(self, timeout: float = 10.0) -> Proxy:
         """Bind both sides and start relaying in a background thread."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="zmqkit-proxy", daemon=True)
-            self._thread.start()
-            if not self._started.wait(timeout):
-                raise RequestTimeout(f"proxy did not start within {timeout}s")
-            if self._error is not None:
-                self._thread.join(timeout)
-                raise self._error
+        self._launch("zmqkit-proxy", "proxy", timeout)
         return self
 
     def _run(self) -> None:
