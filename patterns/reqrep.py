@@ -445,8 +445,8 @@ class Server(_Background):
                 if proto.outbox:
                     self._flush(router)
             if events and events[-1][0] is wake:
-                while wake.get(zmq.EVENTS) & zmq.POLLIN:
-                    wake.recv(zmq.NOBLOCK)
+                while wake.getsockopt(EVENTS) & POLLIN:
+                    wake.recv(NOBLOCK)
                 while self._results:
                     job, result = self._results.popleft()
                     proto.finish(job, *result)

@@ -13,7 +13,7 @@ from zmqkit.patterns import Client, Proxy, Server
 from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
 
 import zmqkit.asyncio as zasync
-from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
+from zmqkit import ConfigurationError, Curve, KeyPair, RemoteError, RequestTimeout, Unavailable
 from zmqkit.testing import free_tcp_endpoint
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -286,6 +286,17 @@ def test_proxy_gives_clients_one_address(servers: Callable[..., Server]) -> None
             replies = {client.request(b"x%d" % i) for i in range(40)}
         assert {r.split(b":")[0] for r in replies} == {b"1", b"2"}
         assert sum(s.stats["executed"] for s in backends) == 40
+
+
+@pytest.mark.timeout(30)
+def test_curve_encrypts_and_only_allowed_clients_are_served(servers: Callable[..., Server]) -> None:
+    server_keys, friend, stranger = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+    server = servers(curve=Curve.server(server_keys, allow=[friend.public]))
+    with Client(server.endpoints, curve=Curve.client(server_keys.public, friend), timeout=5) as client:
+        assert client.request(b"secret") == b"secret"
+    stranger_curve = Curve.client(server_keys.public, stranger)
+    with Client(server.endpoints, curve=stranger_curve, timeout=0.5) as client, pytest.raises(Unavailable):
+        client.request(b"let me in")
 
 
 def test_bad_arguments_raise_at_once() -> None:
