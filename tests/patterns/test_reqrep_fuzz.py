@@ -1,0 +1,43 @@
+"""Malformed frames never crash either side of request-reply: an error answer or a drop, and serving goes on."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, REQUEST, ClientProtocol, ServerProtocol, message
+
+frame = st.one_of(
+    st.binary(max_size=48),
+    st.just(b""),
+    st.just(HEADER),
+    st.builds(lambda k, rest: bytes([k]) + rest, st.sampled_from(b"QRENHWGA\x00"), st.binary(max_size=40)),
+)
+
+
+@pytest.mark.fuzz
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame, max_size=7))
+def test_server_answers_or_drops_anything(frames: list[bytes]) -> None:
+    proto = ServerProtocol()
+    message_in = [b"client", *frames]
+    proto.on_message(message_in)
+    assert len(proto.outbox) <= 1
+    for reply in proto.outbox:
+        envelope = message_in[: message_in.index(b"")]  # answers go back along the envelope it came with
+        assert reply[: len(envelope) + 2] == [*envelope, b"", HEADER]
+        if reply[len(envelope) + 2][0] == ERROR:
+            assert reply[len(envelope) + 3] == b"ProtocolError"
+    # and it still serves a good request afterwards
+    proto.outbox.clear()
+    assert proto.on_message([b"client", b"", HEADER, message(REQUEST, 1, 0, b"good", b"x")]) is not None
+
+
+@pytest.mark.fuzz
+@settings(max_examples=300, deadline=None)
+@given(st.lists(frame, max_size=7))
+def test_client_drops_anything_it_cannot_match(frames: list[bytes]) -> None:
+    proto = ClientProtocol({b"tcp://a:1": "tcp://a:1"})
+    proto.on_message([b"tcp://a:1", *frames])
+    proto.on_message([b"stranger", *frames])
+    assert proto.completed == []
