@@ -7,6 +7,7 @@ Exported as ``zmqkit.asyncio.Client``. It shares everything but the waiting with
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from typing import Any
 
@@ -17,6 +18,8 @@ from zmqkit.errors import Unavailable
 from .reqrep import ClientCore
 
 __all__ = ["AsyncClient"]
+
+log = logging.getLogger(__name__)
 
 
 class AsyncClient(ClientCore):
@@ -76,7 +79,16 @@ class AsyncClient(ClientCore):
         self._proto.completed.clear()
 
     async def _pump(self) -> None:
-        """Read replies and run timers until closed."""
+        """Read replies and run timers until closed; if it breaks, every waiting caller hears why."""
+        try:
+            await self._pump_forever()
+        except Exception as exc:
+            log.exception("request-reply client for %r stopped reading", self.endpoints)
+            self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} stopped: {exc}"))
+            self._deliver()
+            self._pump_task = None
+
+    async def _pump_forever(self) -> None:
         proto = self._proto
         clock = proto.clock
         while True:

@@ -71,7 +71,7 @@ def test_rep_echo_and_proxy_processes(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_bench_reqrep_prints_ratios() -> None:
-    result = CliRunner().invoke(main, ["bench", "reqrep", "-n", "300", "--window", "20"])
+    result = CliRunner().invoke(main, ["bench", "reqrep", "-n", "300", "--window", "20", "--rounds", "1"])
     assert result.exit_code == 0, result.output
     assert "sync round trip" in result.output and "async pipelined" in result.output
     assert result.output.count("x  ") >= 2  # a ratio on each row
