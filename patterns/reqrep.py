@@ -33,7 +33,7 @@ from zmqkit.sockets import SocketOptions, bind, connect, make_socket
 
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "nudge_until_stopped", "send_frames", "recv_frames"]
+__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until_stopped", "send_frames", "recv_frames"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -277,18 +277,8 @@ class Client(ClientCore):
         self.close()
 
 
-class Server(_Background):
-    """Answer requests with ``handler(body) -> reply`` on a ROUTER, in a background thread.
-
-    >>> with Server("tcp://*:5555", lambda body: body.upper(), concurrency=4) as server:
-    ...     print(server.endpoints)     # the real endpoints (port 0 picks a free one)
-    ...     server.leave(timeout=10)    # goodbye to clients, finish what is held, close
-
-    ``concurrency=1`` runs the handler in the socket thread (lowest latency); more runs it on that many threads.
-    ``max_queue`` bounds what the server holds (more is refused, and clients go elsewhere).
-    ``idempotency_window`` recent request ids are remembered with their replies, so a retry is not run twice.
-    ``connect=`` endpoints are connected to (e.g. a Proxy's backend) besides binding ``endpoints``.
-    """
+class ServerCore:
+    """What the threaded and asyncio servers share: settings, the protocol, running the handler, sending."""
 
     def __init__(
         self,
@@ -321,9 +311,6 @@ class Server(_Background):
         self._options = socket_options(options, curve)
         self._clock = clock
         self.endpoints: list[str] = []
-        self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
-        self._commands: deque[tuple[str, float]] = deque()
-        self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
         self._left_cleanly = False
 
     @property
@@ -335,6 +322,44 @@ class Server(_Background):
     def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
         """Run the handler on one job (overridden by RpcServer)."""
         return run_handler(self.handler, self._codec, self._allow_pickle, job)
+
+    def _open(self, router: zmq.Socket) -> None:
+        """Bind and connect the ROUTER; remember the real endpoints."""
+        self.endpoints = [bind(router, ep) for ep in self._binds]
+        for ep in self._connects:
+            connect(router, ep)
+
+    def _flush(self, router: zmq.Socket) -> None:
+        proto = self._proto
+        for frames in proto.outbox:
+            try:
+                send_frames(router, frames)
+            except zmq.ZMQError as exc:
+                # The client left (or stopped reading): its reply has nowhere to go.
+                log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
+                if exc.errno == zmq.EHOSTUNREACH:
+                    proto.client_gone(frames[: frames.index(b"")])
+        proto.outbox.clear()
+
+
+class Server(ServerCore, _Background):
+    """Answer requests with ``handler(body) -> reply`` on a ROUTER, in a background thread.
+
+    >>> with Server("tcp://*:5555", lambda body: body.upper(), concurrency=4) as server:
+    ...     print(server.endpoints)     # the real endpoints (port 0 picks a free one)
+    ...     server.leave(timeout=10)    # goodbye to clients, finish what is held, close
+
+    ``concurrency=1`` runs the handler in the socket thread (lowest latency); more runs it on that many threads.
+    ``max_queue`` bounds what the server holds (more is refused, and clients go elsewhere).
+    ``idempotency_window`` recent request ids are remembered with their replies, so a retry is not run twice.
+    ``connect=`` endpoints are connected to (e.g. a Proxy's backend) besides binding ``endpoints``.
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | None, handler: Callable[[Any], Any], **kwargs: Any) -> None:
+        super().__init__(endpoints, handler, **kwargs)
+        self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
+        self._commands: deque[tuple[str, float]] = deque()
+        self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
 
     # --------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 10.0) -> Server:
@@ -385,9 +410,7 @@ class Server(_Background):
                 router = make_socket("router", self._options)
                 wake = make_socket("pull")
                 bind(wake, self._wake_ep)
-                self.endpoints = [bind(router, ep) for ep in self._binds]
-                for ep in self._connects:
-                    connect(router, ep)
+                self._open(router)
             except BaseException as exc:
                 self._error = exc
                 return
@@ -464,18 +487,6 @@ class Server(_Background):
                 if self._clock() >= leave_by:
                     log.warning("server on %r left with %d request(s) unfinished", self.endpoints, proto.held)
                     return
-
-    def _flush(self, router: zmq.Socket) -> None:
-        proto = self._proto
-        for frames in proto.outbox:
-            try:
-                send_frames(router, frames)
-            except zmq.ZMQError as exc:
-                # The client left (or stopped reading): its reply has nowhere to go.
-                log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
-                if exc.errno == zmq.EHOSTUNREACH:
-                    proto.client_gone(frames[: frames.index(b"")])
-        proto.outbox.clear()
 
 
 class Proxy(_Background):

@@ -1,23 +1,27 @@
-"""The asyncio request-reply client: many requests in flight on one socket, matched to replies by request id.
+"""The asyncio request-reply runners: a client with many requests in flight, and a server for coroutine handlers.
 
-Exported as ``zmqkit.asyncio.Client``. It shares everything but the waiting with the sync Client
-(:class:`reqrep.ClientCore`); one pump task reads replies and runs the protocol's timers.
+Exported as ``zmqkit.asyncio.Client`` and ``zmqkit.asyncio.Server``. They share everything but the waiting
+with the threaded classes (:class:`reqrep.ClientCore`, :class:`reqrep.ServerCore`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 from typing import Any
 
 import zmq
 
+from zmqkit.codecs import unpack
 from zmqkit.errors import Unavailable
+from zmqkit.sockets import make_socket
 
-from .reqrep import ClientCore
+from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_frames
+from .reqrep_protocol import ERROR, Job, describe_exception, reply_of
 
-__all__ = ["AsyncClient"]
+__all__ = ["AsyncClient", "AsyncServer"]
 
 log = logging.getLogger(__name__)
 
@@ -120,6 +124,119 @@ class AsyncClient(ClientCore):
 
     async def __aenter__(self) -> AsyncClient:
         return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncServer(ServerCore):
+    """Serve requests in the running event loop; a coroutine handler runs as a task per request.
+
+    >>> async def render(body: bytes) -> bytes:
+    ...     return await make_thumbnail(body)
+    >>> async with AsyncServer("tcp://*:5555", render, concurrency=100) as server:
+    ...     await server.leave(timeout=10)
+
+    ``concurrency`` bounds how many handler coroutines run at once. A plain function handler runs inline in the
+    loop (keep it quick, or use the threaded ``zmqkit.patterns.Server``).
+    """
+
+    def __init__(self, endpoints: Any, handler: Any, **kwargs: Any) -> None:
+        super().__init__(endpoints, handler, **kwargs)
+        self._is_coroutine = inspect.iscoroutinefunction(handler)
+        self._socket: Any = None
+        self._sock: zmq.Socket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._jobs: set[asyncio.Task[None]] = set()
+        self._slots: asyncio.Semaphore | None = None
+
+    async def start(self) -> AsyncServer:
+        """Bind and start serving; ``endpoints`` then holds the real endpoints."""
+        if self._task is None:
+            router = make_socket("router", self._options, asyncio=True)
+            try:
+                self._open(router)
+            except BaseException:
+                router.close(linger=0)
+                raise
+            self._socket = router
+            # Non-blocking reads and writes go through a plain view of the same socket (see _settle).
+            self._sock = zmq.Socket.shadow(router.underlying)
+            self._slots = asyncio.Semaphore(self.concurrency)
+            self._task = asyncio.get_running_loop().create_task(self._serve())
+        return self
+
+    async def _serve(self) -> None:
+        while True:
+            await self._socket.poll(None, zmq.POLLIN)
+            self._settle()
+
+    def _settle(self) -> None:
+        """Handle everything waiting and send every answer, until the socket has nothing more for us.
+
+        Reading and writing the socket directly consumes the edge-triggered wake-up the serve task's poll
+        waits for; leaving nothing unread means the next arrival wakes it again.
+        """
+        sock = self._sock
+        if sock is None:
+            return
+        proto = self._proto
+        while True:
+            while sock.getsockopt(EVENTS) & POLLIN:
+                job = proto.on_message(recv_frames(sock))
+                if job is None:
+                    continue
+                if self._is_coroutine:
+                    task = asyncio.get_running_loop().create_task(self._run(job))
+                    self._jobs.add(task)
+                    task.add_done_callback(self._jobs.discard)
+                else:
+                    proto.finish(job, *self._execute(job))
+            if not proto.outbox:
+                return
+            self._flush(sock)
+
+    async def _run(self, job: Job) -> None:
+        assert self._slots is not None
+        async with self._slots:
+            try:
+                value = unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
+                result = reply_of(self._codec, await self.handler(value))
+            except Exception as exc:
+                result = (ERROR, 0, describe_exception(exc))
+        self._proto.finish(job, *result)
+        self._settle()
+
+    async def leave(self, timeout: float = 10.0) -> bool:
+        """Say goodbye, refuse new work, finish what is held, close; True if nothing was cut short."""
+        if self._sock is None:
+            return self._left_cleanly
+        proto = self._proto
+        proto.leave()
+        self._settle()
+        deadline = self._clock() + timeout
+        # Drained turns true on replies, acks (read by the serve task) and, for idle clients, with time alone.
+        while not proto.drained and self._clock() < deadline:
+            await asyncio.sleep(0.01)
+        self._left_cleanly = proto.drained
+        if not self._left_cleanly:
+            log.warning("server on %r left with %d request(s) unfinished", self.endpoints, proto.held)
+        self.close()
+        return self._left_cleanly
+
+    def close(self) -> None:
+        """Stop now: handlers still running are cancelled; their clients retry elsewhere."""
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        for task in list(self._jobs):
+            task.cancel()
+        if self._socket is not None:
+            self._socket.close()  # its linger lets the last replies leave
+            self._socket = self._sock = None
+
+    async def __aenter__(self) -> AsyncServer:
+        return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
         self.close()

@@ -43,6 +43,7 @@ __all__ = [
     "parse_message",
     "describe_exception",
     "run_handler",
+    "reply_of",
 ]
 
 log = logging.getLogger(__name__)
@@ -613,13 +614,17 @@ def describe_exception(exc: BaseException) -> list[bytes]:
     return error_frames(type(exc).__name__, str(exc), tb)
 
 
+def reply_of(codec: Codec, result: Any) -> tuple[int, int, list[bytes]]:
+    """A handler's result as ``(REPLY, codec id, [payload])`` for ``ServerProtocol.finish``."""
+    cid, payload = codec.pack(result)
+    return REPLY, cid, [payload]
+
+
 def run_handler(
     handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job
 ) -> tuple[int, int, list[bytes]]:
     """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
     try:
-        value = unpack(job.codec, job.body, allow_pickle=allow_pickle)
-        cid, payload = codec.pack(handler(value))
+        return reply_of(codec, handler(unpack(job.codec, job.body, allow_pickle=allow_pickle)))
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)
-    return REPLY, cid, [payload]

@@ -7,8 +7,9 @@ protocol implementation; only the runner differs.
 from __future__ import annotations
 
 from .patterns.reqrep_async import AsyncClient as Client
+from .patterns.reqrep_async import AsyncServer as Server
 from .patterns.rpc import AsyncRpcClient as RpcClient
 from .sockets import async_context as async_context
 
 __all__ = ["async_context"]
-__all__ += ["Client", "RpcClient"]  # request-reply
+__all__ += ["Client", "RpcClient", "Server"]  # request-reply
