@@ -13,6 +13,7 @@ from zmqkit.cli import bench, main
 from zmqkit.sockets import SocketOptions
 
 from .fanout import Forwarder, Publisher, Subscriber
+from .presence import Directory
 
 __all__ = ["pub", "sub", "forwarder", "services", "bench_fanout"]
 
@@ -82,6 +83,30 @@ def forwarder(xsub: str, xpub: str, last_value_cache: int) -> None:
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
         while True:
             fwd.join(0.5)
+
+
+@main.command()
+@click.option("--fabric", required=True, help="Where announcements arrive: a forwarder's XPUB or a Presence.")
+@click.option("--listen", default=2.5, show_default=True, help="Seconds to collect heartbeats before printing.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
+def services(fabric: str, listen: float, as_json: bool) -> None:
+    """Print the directory of services announced on FABRIC (name, status, endpoint, meta)."""
+    with Directory(fabric) as directory:
+        # A listening window, not a synchronisation: heartbeats come once per interval (default 1 s), so
+        # every live service is heard within a little more than one interval (a last-value cache: at once).
+        time.sleep(listen)
+        entries = directory.lookup()
+    if as_json:
+        for e in entries:
+            click.echo(json.dumps({"service": e.service, "status": e.status, "endpoint": e.endpoint, "meta": e.meta}))
+        return
+    if not entries:
+        click.echo(f"no services announced on {fabric}")
+        return
+    rows = [(e.service, e.status, e.endpoint, json.dumps(e.meta) if e.meta else "") for e in entries]
+    widths = [max(len(r[i]) for r in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]) for i in range(4)]
+    for row in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
 
 
 def _zmqkit_publisher(endpoint: str, n: int, size: int) -> None:

@@ -202,7 +202,7 @@ class SubscriberState:
         self.received += 1
         return Message(topic.decode("utf-8", "surrogateescape"), body, publisher, seq)
 
-    def _bad(self, why: str) -> None:
+    def _bad(self, why: str) -> Message | None:
         self.malformed += 1
         log.warning("dropped a malformed fanout message: %s", why)
         return None

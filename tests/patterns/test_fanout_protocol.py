@@ -5,8 +5,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from zmqkit import ConfigurationError
 from zmqkit.patterns.fanout_protocol import (
     HELLO_PREFIX,
     PublisherState,
@@ -14,6 +12,8 @@ from zmqkit.patterns.fanout_protocol import (
     SubscriberState,
     TopicFilter,
 )
+
+from zmqkit import ConfigurationError
 
 
 def test_wildcards_subscribe_to_their_widest_prefix() -> None:
