@@ -31,7 +31,7 @@ from .fanout_protocol import (
     new_id,
 )
 
-__all__ = ["Publisher", "Subscriber", "Forwarder", "Message", "socket_options", "attach"]
+__all__ = ["Publisher", "Subscriber", "Forwarder", "Message", "socket_options", "attach", "check_timeout", "timeout_ms"]
 
 log = logging.getLogger(__name__)
 Endpoints = str | list[str] | tuple[str, ...] | None
@@ -58,7 +58,7 @@ def attach(sock: Any, binds: Endpoints, connects: Endpoints, what: str) -> list[
         raise
 
 
-def _timeout_ms(deadline: float) -> int:
+def timeout_ms(deadline: float) -> int:
     return max(0, int((deadline - time.monotonic()) * 1000))
 
 
@@ -82,6 +82,8 @@ class _PublisherBase:
         self._sock = make_socket("xpub", socket_options(options, curve), asyncio=self._asyncio)
         self.endpoints = attach(self._sock, bind, connect, "Publisher")
         self._encode = self._state.encode
+        # Notices are read without blocking through a plain view of the socket (the same socket, same thread).
+        self._sync_view = zmq.Socket.shadow(self._sock.underlying) if self._asyncio else self._sock
 
     @property
     def endpoint(self) -> str:
@@ -94,6 +96,19 @@ class _PublisherBase:
 
     def _notice(self, frames: list[bytes]) -> None:
         self._counter.feed(frames[0])
+
+    def _drain(self) -> None:
+        while True:
+            try:
+                self._notice(self._sync_view.recv_multipart(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+
+    @property
+    def subscribers(self) -> int:
+        """How many zmqkit subscribers are connected right now (as far as notices have told)."""
+        self._drain()
+        return self._counter.count
 
     def _not_enough(self, n: int, timeout: float) -> RequestTimeout:
         return RequestTimeout(
@@ -116,7 +131,7 @@ class _PublisherBase:
         return f"<{type(self).__name__} {self.id.hex()} {self.endpoints}>"
 
 
-def _check_timeout(timeout: float | None) -> None:
+def check_timeout(timeout: float | None) -> None:
     if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
         raise ConfigurationError(f"bad timeout {timeout!r}: expected seconds >= 0 or None")
 
@@ -135,29 +150,16 @@ class Publisher(_PublisherBase):
         self._sock.send(topic_frame, zmq.SNDMORE)
         self._sock.send(data)
 
-    @property
-    def subscribers(self) -> int:
-        """How many zmqkit subscribers are connected right now (as far as notices have told)."""
-        self._drain()
-        return self._counter.count
-
     def wait_for_subscribers(self, n: int = 1, timeout: float = 10.0) -> int:
         """Block until ``n`` zmqkit subscribers have subscribed (their topics are then in effect)."""
-        _check_timeout(timeout)
+        check_timeout(timeout)
         deadline = time.monotonic() + timeout
         while True:
             self._drain()
             if self._counter.count >= n:
                 return self._counter.count
-            if not self._sock.poll(_timeout_ms(deadline)) and time.monotonic() >= deadline:
+            if not self._sock.poll(timeout_ms(deadline)) and time.monotonic() >= deadline:
                 raise self._not_enough(n, timeout)
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._notice(self._sock.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
 
 
 class _SubscriberBase:
@@ -262,7 +264,7 @@ class Subscriber(_SubscriberBase):
         """The next message; RequestTimeout when none comes within ``timeout`` seconds (None: wait)."""
         if self._background is not None:
             raise ConfigurationError("this Subscriber delivers to its callback; recv() is not available")
-        _check_timeout(timeout)
+        check_timeout(timeout)
         sock, feed = self._sock, self._feed
         if timeout is None:
             while True:
@@ -274,7 +276,7 @@ class Subscriber(_SubscriberBase):
             try:
                 msg = feed(sock.recv_multipart(zmq.NOBLOCK))
             except zmq.Again:
-                if not sock.poll(_timeout_ms(deadline)) and time.monotonic() >= deadline:
+                if not sock.poll(timeout_ms(deadline)) and time.monotonic() >= deadline:
                     raise self._timeout(timeout) from None
                 continue
             if msg is not None:

@@ -106,7 +106,7 @@ def services(fabric: str, listen: float, as_json: bool) -> None:
     rows = [(e.service, e.status, e.endpoint, json.dumps(e.meta) if e.meta else "") for e in entries]
     widths = [max(len(r[i]) for r in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]) for i in range(4)]
     for row in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]:
-        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
 
 
 def _zmqkit_publisher(endpoint: str, n: int, size: int) -> None:

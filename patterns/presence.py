@@ -18,7 +18,7 @@ from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
 from ._background import Background
-from .fanout import Endpoints, Publisher, Subscriber
+from .fanout import Endpoints, Publisher, Subscriber, check_timeout
 from .fanout_protocol import new_id
 from .presence_protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement
 
@@ -170,6 +170,7 @@ class Directory:
 
     def wait(self, service: str, timeout: float = 10.0, status: str | None = "up") -> Entry:
         """Block until ``service`` has a live instance (of ``status``; None: any) and return it."""
+        check_timeout(timeout)
         deadline = time.monotonic() + timeout
         with self._changed:
             while True:
@@ -178,8 +179,11 @@ class Directory:
                     return found[0]
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    raise RequestTimeout(f"no {status or 'live'} instance of {service!r} on {self.endpoints}")
+                    raise self._not_found(service, status)
                 self._changed.wait(remaining)
+
+    def _not_found(self, service: str, status: str | None) -> RequestTimeout:
+        return RequestTimeout(f"no {status or 'live'} instance of {service!r} announced on {self.endpoints}")
 
     def watch(self, callback: Watcher) -> Callable[[], None]:
         """Call ``callback(event, entry)`` on added/changed/removed/expired (in the directory's thread).
