@@ -262,15 +262,14 @@ class Subscriber(_SubscriberBase):
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; RequestTimeout when none comes within ``timeout`` seconds (None: wait)."""
-        if self._background is not None:
-            raise ConfigurationError("this Subscriber delivers to its callback; recv() is not available")
-        check_timeout(timeout)
+        self._no_callback()
         sock, feed = self._sock, self._feed
         if timeout is None:
             while True:
                 msg = feed(sock.recv_multipart())
                 if msg is not None:
                     return msg
+        check_timeout(timeout)
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -283,8 +282,17 @@ class Subscriber(_SubscriberBase):
                 return msg
 
     def __iter__(self) -> Iterator[Message]:
+        """Messages as they come, forever (``recv`` inlined: this is the hot path)."""
+        self._no_callback()
+        recv, feed = self._sock.recv_multipart, self._feed
         while True:
-            yield self.recv()
+            msg = feed(recv())
+            if msg is not None:
+                yield msg
+
+    def _no_callback(self) -> None:
+        if self._background is not None:
+            raise ConfigurationError("this Subscriber delivers to its callback; recv() and iteration are not available")
 
     def close(self) -> None:
         if self._background is not None:

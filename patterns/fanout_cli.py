@@ -122,11 +122,11 @@ def zmqkit_pubsub(n: int, size: int) -> float:
     """Messages/s of a zmqkit Publisher (other process) -> Subscriber, the same shape as ``raw_pubsub``."""
     with Subscriber(bind="tcp://127.0.0.1:0", topics=["bench"], options=SocketOptions(rcvhwm=0)) as subscriber:
         proc = spawn(_zmqkit_publisher, subscriber.endpoint, n, size)
-        recv = subscriber.recv
-        recv(timeout=30)
+        subscriber.recv(timeout=30)
+        messages = iter(subscriber)
         start = time.perf_counter()
         for _ in range(n - 1):
-            recv()
+            next(messages)
         elapsed = time.perf_counter() - start
         proc.join(10)
         if subscriber.missed:

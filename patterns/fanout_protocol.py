@@ -40,6 +40,9 @@ FANOUT = ProtocolId(b"ZKF", 1)
 HELLO_PREFIX = b"\xff" + FANOUT.header
 _HEADER = struct.Struct(">4s8sQB")  # ZKF + version, publisher id, sequence number, codec id
 HEADER_SIZE = _HEADER.size
+_MAGIC = FANOUT.header
+_FIELDS = struct.Struct(">8sQB")  # what follows the magic
+_new_message = tuple.__new__
 
 
 def new_id() -> bytes:
@@ -173,15 +176,9 @@ class SubscriberState:
         if self.filter.needed and not self.filter.match(topic):
             self.filtered += 1
             return None
-        # A zmqkit header is "ZKF" and a version byte below 0x20; "ZKF" followed by text is a raw body.
-        if data[:3] != b"ZKF" or len(data) < 4 or data[3] >= 0x20:
-            self.received += 1
-            return Message(topic.decode("utf-8", "surrogateescape"), data)
-        if len(data) < HEADER_SIZE:
-            return self._bad(f"ZKF header is {len(data)} bytes, expected at least {HEADER_SIZE}")
-        magic, publisher, seq, codec_id = _HEADER.unpack_from(data)
-        if magic != FANOUT.header:
-            return self._bad(f"unsupported ZKF version {data[3]}; this side speaks {FANOUT.version}")
+        if data[:4] != _MAGIC or len(data) < HEADER_SIZE:
+            return self._other(topic, data)
+        publisher, seq, codec_id = _FIELDS.unpack_from(data, 4)
         body = data[HEADER_SIZE:]
         if codec_id:
             try:
@@ -200,7 +197,18 @@ class SubscriberState:
             return None
         self._last[key] = seq
         self.received += 1
-        return Message(topic.decode("utf-8", "surrogateescape"), body, publisher, seq)
+        # tuple.__new__ skips NamedTuple's Python-level __new__: this is the hot path.
+        return _new_message(Message, (topic.decode("utf-8", "surrogateescape"), body, publisher, seq))
+
+    def _other(self, topic: bytes, data: bytes) -> Message | None:
+        """A raw ``[topic, body]`` message, or a ZKF header that is short or of another version."""
+        # A zmqkit header is "ZKF" and a version byte below 0x20; "ZKF" followed by text is a raw body.
+        if data[:3] != b"ZKF" or len(data) < 4 or data[3] >= 0x20:
+            self.received += 1
+            return _new_message(Message, (topic.decode("utf-8", "surrogateescape"), data, None, None))
+        if data[3] != FANOUT.version:
+            return self._bad(f"unsupported ZKF version {data[3]}; this side speaks {FANOUT.version}")
+        return self._bad(f"ZKF header is {len(data)} bytes, expected at least {HEADER_SIZE}")
 
     def _bad(self, why: str) -> Message | None:
         self.malformed += 1
