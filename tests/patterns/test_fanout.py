@@ -245,3 +245,32 @@ def test_bad_arguments_raise_at_once() -> None:
             pub.wait_for_subscribers(1, timeout="soon")  # type: ignore[arg-type]
         with pytest.raises(RequestTimeout, match="only 0 of 1 subscribers"):
             pub.wait_for_subscribers(1, timeout=0.1)
+
+
+@pytest.mark.fuzz
+@pytest.mark.timeout(60)
+def test_fuzzed_raw_publisher_never_breaks_a_subscriber(raw_socket: Callable[..., zmq.Socket]) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    raw = raw_socket(zmq.XPUB)
+    raw.bind(LOCAL)
+    with Subscriber(raw.last_endpoint.decode()) as sub:
+        while not raw.recv().startswith(b"\x01" + HELLO_PREFIX):
+            pass
+
+        @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(st.binary(max_size=64), min_size=1, max_size=4))
+        def check(frames: list[bytes]) -> None:
+            before = sub.stats()
+            raw.send_multipart(frames)
+            raw.send_multipart([b"probe", b"ok"])  # a good message after the fuzzed one still arrives
+            while True:
+                msg = sub.recv(timeout=10)
+                if msg.topic == "probe":
+                    break
+            after = sub.stats()
+            handled = sum(after[k] - before[k] for k in ("received", "malformed", "duplicates"))
+            assert handled == 2
+
+        check()

@@ -1,5 +1,7 @@
 """Presence and Directory over real sockets: directly, and through a Forwarder."""
 
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -112,3 +114,37 @@ def test_presence_errors() -> None:
                 presence.announce("x", "tcp://h:1", status="dead")
             with pytest.raises(ConfigurationError, match="JSON"):
                 presence.announce("x", "tcp://h:1", meta={"f": object()})
+
+
+ANNOUNCE_FOREVER = """
+import sys, threading
+from zmqkit.patterns import Presence
+presence = Presence(sys.argv[1], interval=0.05)
+presence.announce("worker", "tcp://10.9.9.9:1")
+threading.Event().wait()  # until killed
+"""
+
+
+@pytest.mark.chaos
+@pytest.mark.timeout(60)
+def test_a_killed_service_expires_after_missed_heartbeats() -> None:
+    events: list[str] = []
+    expired = threading.Event()
+
+    def on_change(event: str, entry: Entry) -> None:
+        events.append(event)
+        if event == "expired":
+            expired.set()
+
+    with Directory(bind=LOCAL, misses=3) as directory:
+        directory.watch(on_change)
+        proc = subprocess.Popen([sys.executable, "-c", ANNOUNCE_FOREVER, directory.endpoint], cwd="/")
+        try:
+            directory.wait("worker", timeout=30)
+            proc.kill()  # SIGKILL: no goodbye, the heartbeats just stop
+            assert expired.wait(30)
+        finally:
+            proc.kill()
+            proc.wait(10)
+        assert directory.lookup("worker") == []
+    assert events == ["added", "expired"]
