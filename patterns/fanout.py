@@ -94,8 +94,9 @@ class _PublisherBase:
         """How many messages this publisher sent on ``topic``."""
         return self._state.published(topic)
 
-    def _notice(self, frames: list[bytes]) -> None:
-        self._counter.feed(frames[0])
+    def _notice(self, frames: list[bytes]) -> bool:
+        """Take one subscription notice; True when a new zmqkit subscriber joined."""
+        return self._counter.feed(frames[0])
 
     def _drain(self) -> None:
         while True:

@@ -235,23 +235,25 @@ class SubscriberCounter:
         self.ids: set[bytes] = set()
         self.topics: dict[bytes, int] = {}  # other subscriptions (raw peers included), by prefix
 
-    def feed(self, notice: bytes) -> None:
-        """Apply one notice; anything that is not a notice is ignored."""
+    def feed(self, notice: bytes) -> bool:
+        """Apply one notice (anything else is ignored); True when it announced a new zmqkit subscriber."""
         if not notice or notice[0] > 1:
-            return
+            return False
         subscribe, topic = notice[0] == 1, notice[1:]
         if topic.startswith(HELLO_PREFIX):
             sid = topic[len(HELLO_PREFIX) :]
             if subscribe:
+                new = sid not in self.ids
                 self.ids.add(sid)
-            else:
-                self.ids.discard(sid)
-            return
+                return new
+            self.ids.discard(sid)
+            return False
         count = self.topics.get(topic, 0) + (1 if subscribe else -1)
         if count > 0:
             self.topics[topic] = count
         else:
             self.topics.pop(topic, None)
+        return False
 
     @property
     def count(self) -> int:

@@ -51,10 +51,12 @@ class Presence:
         self._state = Announcements(self.node, interval, clock)
         self._publisher = Publisher(bind, connect=fabric, codec="json", options=options, curve=curve)
         self.endpoints = self._publisher.endpoints
+        self._joined = threading.Condition()
+        self._directories = 0
         # The publisher's socket belongs to the thread from here on; announce() talks to it over a PAIR.
         self._background = Background(
             "presence",
-            {self._publisher._sock: self._publisher._notice},
+            {self._publisher._sock: self._on_notice},
             on_command=self._on_command,
             tick=self._tick,
             on_stop=self._goodbye,
@@ -77,6 +79,24 @@ class Presence:
     def _on_command(self, frames: list[bytes]) -> None:
         topic, body = self._state.announce(json.loads(frames[0]))
         self._publisher.publish(topic, body)
+
+    def _on_notice(self, frames: list[bytes]) -> None:
+        # A directory (or a forwarder on its behalf) just subscribed: tell it everything now, not at the next
+        # heartbeat, so nothing announced before it connected is missing from its table.
+        if self._publisher._notice(frames):
+            for topic, body in self._state.current():
+                self._publisher.publish(topic, body)
+        with self._joined:
+            self._directories = self._publisher._counter.count
+            self._joined.notify_all()
+
+    def wait_for_directories(self, n: int = 1, timeout: float = 10.0) -> int:
+        """Block until ``n`` directories listen (directly, or through the forwarder this Presence feeds)."""
+        check_timeout(timeout)
+        with self._joined:
+            if not self._joined.wait_for(lambda: self._directories >= n, timeout):
+                raise RequestTimeout(f"only {self._directories} of {n} directories joined {self.endpoints}")
+            return self._directories
 
     def _tick(self) -> float:
         for topic, body in self._state.due():

@@ -79,11 +79,15 @@ class Announcements:
         if now < self._next:
             return []
         self._next = now + self.interval
-        return [(TOPIC_PREFIX + b["service"], b) for b in self._live.values()]
+        return self.current()
 
     def wait(self) -> float:
         """Seconds until the next heartbeat is due."""
         return max(0.0, min(self._next - self._clock(), self.interval))
+
+    def current(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every live announcement, for a directory that just joined."""
+        return [(TOPIC_PREFIX + b["service"], b) for b in self._live.values()]
 
     def withdraw(self) -> list[tuple[str, dict[str, Any]]]:
         """A clean goodbye: ``down`` for everything still announced."""
