@@ -111,6 +111,21 @@ class _PublisherBase:
         self._drain()
         return self._counter.count
 
+    def _waiting(self, n: int, timeout: float) -> Iterator[int]:
+        """Yield how long to poll for notices, until ``n`` subscribers are in; RequestTimeout at the deadline.
+
+        The sync and asyncio ``wait_for_subscribers`` both drive this, each with its own ``poll``.
+        """
+        check_timeout(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            self._drain()
+            if self._counter.count >= n:
+                return
+            if time.monotonic() >= deadline:
+                raise self._not_enough(n, timeout)
+            yield timeout_ms(deadline)
+
     def _not_enough(self, n: int, timeout: float) -> RequestTimeout:
         return RequestTimeout(
             f"only {self._counter.count} of {n} subscribers joined {self.endpoints} within {timeout}s; "
@@ -153,14 +168,9 @@ class Publisher(_PublisherBase):
 
     def wait_for_subscribers(self, n: int = 1, timeout: float = 10.0) -> int:
         """Block until ``n`` zmqkit subscribers have subscribed (their topics are then in effect)."""
-        check_timeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            self._drain()
-            if self._counter.count >= n:
-                return self._counter.count
-            if not self._sock.poll(timeout_ms(deadline)) and time.monotonic() >= deadline:
-                raise self._not_enough(n, timeout)
+        for wait_ms in self._waiting(n, timeout):
+            self._sock.poll(wait_ms)
+        return self._counter.count
 
 
 class _SubscriberBase:

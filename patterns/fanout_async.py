@@ -33,14 +33,9 @@ class AsyncPublisher(_PublisherBase):
 
     async def wait_for_subscribers(self, n: int = 1, timeout: float = 10.0) -> int:
         """Wait until ``n`` zmqkit subscribers have subscribed."""
-        check_timeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            self._drain()
-            if self._counter.count >= n:
-                return self._counter.count
-            if not await self._sock.poll(timeout_ms(deadline)) and time.monotonic() >= deadline:
-                raise self._not_enough(n, timeout)
+        for wait_ms in self._waiting(n, timeout):
+            await self._sock.poll(wait_ms)
+        return self._counter.count
 
     async def __aenter__(self) -> AsyncPublisher:
         return self
