@@ -59,6 +59,7 @@ def attach(sock: Any, binds: Endpoints, connects: Endpoints, what: str) -> list[
 
 
 def timeout_ms(deadline: float) -> int:
+    """Milliseconds left until ``deadline`` (monotonic seconds), never negative."""
     return max(0, int((deadline - time.monotonic()) * 1000))
 
 
