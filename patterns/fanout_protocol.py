@@ -41,7 +41,7 @@ HELLO_PREFIX = b"\xff" + FANOUT.header
 _HEADER = struct.Struct(">4s8sQB")  # ZKF + version, publisher id, sequence number, codec id
 HEADER_SIZE = _HEADER.size
 _MAGIC = FANOUT.header
-_FIELDS = struct.Struct(">8sQB")  # what follows the magic
+_unpack_fields = struct.Struct(">8sQB").unpack_from  # what follows the magic
 _new_message = tuple.__new__
 
 
@@ -155,6 +155,8 @@ class SubscriberState:
 
     def __init__(self, topics: TopicFilter, *, allow_pickle: bool = False) -> None:
         self.filter = topics
+        # With no wildcard, libzmq's prefix filter has already done all the work: nothing to match here.
+        self._match = topics.match if topics.needed else None
         self.allow_pickle = allow_pickle
         self.received = 0
         self.gaps = 0
@@ -173,32 +175,38 @@ class SubscriberState:
         if len(frames) != 2:
             return self._bad(f"expected 2 frames [topic, data], got {len(frames)}")
         topic, data = frames
-        if self.filter.needed and not self.filter.match(topic):
+        if self._match is not None and not self._match(topic):
             self.filtered += 1
             return None
         if data[:4] != _MAGIC or len(data) < HEADER_SIZE:
             return self._other(topic, data)
-        publisher, seq, codec_id = _FIELDS.unpack_from(data, 4)
+        publisher, seq, codec_id = _unpack_fields(data, 4)
+        key = (publisher, topic)
+        last = self._last.get(key, 0)
+        if seq != last + 1 and not self._irregular(last, seq):
+            return None
+        self._last[key] = seq
         body = data[HEADER_SIZE:]
         if codec_id:
             try:
                 body = unpack(codec_id, body, allow_pickle=self.allow_pickle)
             except ProtocolError as exc:
                 return self._bad(str(exc))
-        key = (publisher, topic)
-        last = self._last.get(key)
-        if last is None:
-            self.joined_late += seq - 1 if seq > 0 else 0
-        elif seq > last + 1:
-            self.gaps += seq - last - 1
-        elif seq <= last:
-            # The same message by two paths (a forwarder's last-value cache replays what we already have).
-            self.duplicates += 1
-            return None
-        self._last[key] = seq
         self.received += 1
         # tuple.__new__ skips NamedTuple's Python-level __new__: this is the hot path.
         return _new_message(Message, (topic.decode("utf-8", "surrogateescape"), body, publisher, seq))
+
+    def _irregular(self, last: int, seq: int) -> bool:
+        """Account for a number that is not the next one; False when the message is a duplicate."""
+        if seq <= last:
+            # The same message by two paths (a forwarder's last-value cache replays what we already have).
+            self.duplicates += 1
+            return False
+        if last == 0:
+            self.joined_late += seq - 1
+        else:
+            self.gaps += seq - last - 1
+        return True
 
     def _other(self, topic: bytes, data: bytes) -> Message | None:
         """A raw ``[topic, body]`` message, or a ZKF header that is short or of another version."""
