@@ -110,6 +110,8 @@ class TopicFilter:
                 plain.append(prefix)
             else:
                 patterns.append(regex.pattern)
+        if not self.prefixes:
+            raise ConfigurationError("no topics given: pass topics=[''] to receive everything")
         self._plain = tuple(plain)
         self._regex = re.compile(b"|".join(b"(?:%s)" % p for p in patterns)) if patterns else None
         # With no wildcard, libzmq's prefix filter has already done all the work: match nothing locally.

@@ -38,6 +38,11 @@ def test_plain_topics_need_no_local_matching() -> None:
     assert TopicFilter(["a.*"]).needed
 
 
+def test_no_topics_is_an_error() -> None:
+    with pytest.raises(ConfigurationError, match="topics=\\[''\\]"):
+        TopicFilter([])
+
+
 @pytest.mark.parametrize("bad", ["a.>.b", 5])
 def test_bad_topic_names_it(bad: object) -> None:
     with pytest.raises(ConfigurationError, match=repr(bad).replace(".", r"\.")):
