@@ -176,7 +176,10 @@ class SubscriberState:
         """Return the message in ``frames``, or None when it is filtered, a duplicate, or malformed."""
         if len(frames) != 2:
             return self._bad(f"expected 2 frames [topic, data], got {len(frames)}")
-        topic, data = frames
+        return self.feed_pair(frames[0], frames[1])
+
+    def feed_pair(self, topic: bytes, data: bytes) -> Message | None:
+        """:meth:`feed` for a message already known to have two frames (the receive loop's fast path)."""
         if self._match is not None and not self._match(topic):
             self.filtered += 1
             return None
