@@ -276,3 +276,28 @@ def test_fuzzed_raw_publisher_never_breaks_a_subscriber(raw_socket: Callable[...
             assert handled == 2
 
         check()
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(("verbose", "seen"), [(None, 2), (False, 1)])
+def test_xpub_verbose_option_passes_repeated_subscriptions(
+    verbose: bool | None, seen: int, raw_socket: Callable[..., zmq.Socket]
+) -> None:
+    from zmqkit.sockets import bind, make_socket
+
+    xpub = make_socket("xpub", SocketOptions(xpub_verbose=verbose))
+    try:
+        endpoint = bind(xpub, LOCAL)
+        notices = []
+        for i in range(2):
+            sub = raw_socket(zmq.SUB)
+            sub.subscribe(b"same")
+            sub.subscribe(b"zz-marker-%d" % i)  # always passed up; sent after "same" (byte order)
+            sub.connect(endpoint)
+            while notices.count(b"\x01zz-marker-%d" % i) == 0:
+                notices.append(xpub.recv())
+        assert notices.count(b"\x01same") == seen
+    finally:
+        xpub.close(linger=0)
+    with pytest.raises(ConfigurationError, match="xpub_verbose='yes'"):
+        SocketOptions(xpub_verbose="yes")  # type: ignore[arg-type]
