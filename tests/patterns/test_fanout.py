@@ -288,7 +288,7 @@ def test_xpub_verbose_option_passes_repeated_subscriptions(
     xpub = make_socket("xpub", SocketOptions(xpub_verbose=verbose))
     try:
         endpoint = bind(xpub, LOCAL)
-        notices = []
+        notices: list[bytes] = []
         for i in range(2):
             sub = raw_socket(zmq.SUB)
             sub.subscribe(b"same")
