@@ -1,7 +1,7 @@
 """asyncio twins of the fanout runners: the same bases as the sync classes, with awaitable socket calls.
 
-``zmqkit.asyncio`` exports them under the sync names (Publisher, Subscriber, Directory). Forwarder and Presence
-run in their own threads and have no network call to await, so ``zmqkit.asyncio`` re-exports them as they are.
+``zmqkit.asyncio`` exports them under the sync names (Publisher, Subscriber, Directory, Presence). The
+Forwarder runs in its own thread and has nothing to await, so ``zmqkit.asyncio`` re-exports it as it is.
 """
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ import contextlib
 import time
 
 from .fanout import Message, _PublisherBase, _SubscriberBase, check_timeout, timeout_ms
-from .presence import Directory
+from .presence import Directory, Presence
 from .presence_protocol import Entry
 
-__all__ = ["AsyncPublisher", "AsyncSubscriber", "AsyncDirectory"]
+__all__ = ["AsyncPublisher", "AsyncSubscriber", "AsyncDirectory", "AsyncPresence"]
 
 
 class AsyncPublisher(_PublisherBase):
@@ -106,6 +106,20 @@ class AsyncDirectory(Directory):
             unwatch()
 
     async def __aenter__(self) -> AsyncDirectory:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncPresence(Presence):
+    """:class:`zmqkit.patterns.Presence` whose ``wait_for_directories`` is a coroutine (announce never blocks)."""
+
+    async def wait_for_directories(self, n: int = 1, timeout: float = 10.0) -> int:  # type: ignore[override]
+        """Wait until ``n`` directories listen (the sync wait, run off the event loop)."""
+        return await asyncio.to_thread(super().wait_for_directories, n, timeout)
+
+    async def __aenter__(self) -> AsyncPresence:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from zmqkit.patterns.fanout import Forwarder as Forwarder
 from zmqkit.patterns.fanout_async import AsyncDirectory as Directory
+from zmqkit.patterns.fanout_async import AsyncPresence as Presence
 from zmqkit.patterns.fanout_async import AsyncPublisher as Publisher
 from zmqkit.patterns.fanout_async import AsyncSubscriber as Subscriber
-from zmqkit.patterns.presence import Presence as Presence
 
 from .sockets import async_context as async_context
 

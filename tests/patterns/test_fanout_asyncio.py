@@ -46,11 +46,11 @@ async def test_async_twenty_subscribers_through_a_forwarder() -> None:
 
 
 @pytest.mark.timeout(30)
-async def test_async_directory_wait() -> None:
-    async with Directory(bind=LOCAL) as directory:
-        with Presence(directory.endpoint) as presence:
-            presence.announce("queue", "tcp://10.0.0.1:5555", status="maintenance")
-            entry = await directory.wait("queue", timeout=10, status=None)
-            assert entry.status == "maintenance"
-            with pytest.raises(RequestTimeout, match="'queue'"):
-                await directory.wait("queue", timeout=0.2, status="up")
+async def test_async_presence_and_directory_wait() -> None:
+    async with Directory(bind=LOCAL) as directory, Presence(directory.endpoint) as presence:
+        assert await presence.wait_for_directories(1, timeout=10) == 1
+        presence.announce("queue", "tcp://10.0.0.1:5555", status="maintenance")
+        entry = await directory.wait("queue", timeout=10, status=None)
+        assert entry.status == "maintenance"
+        with pytest.raises(RequestTimeout, match="'queue'"):
+            await directory.wait("queue", timeout=0.2, status="up")
