@@ -137,14 +137,23 @@ class PublisherState:
         """Return the two frames ``(topic, data)`` for the next message on ``topic``."""
         entry = self._topics.get(topic)
         if entry is None:
-            entry = self._topics[topic] = [_topic_bytes(topic), 0]
+            entry = self._entry(topic)
         entry[1] += 1
         codec_id, data = self._pack(body)
         return entry[0], _HEADER.pack(FANOUT.header, self.id, entry[1], codec_id) + data
 
+    def _entry(self, topic: str | bytes) -> list[Any]:
+        # "a" and b"a" are one topic on the wire, so they share one counter (kept under both keys).
+        wire = _topic_bytes(topic)
+        entry = self._topics.get(wire)
+        if entry is None:
+            entry = self._topics[wire] = [wire, 0]
+        self._topics[topic] = entry
+        return entry
+
     def published(self, topic: str | bytes) -> int:
         """How many messages went out on ``topic`` (its last sequence number)."""
-        entry = self._topics.get(topic)
+        entry = self._topics.get(_topic_bytes(topic))
         return 0 if entry is None else int(entry[1])
 
 

@@ -70,6 +70,13 @@ def test_sequence_numbers_are_per_topic() -> None:
     assert pub.published("a") == 3 and pub.published("b") == 2
 
 
+def test_str_and_bytes_topics_share_one_counter() -> None:
+    pub, sub = PublisherState(), _sub()
+    seqs = [sub.feed(list(pub.encode(t, b"x"))) for t in ["a", b"a", "a"]]
+    assert [m.seq for m in seqs if m] == [1, 2, 3]
+    assert pub.published("a") == pub.published(b"a") == 3
+
+
 def test_gaps_and_late_join_and_duplicates() -> None:
     pub, sub = PublisherState(), _sub()
     frames = [list(pub.encode("t", i)) for i in range(10)]
