@@ -12,9 +12,8 @@ import asyncio
 import hashlib
 import sys
 
-from zmqkit.patterns import RpcServer
-
 import zmqkit.asyncio as zasync
+from zmqkit.patterns import RpcServer
 
 
 def make_backend(name: str) -> RpcServer:

@@ -205,7 +205,7 @@ class ClientCore:
         """Feed every message waiting on the socket to the protocol."""
         sock = self._sock
         on_message = self._proto.on_message
-        while sock.getsockopt(EVENTS) & POLLIN:
+        while int(sock.getsockopt(EVENTS)) & POLLIN:
             on_message(recv_frames(sock))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:

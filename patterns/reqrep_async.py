@@ -182,7 +182,7 @@ class AsyncServer(ServerCore):
             return
         proto = self._proto
         while True:
-            while sock.getsockopt(EVENTS) & POLLIN:
+            while int(sock.getsockopt(EVENTS)) & POLLIN:
                 job = proto.on_message(recv_frames(sock))
                 if job is None:
                     continue

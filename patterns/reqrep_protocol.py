@@ -352,9 +352,9 @@ class ClientProtocol:
                     self._requeue(p, now)
         ctl = frames[3]
         if ctl[0] == REQUEST:
-            p = self.pending.get(parse_message(ctl)[3])
-            if p is not None and p.peer is peer:
-                self._requeue(p, now, 0.0 if gone else self._backoff(p.attempt))
+            bounced = self.pending.get(parse_message(ctl)[3])
+            if bounced is not None and bounced.peer is peer:
+                self._requeue(bounced, now, 0.0 if gone else self._backoff(bounced.attempt))
 
     # ------------------------------------------------------------------- timers
     def next_deadline(self) -> float:

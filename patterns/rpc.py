@@ -67,7 +67,7 @@ class RpcServer(Server):
     def method(self, fn: F | str) -> F | Callable[[F], F]:
         """Decorator: expose ``fn`` under its name (or ``@server.method("name")``)."""
         if isinstance(fn, str):
-            return functools.partial(self._add, fn)  # type: ignore[return-value]
+            return functools.partial(self._add, fn)
         return self._add(fn.__name__, fn)
 
     def register(self, obj: object, prefix: str = "") -> None:

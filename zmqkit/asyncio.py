@@ -6,10 +6,26 @@ protocol implementation; only the runner differs.
 
 from __future__ import annotations
 
+from .patterns.fanout import Forwarder as Forwarder
+from .patterns.fanout_async import AsyncDirectory as Directory
+from .patterns.fanout_async import AsyncPresence as Presence
+from .patterns.fanout_async import AsyncPublisher as Publisher
+from .patterns.fanout_async import AsyncSubscriber as Subscriber
 from .patterns.reqrep_async import AsyncClient as Client
 from .patterns.reqrep_async import AsyncServer as Server
 from .patterns.rpc import AsyncRpcClient as RpcClient
 from .sockets import async_context as async_context
 
-__all__ = ["async_context"]
-__all__ += ["Client", "RpcClient", "Server"]  # request-reply
+__all__ = [
+    "async_context",
+    # fanout
+    "Directory",
+    "Forwarder",
+    "Presence",
+    "Publisher",
+    "Subscriber",
+    # request-reply
+    "Client",
+    "RpcClient",
+    "Server",
+]

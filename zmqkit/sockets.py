@@ -45,7 +45,9 @@ class SocketOptions:
     """Socket settings with safe defaults; every field is checked when the object is made.
 
     ``max_msg_size`` is in bytes (-1 = unlimited): a peer that sends a bigger message is disconnected.
-    Times are milliseconds. ``immediate``/``router_mandatory`` default by role when None.
+    Times are milliseconds. ``immediate``/``router_mandatory``/``xpub_verbose`` default by role when None.
+    ``xpub_verbose`` (XPUB_VERBOSER, on by default for XPUB) passes every subscribe and unsubscribe up to the
+    application, so repeated subscriptions from new subscribers are seen and counts stay balanced.
     """
 
     linger_ms: int = 1000
@@ -58,12 +60,13 @@ class SocketOptions:
     reconnect_ivl_max_ms: int = 2000
     immediate: bool | None = None
     router_mandatory: bool | None = None
+    xpub_verbose: bool | None = None
     curve: Curve | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("immediate", "router_mandatory"):
+            if f.name in ("immediate", "router_mandatory", "xpub_verbose"):
                 if value is not None and not isinstance(value, bool):
                     raise ConfigurationError(f"bad socket option {f.name}={value!r}: expected True, False or None")
             elif f.name == "curve":
@@ -164,6 +167,8 @@ def make_socket(
             # Fail loudly on a reply to a peer that left, instead of dropping it in silence.
             mandatory = opts.router_mandatory if opts.router_mandatory is not None else True
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
+        if role == "xpub" and opts.xpub_verbose is not False:
+            sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         if opts.curve is not None:
             opts.curve.apply(sock)
     except BaseException:

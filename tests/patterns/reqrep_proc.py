@@ -11,9 +11,8 @@ import asyncio
 import os
 import sys
 
-from zmqkit.patterns import Server
-
 from zmqkit.asyncio import Client
+from zmqkit.patterns import Server
 
 
 def serve() -> None:

@@ -9,11 +9,11 @@ from typing import Any
 
 import pytest
 import zmq
-from zmqkit.patterns import Client, Proxy, Server
-from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
 
 import zmqkit.asyncio as zasync
 from zmqkit import ConfigurationError, Curve, KeyPair, RemoteError, RequestTimeout, Unavailable
+from zmqkit.patterns import Client, Proxy, Server
+from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
 from zmqkit.testing import free_tcp_endpoint
 
 LOCAL = "tcp://127.0.0.1:0"

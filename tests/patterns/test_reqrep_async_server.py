@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from zmqkit.patterns import Client
 
 import zmqkit.asyncio as zasync
 from zmqkit import RemoteError
+from zmqkit.patterns import Client
 
 LOCAL = "tcp://127.0.0.1:0"
 

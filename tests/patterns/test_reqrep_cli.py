@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from zmqkit.patterns import RpcServer, Server
 
 from zmqkit.cli import main
+from zmqkit.patterns import RpcServer, Server
 from zmqkit.testing import free_tcp_endpoint
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, REQUEST, ClientProtocol, ServerProtocol, message
 
 frame = st.one_of(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+
+from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
 from zmqkit.patterns.reqrep_protocol import (
     ACK,
     ERROR,
@@ -18,8 +20,6 @@ from zmqkit.patterns.reqrep_protocol import (
     message,
     parse_message,
 )
-
-from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
 from zmqkit.wire import pack_u32
 
 A, B = b"tcp://a:1", b"tcp://b:1"

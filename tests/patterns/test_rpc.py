@@ -5,10 +5,10 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from zmqkit.patterns import RpcClient, RpcServer
 
 import zmqkit.asyncio as zasync
 from zmqkit import ConfigurationError, RemoteError
+from zmqkit.patterns import RpcClient, RpcServer
 
 
 class Images:

@@ -1,0 +1,137 @@
+"""A background thread that owns some sockets, polls them, and takes commands over an inproc PAIR.
+
+The thread closes its sockets when it ends, so they never cross threads while in use. The caller keeps the
+other end of the PAIR (guarded by a lock, so any of the caller's threads may send a command).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from zmqkit.sockets import bind, connect, make_socket
+
+__all__ = ["Background"]
+
+log = logging.getLogger(__name__)
+
+# libzmq's steerable proxy stops on the same word, so one stop works for both kinds of thread.
+_STOP = b"TERMINATE"
+Handler = Callable[[list[bytes]], None]
+
+
+class Background:
+    """Run ``handlers[sock](frames)`` for each message on each socket, in a thread, until :meth:`stop`.
+
+    ``on_command(frames)`` gets what :meth:`command` sends; ``tick()`` runs after every wake-up and returns
+    how many seconds the thread may sleep (None: until a message arrives). ``on_stop()`` runs last, in the thread.
+    ``run(control)`` replaces the poll loop (e.g. ``zmq.proxy_steerable``); ``owned`` sockets are closed at the end.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        handlers: dict[Any, Handler],
+        *,
+        on_command: Handler | None = None,
+        tick: Callable[[], float | None] | None = None,
+        on_stop: Callable[[], None] | None = None,
+        run: Callable[[Any], None] | None = None,
+        owned: tuple[Any, ...] = (),
+        linger_ms: int = 0,
+    ) -> None:
+        address = f"inproc://zmqkit-{name}-{os.getpid()}-{os.urandom(6).hex()}"
+        self._control = make_socket("pair")
+        bind(self._control, address)
+        self._peer = make_socket("pair")
+        connect(self._peer, address)
+        self._handlers = handlers
+        self._on_command = on_command
+        self._tick = tick
+        self._on_stop = on_stop
+        self._owned = (*handlers, *owned)
+        self._thread_body = run
+        self._linger_ms = linger_ms
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._main, name=f"zmqkit-{name}", daemon=True)
+        self._thread.start()
+
+    def command(self, *frames: bytes) -> None:
+        """Send a command to the thread (it runs ``on_command`` there)."""
+        with self._lock:
+            if not self._control.closed:
+                self._control.send_multipart(list(frames))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the thread to finish and wait for it (it closes the sockets it owns)."""
+        with self._lock:
+            if self._control.closed:
+                return
+            self._control.send(_STOP)
+        self._thread.join(timeout)
+        with self._lock:
+            self._control.close(linger=0)
+        if self._thread.is_alive():
+            log.warning("background thread %s did not stop within %ss", self._thread.name, timeout)
+
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the thread to end."""
+        self._thread.join(timeout)
+
+    def _main(self) -> None:
+        try:
+            if self._thread_body is not None:
+                self._thread_body(self._peer)
+            else:
+                self._loop()
+        except zmq.ContextTerminated:
+            pass
+        except Exception:
+            log.exception("background thread %s failed", threading.current_thread().name)
+        finally:
+            for sock in self._owned:
+                sock.close(linger=self._linger_ms)
+            self._peer.close(linger=0)
+
+    def _loop(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self._peer, zmq.POLLIN)
+        for sock in self._handlers:
+            poller.register(sock, zmq.POLLIN)
+        wait = self._tick() if self._tick is not None else None
+        while True:
+            ready = dict(poller.poll(None if wait is None else max(0, int(wait * 1000))))
+            if self._peer in ready:
+                frames = self._peer.recv_multipart()
+                if frames == [_STOP]:
+                    break
+                if self._on_command is not None:
+                    self._guard(self._on_command, frames)
+            for sock, handler in self._handlers.items():
+                if sock in ready:
+                    self._drain(sock, handler)
+            if self._tick is not None:
+                wait = self._tick()
+        if self._on_stop is not None:
+            self._on_stop()
+
+    def _drain(self, sock: Any, handler: Handler) -> None:
+        # Take everything queued now (bounded, so commands are not starved by a flood).
+        for _ in range(1000):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            self._guard(handler, frames)
+
+    @staticmethod
+    def _guard(handler: Handler, frames: list[bytes]) -> None:
+        try:
+            handler(frames)
+        except Exception:
+            log.exception("handler %r failed on a message; carrying on", handler)

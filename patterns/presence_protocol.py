@@ -1,0 +1,167 @@
+"""Presence protocol (sans-I/O): announcements, the heartbeat schedule, and the directory table with expiry.
+
+An announcement is a fanout message on topic ``_zk.presence.<service>`` whose JSON body names the service,
+its endpoint, its status (up, maintenance, down), free-form meta, the heartbeat interval and the announcing
+node. Time comes from an injected monotonic clock, so tests move it by hand.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from zmqkit.errors import ConfigurationError, ProtocolError
+
+__all__ = ["TOPIC_PREFIX", "STATUSES", "Entry", "Announcements", "DirectoryTable", "check_announcement"]
+
+log = logging.getLogger(__name__)
+
+TOPIC_PREFIX = "_zk.presence."
+STATUSES = ("up", "maintenance", "down")
+Clock = Callable[[], float]
+
+
+def check_announcement(service: Any, endpoint: Any, status: Any, meta: Any) -> dict[str, Any]:
+    """Raise ConfigurationError on a bad argument; return the announcement's fields."""
+    if not isinstance(service, str) or not service or any(c in service for c in " *>"):
+        raise ConfigurationError(f"bad service name {service!r}: a non-empty name without spaces, '*' or '>'")
+    if not isinstance(endpoint, str):
+        raise ConfigurationError(f"bad endpoint {endpoint!r} for {service!r}: expected a string")
+    if status not in STATUSES:
+        raise ConfigurationError(f"bad status {status!r}: expected one of {', '.join(STATUSES)}")
+    if meta is not None and not isinstance(meta, dict):
+        raise ConfigurationError(f"bad meta {meta!r}: expected a dict of JSON values")
+    return {"service": service, "endpoint": endpoint, "status": status, "meta": dict(meta or {})}
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One service instance as the directory sees it."""
+
+    service: str
+    endpoint: str
+    status: str
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    node: str = ""
+    interval: float = 1.0
+    last_seen: float = 0.0
+    expires_at: float = 0.0
+
+
+class Announcements:
+    """What a Presence announces, and when each heartbeat is due."""
+
+    def __init__(self, node: str, interval: float = 1.0, clock: Clock = time.monotonic) -> None:
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+            raise ConfigurationError(f"bad heartbeat interval {interval!r}: expected seconds > 0")
+        self.node = node
+        self.interval = float(interval)
+        self._clock = clock
+        self._live: dict[tuple[str, str], dict[str, Any]] = {}
+        self._next = 0.0
+
+    def announce(self, fields: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+        """Record an announcement (``down`` forgets it) and return ``(topic, body)`` to publish now."""
+        body = {**fields, "interval": self.interval, "node": self.node}
+        key = (body["service"], body["endpoint"])
+        if body["status"] == "down":
+            self._live.pop(key, None)
+        else:
+            self._live[key] = body
+        return TOPIC_PREFIX + body["service"], body
+
+    def due(self) -> list[tuple[str, dict[str, Any]]]:
+        """The heartbeats to publish now (every live announcement once per interval)."""
+        now = self._clock()
+        if now < self._next:
+            return []
+        self._next = now + self.interval
+        return self.current()
+
+    def wait(self) -> float:
+        """Seconds until the next heartbeat is due."""
+        return max(0.0, min(self._next - self._clock(), self.interval))
+
+    def current(self) -> list[tuple[str, dict[str, Any]]]:
+        """Every live announcement, for a directory that just joined."""
+        return [(TOPIC_PREFIX + b["service"], b) for b in self._live.values()]
+
+    def withdraw(self) -> list[tuple[str, dict[str, Any]]]:
+        """A clean goodbye: ``down`` for everything still announced."""
+        goodbyes = [(TOPIC_PREFIX + b["service"], {**b, "status": "down"}) for b in self._live.values()]
+        self._live.clear()
+        return goodbyes
+
+
+class DirectoryTable:
+    """The live table: entries expire after ``misses`` missed heartbeats; ``down`` removes at once.
+
+    ``apply`` and ``expire`` return events ``(kind, entry)``, kind one of added, changed, removed, expired.
+    """
+
+    def __init__(self, misses: float = 3, clock: Clock = time.monotonic) -> None:
+        if not isinstance(misses, (int, float)) or isinstance(misses, bool) or misses <= 0:
+            raise ConfigurationError(f"bad misses {misses!r}: expected a number of heartbeats > 0")
+        self.misses = misses
+        self._clock = clock
+        self._entries: dict[tuple[str, str], Entry] = {}
+        self.malformed = 0
+
+    def apply(self, body: Any) -> list[tuple[str, Entry]]:
+        """Take one announcement body; a bad one is counted, logged and ignored."""
+        try:
+            entry = self._entry(body)
+        except (ProtocolError, ConfigurationError) as exc:
+            self.malformed += 1
+            log.warning("ignored a malformed presence announcement: %s", exc)
+            return []
+        key = (entry.service, entry.endpoint)
+        old = self._entries.get(key)
+        if entry.status == "down":
+            if old is None:
+                return []
+            del self._entries[key]
+            return [("removed", entry)]
+        self._entries[key] = entry
+        if old is None:
+            return [("added", entry)]
+        if (old.status, old.meta, old.node) != (entry.status, entry.meta, entry.node):
+            return [("changed", entry)]
+        return []
+
+    def _entry(self, body: Any) -> Entry:
+        if not isinstance(body, dict):
+            raise ProtocolError(f"announcement is not a JSON object: {body!r:.80}")
+        fields = check_announcement(body.get("service"), body.get("endpoint"), body.get("status"), body.get("meta"))
+        interval = body.get("interval")
+        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
+            raise ProtocolError(f"bad heartbeat interval {interval!r} for {fields['service']!r}")
+        now = self._clock()
+        return Entry(
+            **fields,
+            node=str(body.get("node", "")),
+            interval=float(interval),
+            last_seen=now,
+            expires_at=now + interval * self.misses,
+        )
+
+    def expire(self) -> list[tuple[str, Entry]]:
+        """Drop the entries whose heartbeats stopped."""
+        now = self._clock()
+        gone = [key for key, e in self._entries.items() if e.expires_at <= now]
+        return [("expired", self._entries.pop(key)) for key in gone]
+
+    def lookup(self, service: str | None = None, status: str | None = None) -> list[Entry]:
+        """Live entries for ``service`` (all services when None), optionally of one status; up ones first."""
+        now = self._clock()
+        found = [
+            e
+            for e in self._entries.values()
+            if e.expires_at > now
+            and (service is None or e.service == service)
+            and (status is None or e.status == status)
+        ]
+        return sorted(found, key=lambda e: (e.service, e.status != "up", e.endpoint))

@@ -1,0 +1,83 @@
+"""The fanout commands: pub, sub, forwarder, services and bench fanout, run as the user would run them."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from zmqkit.cli import main
+from zmqkit.patterns import Directory, Forwarder, Presence, Publisher, Subscriber
+
+LOCAL = "tcp://127.0.0.1:0"
+EXE = str(Path(sys.executable).parent / "zmqkit")
+
+
+@pytest.mark.timeout(30)
+def test_pub_reaches_a_subscriber() -> None:
+    with Subscriber(bind=LOCAL, topics=["greet"]) as sub:
+        proc = subprocess.Popen([EXE, "pub", sub.endpoint, "greet.x", "hello", "--count", "3"], stdout=subprocess.PIPE)
+        bodies = [sub.recv(timeout=20).body for _ in range(3)]
+        assert proc.wait(20) == 0
+    assert bodies == ["hello"] * 3
+
+
+@pytest.mark.timeout(30)
+def test_sub_prints_json_lines() -> None:
+    with Publisher(LOCAL) as pub:
+        proc = subprocess.Popen(
+            [EXE, "sub", pub.endpoint, "orders.*.paid", "--json", "--count", "1", "--timeout", "20"],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        pub.wait_for_subscribers(1, timeout=20)
+        pub.publish("orders.1.sent", "no")
+        pub.publish("orders.1.paid", {"total": 5})
+        out, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0
+    record = json.loads(out)
+    assert (record["topic"], record["body"], record["seq"], record["missed"]) == ("orders.1.paid", {"total": 5}, 1, 0)
+
+
+@pytest.mark.timeout(30)
+def test_forwarder_command_forwards_until_interrupted() -> None:
+    proc = subprocess.Popen(
+        [EXE, "forwarder", "--xsub", "tcp://127.0.0.1:0", "--xpub", "tcp://127.0.0.1:0"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline()
+        xsub, xpub = line.split()[1], line.split()[3]
+        with Publisher(connect=xsub) as pub, Subscriber(xpub, ["t"]) as sub:
+            pub.wait_for_subscribers(1, timeout=20)
+            pub.publish("t", 1)
+            assert sub.recv(timeout=20).body == 1
+    finally:
+        proc.send_signal(2)
+        assert proc.wait(20) == 130
+
+
+@pytest.mark.timeout(30)
+def test_services_prints_the_directory() -> None:
+    with Forwarder(last_value_cache=10) as fwd, Presence(fwd.xsub_endpoint) as presence:
+        presence.announce("orders", "tcp://10.1.1.1:5000", meta={"q": 1})
+        presence.announce("search", "tcp://10.1.1.2:5001", status="maintenance")
+        with Directory(fwd.xpub_endpoint) as directory:
+            directory.wait("search", timeout=10, status="maintenance")  # the cache now holds both
+        result = CliRunner().invoke(main, ["services", "--fabric", fwd.xpub_endpoint, "--listen", "0.5"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["SERVICE", "STATUS", "ENDPOINT", "META"]
+    assert lines[1].split() == ["orders", "up", "tcp://10.1.1.1:5000", '{"q":', "1}"]
+    assert lines[2].split() == ["search", "maintenance", "tcp://10.1.1.2:5001"]
+
+
+@pytest.mark.timeout(120)
+def test_bench_fanout_runs_and_prints_a_ratio() -> None:
+    result = CliRunner().invoke(main, ["bench", "fanout", "--count", "2000", "--rounds", "1"])
+    assert result.exit_code == 0, result.output
+    assert "pub -> sub" in result.output and "x" in result.output.splitlines()[-1]
