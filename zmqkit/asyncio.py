@@ -6,6 +6,7 @@ protocol implementation; only the runner differs.
 
 from __future__ import annotations
 
+from .cache.aio import AsyncCacheClient as CacheClient
 from .sockets import async_context as async_context
 
-__all__ = ["async_context"]
+__all__ = ["async_context", "CacheClient"]

@@ -1,0 +1,673 @@
+"""The cache client's logic, sans-I/O: keys and values, routing over the ring, failover, rejoin invalidation.
+
+Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sleep`, :class:`Compute`) and
+gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
+The public methods live here, once: ``get()`` returns ``self._run(generator)``, which is the value for the sync
+client and a coroutine for the asyncio one.
+
+No stale read after a node returns: while a node is dead, every key written (or deleted) by this client that
+the node would have owned is remembered as a *hint*; a write that timed out on the node is remembered too, as
+it may still land there. Before the node serves again, the first request to it is preceded, on the same
+connection, by ``delete_many(hints)`` (``flush_all`` when the hints overflowed or a flush happened meanwhile),
+so what it held for those keys is gone before anything is read from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import Any
+
+import mmh3
+
+from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
+from zmqkit.endpoints import parse_endpoints
+from zmqkit.errors import ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions
+
+from .protocol import HEADER, Status, decode_reply, u32, u64
+from .ring import DEFAULT_VNODES, HashRing
+from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
+
+__all__ = ["ClientCore", "Batch", "Call", "Sleep", "Compute", "Reply", "parse_reply"]
+
+log = logging.getLogger(__name__)
+
+Reply = tuple[int, list[bytes]]  # (status, result frames)
+Op = Generator[Any, Any, Any]
+_OK, _MISS = Status.OK, Status.NOT_FOUND
+_ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
+_CODEC_BYTE = [bytes([i]) for i in range(256)]
+
+
+class Call:
+    """One request to one node: DEALER frames (empty delimiter first) and the request id to match the reply."""
+
+    __slots__ = ("frames", "items", "node", "rejoin", "rid")
+
+    def __init__(self, node: int, rid: bytes, frames: list[bytes], items: list[int], rejoin: bool = False) -> None:
+        self.node = node
+        self.rid = rid
+        self.frames = frames
+        self.items = items
+        self.rejoin = rejoin
+
+
+class Batch:
+    """Send every call at once, then wait up to ``timeout`` s; the runner answers ``{rid: Reply}``."""
+
+    __slots__ = ("calls", "timeout")
+
+    def __init__(self, calls: list[Call], timeout: float) -> None:
+        self.calls = calls
+        self.timeout = timeout
+
+
+class Sleep:
+    """Wait ``seconds`` (lease waiters back off between asks); the runner answers None."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Compute:
+    """Call the memoized function; the runner answers its result (awaited if it is a coroutine)."""
+
+    __slots__ = ("args", "fn", "kwargs")
+
+    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        self.fn, self.args, self.kwargs = fn, args, kwargs
+
+
+def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
+    """``(rid, (status, results))`` from a DEALER's received frames, or None (logged) if malformed."""
+    try:
+        rid, status, results = decode_reply(frames[1:])
+    except ProtocolError as exc:
+        log.warning("dropped a malformed reply: %s", exc)
+        return None
+    return rid, (status, results)
+
+
+class _Node:
+    """A node's health as this client sees it."""
+
+    __slots__ = ("dead_until", "endpoint", "failures", "flush", "hints", "index")
+
+    def __init__(self, index: int, endpoint: str) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.failures = 0
+        self.dead_until: float | None = None
+        self.hints: set[bytes] = set()
+        self.flush = False  # its data can't be trusted key by key any more: flush it on rejoin
+
+
+def _endpoint_weights(endpoints: Any) -> dict[str, int]:
+    if isinstance(endpoints, Mapping):
+        eps = parse_endpoints(list(endpoints))
+        return dict(zip(eps, endpoints.values()))
+    return dict.fromkeys(parse_endpoints(endpoints), 1)
+
+
+def _check_number(name: str, value: Any, low: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
+        raise ConfigurationError(f"bad {name} {value!r}: expected a {'whole ' if integer else ''}number >= {low}")
+
+
+class ClientCore:
+    """State and commands shared by the sync and asyncio cache clients (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str] | Mapping[str, int],
+        *,
+        timeout: float = 1.0,
+        retries: int = 1,
+        dead_timeout: float = 10.0,
+        replicas: int = 1,
+        codec: str | Codec = "auto",
+        max_item: int | str = "1M",
+        vnodes: int = DEFAULT_VNODES,
+        max_hints: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+    ) -> None:
+        weights = _endpoint_weights(endpoints)
+        _check_number("timeout", timeout, 0.001)
+        _check_number("retries", retries, 0, integer=True)
+        _check_number("dead_timeout", dead_timeout, 0)
+        _check_number("replicas", replicas, 1, integer=True)
+        _check_number("max_hints", max_hints, 0, integer=True)
+        if replicas > len(weights):
+            raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
+        self.ring = HashRing(weights, vnodes=vnodes)
+        self.endpoints = list(weights)
+        self._nodes = [_Node(i, ep) for i, ep in enumerate(self.endpoints)]
+        self._by_endpoint = {n.endpoint: n for n in self._nodes}
+        self.timeout = float(timeout)
+        self.retries = retries
+        self.dead_timeout = float(dead_timeout)
+        self.replicas = replicas
+        self.max_item = parse_size(max_item)
+        self.max_hints = max_hints
+        self.codec = get_codec(codec)
+        fallback = self.codec.fallback if isinstance(self.codec, AutoCodec) else self.codec
+        self.allow_pickle = isinstance(fallback, PickleCodec)
+        self.clock = clock
+        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self._lock = threading.Lock()
+        self._rids = itertools.count(1)
+        self._healthy = True  # no node is dead or rejoining: single-key calls take the short path
+
+    def _run(self, op: Op) -> Any:
+        raise NotImplementedError  # the runner's job
+
+    # -- keys and values -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def key_bytes(key: Any) -> bytes:
+        """Key as sent: str as UTF-8, bytes as is; other hashables (cachetools' tuple keys) by their repr."""
+        if type(key) is str:
+            raw = key.encode()
+        elif isinstance(key, (bytes, bytearray, memoryview)):
+            raw = bytes(key)
+        elif key is None or isinstance(key, (float, bool)):
+            raise ConfigurationError(f"bad key {key!r}: use str, bytes, or a tuple of them")
+        else:
+            text = repr(key).encode()
+            # A derived key may be long: keep it within memcached's limit by its murmur3 hash.
+            return text if len(text) <= MAX_KEY else b"h:" + mmh3.hash_bytes(text).hex().encode()
+        if not 0 < len(raw) <= MAX_KEY:
+            raise ConfigurationError(f"bad key {key!r:.80}: a key is 1 to {MAX_KEY} bytes")
+        return raw
+
+    def encode_value(self, key: bytes, value: Any) -> bytes:
+        codec_id, payload = self.codec.pack(value)
+        if len(payload) > self.max_item - 1:
+            raise ConfigurationError(
+                f"value for key {key[:60]!r} is {len(payload)} bytes; the max item size is {self.max_item}"
+            )
+        return _CODEC_BYTE[codec_id] + payload
+
+    def decode_value(self, frame: bytes) -> Any:
+        if frame[0] == 0:
+            return frame[1:]  # bare bytes: no codec round trip
+        return unpack(frame[0], frame[1:], allow_pickle=self.allow_pickle)
+
+    @staticmethod
+    def _ttl(ttl: float) -> bytes:
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
+            raise ConfigurationError(f"bad ttl {ttl!r}: seconds >= 0 (0 = never expires)")
+        whole = int(ttl) + (ttl % 1 > 0)  # round up: a 0.5 s TTL must not mean "never"
+        if whole > RELATIVE_TTL_LIMIT and whole < 10**9:
+            raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time")
+        return u32(whole)
+
+    # -- routing -------------------------------------------------------------------------------------------
+
+    def _usable(self, node: _Node, now: float) -> bool:
+        return node.dead_until is None or node.dead_until <= now
+
+    def _hint(self, node: _Node, key: bytes) -> None:
+        if len(node.hints) >= self.max_hints:
+            node.flush = True
+            node.hints.clear()
+        elif not node.flush:
+            node.hints.add(key)
+
+    def _failed(self, node: _Node, keys: list[bytes]) -> bool:
+        """Count a node's missed answer; after ``retries`` misses it is dead. True if it is dead now."""
+        with self._lock:
+            if keys:
+                for key in keys:  # a timed-out write may still land on the node later
+                    self._hint(node, key)
+            node.failures += 1
+            if node.failures <= self.retries:
+                return False
+            if node.dead_until is None or node.dead_until <= self.clock():
+                log.warning("cache node %s is not answering; skipping it for %gs", node.endpoint, self.dead_timeout)
+            node.dead_until = self.clock() + self.dead_timeout
+            node.failures = 0
+            self._healthy = False
+            return True
+
+    def _rejoin_call(self, node: _Node) -> Call | None:
+        """The invalidation that must reach a returning node before anything else, or None if none is needed."""
+        with self._lock:
+            if node.flush:
+                command, args = b"flush_all", []
+            elif node.hints:
+                command, args = b"delete_many", list(node.hints)
+            else:
+                return None
+        return self._call(node.index, command, args, [], rejoin=True)
+
+    def _rejoined(self, node: _Node, call: Call | None) -> None:
+        with self._lock:
+            if call is not None:
+                if call.frames[2].endswith(b"flush_all"):
+                    node.flush = False
+                node.hints.difference_update(call.frames[3:])
+            if not node.flush and not node.hints:
+                if node.dead_until is not None:
+                    log.info("cache node %s is back", node.endpoint)
+                node.dead_until = None
+                node.failures = 0
+                self._healthy = all(n.dead_until is None for n in self._nodes)
+
+    def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
+        rid = u32(next(self._rids) & 0xFFFFFFFF)
+        return Call(node, rid, [b"", HEADER, rid + command, *args], items, rejoin)
+
+    def merge_gets(self, node: int, calls: list[Call]) -> Call:
+        """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
+        return self._call(node, b"get_many", [call.frames[3] for call in calls], [])
+
+    @staticmethod
+    def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:
+        """Each get's own reply out of a merged get_many's reply."""
+        if reply is None or reply[0] != _OK or len(reply[1]) != count:
+            return [reply] * count
+        return [(_OK, [f]) if f else (_MISS, []) for f in reply[1]]
+
+    def _route(
+        self,
+        keys: list[bytes],
+        build: Callable[[list[int]], tuple[bytes, list[bytes]]],
+        split: Callable[[Reply, list[int]], Iterable[tuple[int, Reply]]] | None,
+        *,
+        write: bool,
+        timeout: float | None,
+    ) -> Generator[Batch, dict[bytes, Reply], dict[int, Reply]]:
+        """Send each key to its node(s) in parallel, fail over, and return ``{key index: Reply}``.
+
+        ``build(indexes)`` gives one node's (command, args); ``split`` cuts a multi-key reply per key.
+        Writes go to ``replicas`` distinct nodes; reads try the next replica on a miss.
+        """
+        wait = self.timeout if timeout is None else timeout
+        nodes = self._nodes
+        copies = self.replicas if write else 1
+        need = [copies] * len(keys)
+        tried: list[set[int]] = [set() for _ in keys]
+        out: dict[int, Reply] = {}
+        pending = list(range(len(keys)))
+        if self._healthy and len(keys) == 1 and self.replicas == 1:
+            # The common case, kept lean: every node alive, one key, one copy.
+            node = self._by_endpoint[self.ring.get_node(keys[0])]
+            command, args = build(pending)
+            call = self._call(node.index, command, args, pending)
+            reply = (yield Batch([call], wait)).get(call.rid)
+            if reply is not None:
+                if node.failures:
+                    node.failures = 0
+                return {0: reply}
+            if self._failed(node, keys if write else []):
+                tried[0].add(node.index)
+        while pending:
+            now = self.clock()
+            groups: dict[int, list[int]] = {}
+            for i in pending:
+                chosen = 0
+                for endpoint in self.ring.iter_nodes(keys[i]):
+                    node = self._by_endpoint[endpoint]
+                    if node.index in tried[i]:
+                        continue
+                    if not self._usable(node, now):
+                        if write:
+                            with self._lock:
+                                self._hint(node, keys[i])
+                        continue
+                    groups.setdefault(node.index, []).append(i)
+                    chosen += 1
+                    if chosen >= need[i]:
+                        break
+                if not chosen and i not in out:
+                    raise NodeUnavailable(
+                        f"no cache node answers for key {keys[i][:60]!r} (tried {len(tried[i])} of "
+                        f"{len(nodes)}; the others are marked dead for up to {self.dead_timeout:g}s)"
+                    )
+            calls: list[Call] = []
+            for index, items in groups.items():
+                node = nodes[index]
+                if node.dead_until is not None:
+                    rejoin = self._rejoin_call(node)
+                    if rejoin is not None:
+                        calls.append(rejoin)
+                command, args = build(items)
+                calls.append(self._call(index, command, args, items))
+            replies = yield Batch(calls, wait)
+            pending = []
+            # A returning node serves only after its invalidation went through (it ran first: same connection).
+            rejoined = {c.node: c for c in calls if c.rejoin and replies.get(c.rid, (-1,))[0] == _OK}
+            not_rejoined = {c.node for c in calls if c.rejoin and c.node not in rejoined}
+            for call in calls:
+                if call.rejoin:
+                    continue
+                node = nodes[call.node]
+                reply = replies.get(call.rid)
+                if reply is None or call.node in not_rejoined:
+                    if self._failed(node, [keys[i] for i in call.items] if write else []):
+                        for i in call.items:
+                            tried[i].add(call.node)
+                    pending += call.items
+                    continue
+                if node.dead_until is not None:
+                    self._rejoined(node, rejoined.get(call.node))
+                elif node.failures:
+                    node.failures = 0
+                for i, result in split(reply, call.items) if split is not None else ((call.items[0], reply),):
+                    tried[i].add(call.node)
+                    if write:
+                        out.setdefault(i, result)
+                        need[i] -= 1
+                    elif result[0] == _MISS and self.replicas > 1 and len(tried[i]) < self.replicas:
+                        out[i] = result
+                        pending.append(i)
+                    else:
+                        out[i] = result
+            # A write that reached some nodes but not all asks for the missing copies only.
+            pending = [i for i in dict.fromkeys(pending) if not (write and need[i] <= 0)]
+        return out
+
+    def _one(self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None) -> Op:
+        """One key, one command: ``(status, results)``, errors raised."""
+        k = self.key_bytes(key)
+        frames = args(k)
+        out = yield from self._route([k], lambda _items: (command, frames), None, write=write, timeout=timeout)
+        reply = out[0]
+        self._raise_for(reply, k)
+        return reply
+
+    @staticmethod
+    def _raise_for(reply: Reply, key: bytes) -> None:
+        status = reply[0]
+        if status in _ERRORS:
+            message = reply[1][0].decode(errors="replace") if reply[1] else "no message"
+            if status == Status.TOO_LARGE:
+                raise ConfigurationError(message)
+            name = Status(status).name if status in Status.__members__.values() else str(status)
+            raise RemoteError(name, message)
+
+    # -- commands: generators ------------------------------------------------------------------------------
+
+    def _get(self, key: Any, default: Any, timeout: float | None) -> Op:
+        status, results = yield from self._one(key, b"get", lambda k: [k], False, timeout)
+        return self.decode_value(results[0]) if status == _OK else default
+
+    def _gets(self, key: Any, timeout: float | None) -> Op:
+        status, results = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
+        if status != _OK:
+            return None, None
+        return self.decode_value(results[0]), int.from_bytes(results[1], "big")
+
+    def _store(self, command: bytes, key: Any, value: Any, ttl: float, timeout: float | None, extra: list[bytes]) -> Op:
+        ttl_frame = self._ttl(ttl)
+        status, _ = yield from self._one(
+            key, command, lambda k: [k, self.encode_value(k, value), ttl_frame, *extra], True, timeout
+        )
+        return status
+
+    def _get_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+        originals = list(keys)
+        raw = [self.key_bytes(k) for k in originals]
+        if not raw:
+            return {}
+        out = yield from self._route(
+            raw, lambda items: (b"get_many", [raw[i] for i in items]), _split_values, write=False, timeout=timeout
+        )
+        decode = self.decode_value
+        hits = [(i, out[i][1][0]) for i in range(len(raw)) if out[i][0] == _OK]
+        return {originals[i]: decode(frame) for i, frame in hits}
+
+    def _set_many(self, mapping: Mapping[Any, Any], ttl: float, timeout: float | None) -> Op:
+        ttl_frame = self._ttl(ttl)
+        raw = [self.key_bytes(k) for k in mapping]
+        values = [self.encode_value(k, v) for k, v in zip(raw, mapping.values())]
+        if not raw:
+            return []
+
+        def build(items: list[int]) -> tuple[bytes, list[bytes]]:
+            frames = [ttl_frame]
+            for i in items:
+                frames += (raw[i], values[i])
+            return b"set_many", frames
+
+        out = yield from self._route(raw, build, _split_same, write=True, timeout=timeout)
+        for i, reply in out.items():
+            self._raise_for(reply, raw[i])
+        return [k for i, k in enumerate(mapping) if out[i][0] != _OK]
+
+    def _delete_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+        raw = [self.key_bytes(k) for k in keys]
+        if not raw:
+            return 0
+        build = lambda items: (b"delete_many", [raw[i] for i in items])  # noqa: E731
+        out = yield from self._route(raw, build, _split_flags, write=True, timeout=timeout)
+        return sum(1 for r in out.values() if r[0] == _OK)
+
+    def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Op:
+        if not isinstance(delta, int) or isinstance(delta, bool) or not 0 <= delta < 2**64:
+            raise ConfigurationError(f"bad delta {delta!r}: expected an integer from 0 to 2**64-1")
+        status, results = yield from self._one(key, command, lambda k: [k, u64(delta)], True, timeout)
+        return int.from_bytes(results[0], "big") if status == _OK else None
+
+    def _broadcast(self, command: bytes, timeout: float | None) -> Op:
+        """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
+        calls = [self._call(n.index, command, [], []) for n in self._nodes]
+        replies = yield Batch(calls, self.timeout if timeout is None else timeout)
+        out = {}
+        for call in calls:
+            reply = replies.get(call.rid)
+            node = self._nodes[call.node]
+            if reply is not None:
+                out[node.endpoint] = reply
+            elif command == b"flush_all":
+                with self._lock:  # it missed the flush: flush it before it serves anything again
+                    node.flush = True
+                    if node.dead_until is None:
+                        node.dead_until = self.clock()
+                    self._healthy = False
+        return out
+
+    def _flush_all(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"flush_all", timeout)
+        missing = [n.endpoint for n in self._nodes if n.endpoint not in out]
+        if missing:
+            log.warning("flush_all: %s did not answer; they will be flushed before they serve again", missing)
+        return len(out)
+
+    def _stats(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"stats", timeout)
+        return {ep: {r[1][i].decode(): int(r[1][i + 1]) for i in range(0, len(r[1]) - 1, 2)} for ep, r in out.items()}
+
+    def _version(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"version", timeout)
+        return {ep: r[1][0].decode() for ep, r in out.items() if r[1]}
+
+    def _memoized(
+        self, key: bytes, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ttl: float,
+        lease: float, timeout: float | None,
+    ) -> Op:
+        """Get ``key``; on a miss, one caller (the lease holder) computes and stores while the others wait."""
+        ttl_frame = self._ttl(ttl)
+        lease_frame = u32(max(1, int(lease * 1000)))
+        delay = 0.002
+        give_up = self.clock() + lease + (self.timeout if timeout is None else timeout)
+        while True:
+            status, results = yield from self._one(key, b"lease_get", lambda k: [k, lease_frame], False, timeout)
+            if status == _OK:
+                return self.decode_value(results[0])
+            if status == Status.LEASED or self.clock() >= give_up:
+                token = results[0] if status == Status.LEASED else None
+                try:
+                    value = yield Compute(fn, args, kwargs)
+                except Exception:
+                    if token is not None:  # free the lease so a waiter computes instead of waiting it out
+                        yield from self._one(key, b"delete", lambda k: [k], True, timeout)
+                    raise
+                if token is not None:
+                    frame = self.encode_value(key, value)
+                    yield from self._one(key, b"lease_set", lambda k: [k, frame, ttl_frame, token], True, timeout)
+                return value
+            yield Sleep(delay)  # Status.WAIT: another process is computing this value
+            delay = min(delay * 2, 0.05)
+
+    # -- public commands (sync values or coroutines, as the runner makes them) ------------------------------
+
+    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
+        """The value of ``key``, or ``default`` on a miss."""
+        return self._run(self._get(key, default, timeout))
+
+    def gets(self, key: Any, *, timeout: float | None = None) -> Any:
+        """``(value, cas token)``, or ``(None, None)`` on a miss."""
+        return self._run(self._gets(key, timeout))
+
+    def get_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+        """``{key: value}`` for the keys found; every node involved is asked at once."""
+        return self._run(self._get_many(keys, timeout))
+
+    def set(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store ``value`` (TTL in seconds, 0 = never expires); returns True."""
+        return self._run(_map(self._store(b"set", key, value, ttl, timeout, []), lambda s: True))
+
+    def add(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store only if ``key`` is absent; True if stored."""
+        return self._run(_map(self._store(b"add", key, value, ttl, timeout, []), _is_ok))
+
+    def replace(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store only if ``key`` is present; True if stored."""
+        return self._run(_map(self._store(b"replace", key, value, ttl, timeout, []), _is_ok))
+
+    def append(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+        """Add ``data`` after the stored payload; True if the key existed."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return self._run(_map(self._one(key, b"append", lambda k: [k, raw], True, timeout), _reply_ok))
+
+    def prepend(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+        """Add ``data`` before the stored payload; True if the key existed."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return self._run(_map(self._one(key, b"prepend", lambda k: [k, raw], True, timeout), _reply_ok))
+
+    def cas(self, key: Any, value: Any, cas: int, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store if the item's cas token is still ``cas``: True stored, False changed since, None missing."""
+        if not isinstance(cas, int) or isinstance(cas, bool) or not 0 <= cas < 2**64:
+            raise ConfigurationError(f"bad cas token {cas!r}: expected the integer from gets()")
+        op = self._store(b"cas", key, value, ttl, timeout, [u64(cas)])
+        return self._run(_map(op, lambda s: {_OK: True, Status.EXISTS: False}.get(s)))
+
+    def delete(self, key: Any, *, timeout: float | None = None) -> Any:
+        """Remove ``key``; True if it was there."""
+        return self._run(_map(self._one(key, b"delete", lambda k: [k], True, timeout), _reply_ok))
+
+    def delete_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+        """Remove ``keys`` (one message per node, in parallel); the number that were there."""
+        return self._run(self._delete_many(keys, timeout))
+
+    def set_many(self, mapping: Mapping[Any, Any], ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store every item (one message per node, in parallel); the keys that were not stored."""
+        return self._run(self._set_many(mapping, ttl, timeout))
+
+    def incr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+        """Add ``delta`` to a stored decimal number (wraps at 2**64); the new value, or None if missing."""
+        return self._run(self._number(b"incr", key, delta, timeout))
+
+    def decr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+        """Subtract ``delta``, stopping at 0; the new value, or None if missing."""
+        return self._run(self._number(b"decr", key, delta, timeout))
+
+    def touch(self, key: Any, ttl: float, *, timeout: float | None = None) -> Any:
+        """Give ``key`` a new TTL; True if it existed."""
+        ttl_frame = self._ttl(ttl)
+        return self._run(_map(self._one(key, b"touch", lambda k: [k, ttl_frame], True, timeout), _reply_ok))
+
+    def flush_all(self, *, timeout: float | None = None) -> Any:
+        """Empty every node; the number of nodes that answered (the others are flushed when they return)."""
+        return self._run(self._flush_all(timeout))
+
+    def stats(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: {stat: number}}`` for every node that answered."""
+        return self._run(self._stats(timeout))
+
+    def version(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: version}`` for every node that answered."""
+        return self._run(self._version(timeout))
+
+    def ping(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: node id}`` for every node that answered (the id changes when a node restarts)."""
+        return self._run(_map(self._broadcast(b"ping", timeout), lambda out: {ep: r[1][0] for ep, r in out.items()}))
+
+    def memoize(self, ttl: float = 0, *, lease: float = 10.0, timeout: float | None = None) -> Callable[..., Any]:
+        """Decorator: cache a function's results by its arguments, computing each one once across processes.
+
+        When many callers miss the same key at once, one gets a lease and computes; the others wait for its
+        value (up to ``lease`` seconds, then they compute themselves).
+        """
+        self._ttl(ttl)
+        _check_number("lease", lease, 0.001)
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            prefix = f"zmqkit.memo:{fn.__module__}.{fn.__qualname__}:"
+
+            def memoized(*args: Any, **kwargs: Any) -> Any:
+                digest = mmh3.hash_bytes(repr((args, sorted(kwargs.items()))).encode()).hex()
+                key = (prefix[: MAX_KEY - 40] + digest).encode()
+                return self._run(self._memoized(key, fn, args, kwargs, ttl, lease, timeout))
+
+            memoized.__wrapped__ = fn  # type: ignore[attr-defined]
+            memoized.__name__ = fn.__name__
+            memoized.__qualname__ = fn.__qualname__
+            memoized.__doc__ = fn.__doc__
+            return memoized
+
+        return decorate
+
+    def node_state(self) -> dict[str, str]:
+        """``{endpoint: "alive" | "dead" | "rejoining"}`` as this client sees the nodes now."""
+        now = self.clock()
+        return {
+            n.endpoint: "alive" if n.dead_until is None else ("dead" if now < n.dead_until else "rejoining")
+            for n in self._nodes
+        }
+
+
+def _map(op: Op, fn: Callable[[Any], Any]) -> Op:
+    """An op whose result is ``fn(op's result)``."""
+    result = yield from op
+    return fn(result)
+
+
+def _is_ok(status: int) -> bool:
+    return bool(status == _OK)
+
+
+def _reply_ok(reply: Reply) -> bool:
+    return bool(reply[0] == _OK)
+
+
+def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    """get_many: one frame per key, empty on a miss."""
+    status, frames = reply
+    if status != _OK or len(frames) != len(items):
+        raise ProtocolError(f"get_many reply has {len(frames)} values for {len(items)} keys (status {status})")
+    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, frames)]
+
+
+def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    return [(i, reply) for i in items]
+
+
+def _split_flags(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    """delete_many: one byte per key, 0 deleted and 1 not found."""
+    status, frames = reply
+    if status != _OK or not frames or len(frames[0]) != len(items):
+        return _split_same(reply, items)
+    return [(i, (flag, [])) for i, flag in zip(items, frames[0])]

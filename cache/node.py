@@ -1,0 +1,144 @@
+"""CacheNode: a Store served on a REP socket, in the calling thread (``serve``) or a background one (``start``).
+
+>>> with CacheNode("tcp://127.0.0.1:0", memory="64M") as node:
+...     node.start()                      # background thread; node.endpoint is where it listens
+...     client = CacheClient([node.endpoint])
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import zmq
+
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+
+from .service import Service
+from .store import Store
+
+__all__ = ["CacheNode"]
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class CacheNode:
+    """A cache node: one byte-bounded LRU store answering ZKC requests on a REP socket.
+
+    ``memory`` and ``max_item`` take bytes or ``"64M"``-style sizes. ``stop()`` ends ``serve()`` from any
+    thread (or a signal handler); the serving thread owns the sockets and is woken over an inproc pair.
+    """
+
+    def __init__(
+        self,
+        bind: str = "tcp://127.0.0.1:0",
+        *,
+        memory: int | str = "64M",
+        max_item: int | str = "1M",
+        clock: Callable[[], float] = time.monotonic,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+    ) -> None:
+        self.store = Store(memory, max_item, clock=clock)
+        self.service = Service(self.store)
+        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self._bind = bind
+        self._control = f"inproc://zmqkit-cache-node-{next(_ids)}"
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.endpoint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<CacheNode {self.endpoint or self._bind} items={len(self.store)}>"
+
+    def start(self, timeout: float = 5.0) -> str:
+        """Serve in a background thread; return the bound endpoint once it listens."""
+        if self._thread is not None:
+            raise RuntimeError("node already started")
+        self._thread = threading.Thread(target=self._serve_quietly, name=f"zmqkit-{self._control[9:]}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"cache node did not bind {self._bind!r} within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self.endpoint is not None
+        return self.endpoint
+
+    def _serve_quietly(self) -> None:
+        try:
+            self.serve()
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            self._ready.set()
+
+    def serve(self, ready: Callable[[str], None] | None = None) -> None:
+        """Answer requests in this thread until :meth:`stop`; ``ready(endpoint)`` is called once bound."""
+        rep = make_socket("rep", self.options)
+        ctl = make_socket("pair")
+        try:
+            self.endpoint = bind(rep, self._bind)
+            bind(ctl, self._control)
+            self._ready.set()
+            if ready is not None:
+                ready(self.endpoint)
+            if not self._stopped:
+                self._loop(rep, ctl)
+        finally:
+            rep.close(linger=0)
+            ctl.close(linger=0)
+            self._done.set()
+
+    def _loop(self, rep: zmq.Socket, ctl: zmq.Socket) -> None:
+        poller = zmq.Poller()
+        poller.register(rep, zmq.POLLIN)
+        poller.register(ctl, zmq.POLLIN)
+        handle = self.service.handle
+        recv, send, again = rep.recv_multipart, rep.send_multipart, zmq.Again
+        while True:
+            # Drain what is queued before polling again: pipelined requests skip the poll call.
+            try:
+                while True:
+                    send(handle(recv(zmq.NOBLOCK)))
+            except again:
+                pass
+            events = dict(poller.poll())
+            if ctl in events:
+                return
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""
+        with self._lock:
+            if self._stopped or not self._ready.is_set() or self._error is not None:
+                self._stopped = True
+                return
+            self._stopped = True
+            waker = make_socket("pair")
+            try:
+                connect(waker, self._control)
+                waker.send(b"stop")
+            finally:
+                waker.close()  # default linger: the stop message is delivered before the socket goes
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"cache node {self.endpoint} did not stop within {timeout}s")
+
+    close = stop
+
+    def __enter__(self) -> CacheNode:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
