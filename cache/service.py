@@ -71,7 +71,8 @@ class Service:
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Reply frames for one request; bad input gets an error reply, never an exception."""
-        rid = b"\x00\x00\x00\x00"
+        # Echo the request id even when the rest is bad, so a pipelining client can match the error.
+        rid = frames[1][:4] if len(frames) > 1 and len(frames[1]) >= 4 else b"\x00\x00\x00\x00"
         try:
             rid, command, args = decode_request(frames)
             self.store.commands[command.decode()] += 1
