@@ -34,12 +34,14 @@ class _ThreadSockets:
     def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
         self.socks: list[zmq.Socket] = []
         self.poller = zmq.Poller()
+        self.items: list[list[tuple[zmq.Socket, int]]] = []  # per node, for a one-socket zmq_poll
         try:
             for endpoint in endpoints:
                 sock = make_socket("dealer", options)
                 self.socks.append(sock)
                 connect(sock, endpoint)
                 self.poller.register(sock, zmq.POLLIN)
+                self.items.append([(sock, zmq.POLLIN)])
         except BaseException:
             self.close()
             raise
@@ -122,12 +124,18 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                 blocked.append(call)
         replies: dict[bytes, Reply] = {}
         if len(waiting) == 1 and not blocked:
-            sock = socks[batch.calls[0].node]
-            while waiting:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0 or not sock.poll(remaining * 1000):
+            # One request on one socket: poll it alone and read whole messages (no NOBLOCK probing).
+            call = batch.calls[0]
+            sock, items = socks[call.node], state.items[call.node]
+            wait_ms = batch.timeout * 1000
+            while zmq.zmq_poll(items, int(wait_ms) + 1):
+                parsed = parse_reply(sock.recv_multipart())
+                if parsed is not None and parsed[0] == call.rid:
+                    replies[call.rid] = parsed[1]
                     break
-                self._drain(sock, waiting, replies)
+                wait_ms = (deadline - time.monotonic()) * 1000
+                if wait_ms <= 0:
+                    break
             return replies
         while waiting:
             remaining = deadline - time.monotonic()

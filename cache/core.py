@@ -87,6 +87,9 @@ class Compute:
 
 def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
     """``(rid, (status, results))`` from a DEALER's received frames, or None (logged) if malformed."""
+    if len(frames) >= 3 and frames[1] == HEADER and len(frames[2]) == 5:  # the hot path, checked inline
+        head = frames[2]
+        return head[:4], (head[4], frames[3:])
     try:
         rid, status, results = decode_reply(frames[1:])
     except ProtocolError as exc:

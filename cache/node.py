@@ -99,21 +99,14 @@ class CacheNode:
             self._done.set()
 
     def _loop(self, rep: zmq.Socket, ctl: zmq.Socket) -> None:
-        poller = zmq.Poller()
-        poller.register(rep, zmq.POLLIN)
-        poller.register(ctl, zmq.POLLIN)
-        handle = self.service.handle
-        recv, send, again = rep.recv_multipart, rep.send_multipart, zmq.Again
+        items = [(rep, zmq.POLLIN), (ctl, zmq.POLLIN)]
+        handle, poll = self.service.handle, zmq.zmq_poll
+        recv, send = rep.recv_multipart, rep.send_multipart
         while True:
-            # Drain what is queued before polling again: pipelined requests skip the poll call.
-            try:
-                while True:
-                    send(handle(recv(zmq.NOBLOCK)))
-            except again:
-                pass
-            events = dict(poller.poll())
-            if ctl in events:
+            ready = poll(items, -1)
+            if ready[-1][0] is ctl:
                 return
+            send(handle(recv()))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""
