@@ -181,4 +181,4 @@ def test_overhead_estimate_covers_real_memory() -> None:
         tracemalloc.stop()
     counted = store.stats()["bytes"]
     assert used <= counted * 1.05, (used, counted)
-    assert counted <= used * 1.6, (used, counted)  # and does not overstate it wildly
+    assert counted <= used * 2, (used, counted)  # it also covers what malloc keeps, but not wildly more
