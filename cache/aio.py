@@ -14,7 +14,7 @@ import asyncio
 import inspect
 import logging
 from types import TracebackType
-from typing import Any
+from typing import Any, cast
 
 import zmq
 import zmq.asyncio
@@ -89,7 +89,8 @@ class AsyncCacheClient(ClientCore):
             if type(action) is Batch:
                 value = await self._io(action)
             elif type(action) is Sleep:
-                value = await asyncio.sleep(action.seconds)
+                await asyncio.sleep(action.seconds)
+                value = None
             else:  # Compute: the memoized function, sync or async
                 try:
                     value = action.fn(*action.args, **action.kwargs)
@@ -100,7 +101,7 @@ class AsyncCacheClient(ClientCore):
 
     def _send(self, call: Call, blocked: list[asyncio.Future[Any]]) -> None:
         sock = self._socks[call.node]
-        sent = sock.send_multipart(call.frames, flags=zmq.NOBLOCK)
+        sent = cast("asyncio.Future[Any]", sock.send_multipart(call.frames, flags=zmq.NOBLOCK))
         if not sent.done():  # queued behind an earlier blocked send
             blocked.append(sent)
         elif sent.exception() is not None:  # not connected (yet, or any more): wait, until the call times out
@@ -122,9 +123,11 @@ class AsyncCacheClient(ClientCore):
                 merged.add_done_callback(lambda f, e=entries: self._split(f, e))  # type: ignore[misc]
             self._send(call, self._blocked)
 
-    def _split(self, merged: asyncio.Future[Reply | None], entries: list[tuple[Call, asyncio.Future[Reply | None]]]) -> None:
+    def _split(
+        self, merged: asyncio.Future[Reply | None], entries: list[tuple[Call, asyncio.Future[Reply | None]]]
+    ) -> None:
         replies = self.unmerge_gets(None if merged.cancelled() else merged.result(), len(entries))
-        for (_call, fut), reply in zip(entries, replies):
+        for (_call, fut), reply in zip(entries, replies, strict=True):
             if not fut.done():
                 fut.set_result(reply)
 
@@ -141,13 +144,13 @@ class AsyncCacheClient(ClientCore):
                 loop.call_soon(self._flush_gets)
             self._queued.setdefault(calls[0].node, []).append((calls[0], futures[0]))
         else:
-            for call, fut in zip(calls, futures):
+            for call, fut in zip(calls, futures, strict=True):
                 pending[call.rid] = fut
                 self._send(call, self._blocked)
         timer = loop.call_later(batch.timeout, _expire, futures)
         try:
             replies = {}
-            for call, fut in zip(calls, futures):
+            for call, fut in zip(calls, futures, strict=True):
                 reply = await fut
                 if reply is not None:
                     replies[call.rid] = reply

@@ -123,7 +123,7 @@ def _rss_bytes(pid: int) -> int:
 
 
 def measure_memory(memory: str = "64M", times: int = 10) -> tuple[int, int]:
-    """Fill a node with 1 KB values ``times`` × its memory; return (node RSS bytes, memory bytes)."""
+    """Fill a node with 1 KB values ``times`` x its memory; return (node RSS bytes, memory bytes)."""
     from .store import parse_size
 
     limit = parse_size(memory)
@@ -152,7 +152,9 @@ def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False
         one = CacheClient(endpoints[:1])
         try:
             one.set("k", _VALUE)
-            rows.append(Row("get, 1 node", _mean_seconds(lambda: one.get("k"), ops), "s", raw_rtt, "≤ 1.2x raw REQ/REP"))
+            rows.append(
+                Row("get, 1 node", _mean_seconds(lambda: one.get("k"), ops), "s", raw_rtt, "≤ 1.2x raw REQ/REP")
+            )
             rows.append(Row("set, 1 node", _mean_seconds(lambda: one.set("k", _VALUE), ops), "s", raw_rtt))
         finally:
             one.close()
@@ -171,4 +173,6 @@ def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False
         rss, limit = measure_memory()
         target = 1.3 * limit + 30 * MB
         verdict = "within" if rss <= target else "ABOVE"
-        click.echo(f"node RSS after 10x fill of --memory {limit // MB}M: {rss / MB:.1f} MB ({verdict} {target / MB:.1f} MB)")
+        click.echo(
+            f"node RSS after 10x fill of --memory {limit // MB}M: {rss / MB:.1f} MB ({verdict} {target / MB:.1f} MB)"
+        )

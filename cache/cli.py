@@ -1,8 +1,8 @@
 """The ``zmqkit cache`` commands (serve, get, set, delete, stats, flush) and ``zmqkit bench cache``.
 
-    zmqkit cache serve --nodes 3                  # three nodes on tcp://127.0.0.1:11311..11313
-    zmqkit cache set greeting hello --nodes 3     # --nodes N means those N local nodes
-    zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
+zmqkit cache serve --nodes 3                  # three nodes on tcp://127.0.0.1:11311..11313
+zmqkit cache set greeting hello --nodes 3     # --nodes N means those N local nodes
+zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
 """
 
 from __future__ import annotations

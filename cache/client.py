@@ -74,7 +74,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     def _sockets(self) -> _ThreadSockets:
         try:
-            return self._local.sockets  # type: ignore[no-any-return]
+            return self._local.sockets
         except AttributeError:
             pass
         with self._lock:
@@ -142,7 +142,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             if remaining <= 0:
                 break
             poller = state.poller if not blocked else self._send_poller(socks, blocked)
-            for sock, events in poller.poll(remaining * 1000):
+            for sock, events in poller.poll(int(remaining * 1000) + 1):
                 if events & zmq.POLLOUT:
                     blocked = self._send_blocked(socks, sock, blocked)
                 if events & zmq.POLLIN:

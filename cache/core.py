@@ -115,7 +115,7 @@ class _Node:
 def _endpoint_weights(endpoints: Any) -> dict[str, int]:
     if isinstance(endpoints, Mapping):
         eps = parse_endpoints(list(endpoints))
-        return dict(zip(eps, endpoints.values()))
+        return dict(zip(eps, endpoints.values(), strict=True))
     return dict.fromkeys(parse_endpoints(endpoints), 1)
 
 
@@ -381,7 +381,9 @@ class ClientCore:
             pending = [i for i in dict.fromkeys(pending) if not (write and need[i] <= 0)]
         return out
 
-    def _one(self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None) -> Op:
+    def _one(
+        self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None
+    ) -> Op:
         """One key, one command: ``(status, results)``, errors raised."""
         k = self.key_bytes(key)
         frames = args(k)
@@ -434,7 +436,7 @@ class ClientCore:
     def _set_many(self, mapping: Mapping[Any, Any], ttl: float, timeout: float | None) -> Op:
         ttl_frame = self._ttl(ttl)
         raw = [self.key_bytes(k) for k in mapping]
-        values = [self.encode_value(k, v) for k, v in zip(raw, mapping.values())]
+        values = [self.encode_value(k, v) for k, v in zip(raw, mapping.values(), strict=True)]
         if not raw:
             return []
 
@@ -497,8 +499,14 @@ class ClientCore:
         return {ep: r[1][0].decode() for ep, r in out.items() if r[1]}
 
     def _memoized(
-        self, key: bytes, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any], ttl: float,
-        lease: float, timeout: float | None,
+        self,
+        key: bytes,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ttl: float,
+        lease: float,
+        timeout: float | None,
     ) -> Op:
         """Get ``key``; on a miss, one caller (the lease holder) computes and stores while the others wait."""
         ttl_frame = self._ttl(ttl)
@@ -519,7 +527,7 @@ class ClientCore:
                     raise
                 if token is not None:
                     frame = self.encode_value(key, value)
-                    yield from self._one(key, b"lease_set", lambda k: [k, frame, ttl_frame, token], True, timeout)
+                    yield from self._one(key, b"lease_set", _after_key(frame, ttl_frame, token), True, timeout)
                 return value
             yield Sleep(delay)  # Status.WAIT: another process is computing this value
             delay = min(delay * 2, 0.05)
@@ -642,6 +650,11 @@ class ClientCore:
         }
 
 
+def _after_key(*frames: bytes) -> Callable[[bytes], list[bytes]]:
+    """Argument frames: the key, then ``frames``."""
+    return lambda key: [key, *frames]
+
+
 def _map(op: Op, fn: Callable[[Any], Any]) -> Op:
     """An op whose result is ``fn(op's result)``."""
     result = yield from op
@@ -661,7 +674,7 @@ def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]
     status, frames = reply
     if status != _OK or len(frames) != len(items):
         raise ProtocolError(f"get_many reply has {len(frames)} values for {len(items)} keys (status {status})")
-    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, frames)]
+    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, frames, strict=True)]
 
 
 def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
@@ -673,4 +686,4 @@ def _split_flags(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
     status, frames = reply
     if status != _OK or not frames or len(frames[0]) != len(items):
         return _split_same(reply, items)
-    return [(i, (flag, [])) for i, flag in zip(items, frames[0])]
+    return [(i, (flag, [])) for i, flag in zip(items, frames[0], strict=True)]

@@ -138,7 +138,9 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, bytes, list[bytes]]:
     args = frames[2:]
     low, high = arity
     if len(args) < low or (high >= 0 and len(args) > high):
-        raise ProtocolError(f"{command.decode()} takes {low}{'' if high == low else '+'} argument frame(s), got {len(args)}")
+        raise ProtocolError(
+            f"{command.decode()} takes {low}{'' if high == low else '+'} argument frame(s), got {len(args)}"
+        )
     return head[:_RID], command, args
 
 

@@ -21,7 +21,7 @@ DEFAULT_VNODES = 1000  # points per unit of weight; measured: 4 nodes within ±5
 
 
 class HashRing:
-    """Nodes (names or endpoints) placed on a 32-bit murmur3 ring, ``vnodes × weight`` points each."""
+    """Nodes (names or endpoints) placed on a 32-bit murmur3 ring, ``vnodes x weight`` points each."""
 
     def __init__(self, nodes: Iterable[str] | Mapping[str, int] = (), *, vnodes: int = DEFAULT_VNODES) -> None:
         if not isinstance(vnodes, int) or vnodes < 1:

@@ -13,6 +13,7 @@ with the stored bytes unchanged.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -80,7 +81,7 @@ class _Entry:
         self.size = size
 
 
-class _LRU(TLRUCache):  # type: ignore[misc]
+class _LRU(TLRUCache):
     """TLRUCache that counts what it evicts and what expires."""
 
     def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
@@ -91,13 +92,13 @@ class _LRU(TLRUCache):  # type: ignore[misc]
     def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
         gone = super().expire(time)
         self.expired += len(gone)
-        return gone  # type: ignore[no-any-return]
+        return gone
 
     def popitem(self) -> tuple[Any, Any]:
         # cachetools calls popitem only to make room: every call is an eviction.
         item = super().popitem()
         self.evictions += 1
-        return item  # type: ignore[no-any-return]
+        return item
 
 
 def _ttu(_key: bytes, entry: _Entry, _now: float) -> float:
@@ -152,7 +153,7 @@ class Store:
 
     def _entry(self, key: bytes) -> _Entry | None:
         try:
-            return self._lru[key]  # type: ignore[no-any-return]
+            return self._lru[key]
         except KeyError:
             return None
 
@@ -231,10 +232,9 @@ class Store:
     def delete(self, key: bytes) -> bool:
         self._leases.pop(key, None)
         present = key in self._lru
-        try:
+        # KeyError: already gone, or expired (cachetools raises after removing an expired item).
+        with contextlib.suppress(KeyError):
             del self._lru[key]
-        except KeyError:
-            pass  # already gone, or expired (cachetools raises after removing an expired item)
         return present
 
     def incr(self, key: bytes, delta: int) -> int | None:

@@ -67,4 +67,6 @@ def keys_generate(name: str, directory: str) -> None:
 @main.group(cls=ZmqkitGroup)
 def bench() -> None:
     """Benchmarks: each puts raw pyzmq, measured in the same run, beside zmqkit."""
+
+
 from zmqkit.cache import cli as _cache_cli  # noqa: E402,F401  (registers commands)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from zmqkit.cache.cli import node_endpoints
+
 from zmqkit.cli import main
 from zmqkit.errors import ConfigurationError
 from zmqkit.testing import free_port
@@ -18,7 +18,9 @@ ZMQKIT = str(Path(sys.executable).parent / "zmqkit")
 
 
 def start_serve(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
-    proc = subprocess.Popen([ZMQKIT, "cache", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [ZMQKIT, "cache", "serve", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     endpoints = []
     assert proc.stdout is not None
     for line in proc.stdout:

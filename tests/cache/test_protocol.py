@@ -1,11 +1,11 @@
 """ZKC frames and the node's request handler, without sockets."""
 
 import pytest
-
-from zmqkit import ProtocolError
 from zmqkit.cache.protocol import HEADER, Status, decode_reply, decode_request, encode_reply, encode_request, u32, u64
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
+
+from zmqkit import ProtocolError
 
 RID = b"\x00\x00\x00\x2a"
 
@@ -53,7 +53,7 @@ def test_handler_answers_bad_input_with_errors() -> None:
     assert call(service, b"set", b"k", b"\x00v", b"\x00")[0] == Status.BAD_REQUEST  # ttl not u32
     status, (message,) = call(service, b"nope")
     assert status == Status.BAD_REQUEST and b"unknown command" in message
-    rid, status, _ = decode_reply(service.handle([b"junk"]))
+    _, status, _ = decode_reply(service.handle([b"junk"]))
     assert status == Status.BAD_REQUEST
 
 
@@ -62,7 +62,7 @@ def test_handler_commands() -> None:
     assert call(service, b"set", b"k", b"\x02" + b"41", u32(0)) == (Status.OK, [])
     assert call(service, b"incr", b"k", u64(1)) == (Status.OK, [u64(42)])
     assert call(service, b"get", b"k") == (Status.OK, [b"\x0242"])
-    status, (value, cas) = call(service, b"gets", b"k")
+    _, (_, cas) = call(service, b"gets", b"k")
     assert call(service, b"cas", b"k", b"\x00x", u32(0), u64(int.from_bytes(cas, "big") + 1))[0] == Status.EXISTS
     assert call(service, b"get_many", b"k", b"missing") == (Status.OK, [b"\x0242", b""])
     assert call(service, b"set_many", u32(0), b"a", b"\x00A", b"b", b"\x00B") == (Status.OK, [])
@@ -74,6 +74,6 @@ def test_handler_commands() -> None:
     assert call(service, b"incr", b"s", u64(1))[0] == Status.NOT_A_NUMBER
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.LEASED
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.WAIT
-    stats = dict(zip(*[iter(call(service, b"stats")[1])] * 2))
+    stats = dict(zip(*[iter(call(service, b"stats")[1])] * 2, strict=True))
     assert stats[b"cmd_incr"] == b"2" and stats[b"limit_maxbytes"] == b"67108864"
     assert call(service, b"ping")[1] == [service.node_id]

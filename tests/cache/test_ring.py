@@ -3,9 +3,9 @@
 from collections import Counter
 
 import pytest
+from zmqkit.cache import HashRing
 
 from zmqkit import ConfigurationError
-from zmqkit.cache import HashRing
 
 NODES = [f"tcp://127.0.0.1:{11311 + i}" for i in range(4)]
 KEYS = [b"key:%d" % i for i in range(100_000)]
@@ -54,7 +54,9 @@ def test_add_and_remove() -> None:
         ring.remove("nope")
 
 
-@pytest.mark.parametrize(("nodes", "match"), [({"a": 0}, "bad weight 0"), ([""], "bad ring node ''"), ({"a": "x"}, "'x'")])
+@pytest.mark.parametrize(
+    ("nodes", "match"), [({"a": 0}, "bad weight 0"), ([""], "bad ring node ''"), ({"a": "x"}, "'x'")]
+)
 def test_bad_ring_arguments(nodes: object, match: str) -> None:
     with pytest.raises(ConfigurationError, match=match):
         HashRing(nodes)  # type: ignore[arg-type]
