@@ -11,6 +11,7 @@ node hands each reply to the call waiting for its request id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
 import logging
 from types import TracebackType
@@ -112,22 +113,27 @@ class AsyncCacheClient(ClientCore):
         queued, self._queued = self._queued, {}
         loop = asyncio.get_running_loop()
         for node, entries in queued.items():
-            calls = [call for call, _ in entries]
+            futures = [fut for _, fut in entries]
             if len(entries) == 1:
-                call = calls[0]
-                self._pending[call.rid] = entries[0][1]
+                call, target = entries[0][0], futures[0]
             else:
-                call = self.merge_gets(node, calls)
-                merged: asyncio.Future[Reply | None] = loop.create_future()
-                self._pending[call.rid] = merged
-                merged.add_done_callback(lambda f, e=entries: self._split(f, e))  # type: ignore[misc]
+                call, target = self.merge_gets(node, [c for c, _ in entries]), loop.create_future()
+                target.add_done_callback(functools.partial(self._split, futures))
+            self._pending[call.rid] = target
+            # One timer for the whole group: every get in it has the client's timeout (lone gets only).
+            timer = loop.call_later(self.timeout, self._expire, call.rid, target, futures)
+            target.add_done_callback(lambda _f, t=timer: t.cancel())  # type: ignore[misc]
             self._send(call, self._blocked)
 
-    def _split(
-        self, merged: asyncio.Future[Reply | None], entries: list[tuple[Call, asyncio.Future[Reply | None]]]
+    def _expire(
+        self, rid: bytes, target: asyncio.Future[Reply | None], futures: list[asyncio.Future[Reply | None]]
     ) -> None:
-        replies = self.unmerge_gets(None if merged.cancelled() else merged.result(), len(entries))
-        for (_call, fut), reply in zip(entries, replies, strict=True):
+        self._pending.pop(rid, None)
+        _expire([target, *futures])
+
+    def _split(self, futures: list[asyncio.Future[Reply | None]], merged: asyncio.Future[Reply | None]) -> None:
+        replies = self.unmerge_gets(None if merged.cancelled() else merged.result(), len(futures))
+        for fut, reply in zip(futures, replies, strict=True):
             if not fut.done():
                 fut.set_result(reply)
 
@@ -135,18 +141,21 @@ class AsyncCacheClient(ClientCore):
         if not self._socks:
             self._open()
         loop = asyncio.get_running_loop()
-        pending = self._pending
         calls = batch.calls
-        futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
-        if len(calls) == 1 and calls[0].frames[2].endswith(b"get") and len(calls[0].frames[2]) == 7:
+        first = calls[0]
+        if len(calls) == 1 and batch.timeout == self.timeout and first.frames[2][4:] == b"get":
             # A lone get waits for the end of this loop iteration, to travel with the other gets to its node.
+            fut: asyncio.Future[Reply | None] = loop.create_future()
             if not self._queued:
                 loop.call_soon(self._flush_gets)
-            self._queued.setdefault(calls[0].node, []).append((calls[0], futures[0]))
-        else:
-            for call, fut in zip(calls, futures, strict=True):
-                pending[call.rid] = fut
-                self._send(call, self._blocked)
+            self._queued.setdefault(first.node, []).append((first, fut))
+            reply = await fut
+            return {} if reply is None else {first.rid: reply}
+        pending = self._pending
+        futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
+        for call, fut in zip(calls, futures, strict=True):
+            pending[call.rid] = fut
+            self._send(call, self._blocked)
         timer = loop.call_later(batch.timeout, _expire, futures)
         try:
             replies = {}

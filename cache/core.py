@@ -303,21 +303,37 @@ class ClientCore:
         tried: list[set[int]] = [set() for _ in keys]
         out: dict[int, Reply] = {}
         pending = list(range(len(keys)))
-        if self._healthy and len(keys) == 1 and self.replicas == 1:
-            # The common case, kept lean: every node alive, one key, one copy.
-            node = self._by_endpoint[self.ring.get_node(keys[0])]
-            command, args = build(pending)
-            call = self._call(node.index, command, args, pending)
-            reply = (yield Batch([call], wait)).get(call.rid)
-            if reply is not None:
+        if self._healthy and self.replicas == 1:
+            # The common case, kept lean: every node alive, one copy of each key; no failover bookkeeping.
+            owner = self._by_endpoint
+            get_node = self.ring.get_node
+            groups: dict[int, list[int]] = {}
+            for i, key in enumerate(keys):
+                groups.setdefault(owner[get_node(key)].index, []).append(i)
+            calls: list[Call] = [self._call(index, *build(items), items) for index, items in groups.items()]
+            replies = yield Batch(calls, wait)
+            pending = []
+            for call in calls:
+                node = nodes[call.node]
+                reply = replies.get(call.rid)
+                if reply is None:
+                    if self._failed(node, [keys[i] for i in call.items] if write else []):
+                        for i in call.items:
+                            tried[i].add(call.node)
+                    pending += call.items
+                    continue
                 if node.failures:
                     node.failures = 0
-                return {0: reply}
-            if self._failed(node, keys if write else []):
-                tried[0].add(node.index)
+                if split is None:
+                    out[call.items[0]] = reply
+                else:
+                    out.update(split(reply, call.items))
+            if write:
+                for i in out:
+                    need[i] = 0
         while pending:
             now = self.clock()
-            groups: dict[int, list[int]] = {}
+            groups = {}
             for i in pending:
                 chosen = 0
                 for endpoint in self.ring.iter_nodes(keys[i]):
@@ -338,7 +354,7 @@ class ClientCore:
                         f"no cache node answers for key {keys[i][:60]!r} (tried {len(tried[i])} of "
                         f"{len(nodes)}; the others are marked dead for up to {self.dead_timeout:g}s)"
                     )
-            calls: list[Call] = []
+            calls = []
             for index, items in groups.items():
                 node = nodes[index]
                 if node.dead_until is not None:

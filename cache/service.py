@@ -48,7 +48,7 @@ class Service:
         self._handlers: dict[bytes, _Handler] = {
             b"get": self._get,
             b"gets": self._gets,
-            b"get_many": lambda a: (_OK, [s.get(_key(k)) or b"" for k in a]),
+            b"get_many": lambda a: (_OK, s.get_many([_key(k) for k in a])),
             b"set": lambda a: self._store(s.set(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl")) >= 0),
             b"add": lambda a: self._store(s.add(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
             b"replace": lambda a: self._store(s.replace(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),

@@ -176,6 +176,20 @@ class Store:
         self.hits += 1
         return entry.value
 
+    def get_many(self, keys: list[bytes]) -> list[bytes]:
+        """Each key's value, or ``b""`` for a miss (a stored value is never empty: it has its codec byte)."""
+        lookup = self._lru.__getitem__
+        out = []
+        for key in keys:
+            try:
+                out.append(lookup(key).value)
+            except KeyError:
+                out.append(b"")
+        misses = out.count(b"")
+        self.misses += misses
+        self.hits += len(out) - misses
+        return out
+
     def gets(self, key: bytes) -> tuple[bytes, int] | None:
         entry = self._entry(key)
         if entry is None:
