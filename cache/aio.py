@@ -22,7 +22,7 @@ import zmq.asyncio
 
 from zmqkit.sockets import connect, make_socket
 
-from .core import Batch, Call, ClientCore, Op, Reply, Sleep, parse_reply
+from .core import Batch, Call, ClientCore, Op, Reply, Sleep, advance, parse_reply
 
 __all__ = ["AsyncCacheClient"]
 
@@ -80,25 +80,23 @@ class AsyncCacheClient(ClientCore):
 
     async def _run(self, op: Op) -> Any:
         value: Any = None
-        error: BaseException | None = None
+        error: Exception | None = None
         while True:
-            try:
-                action = op.send(value) if error is None else op.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            error = None
+            done, action = advance(op, value, error)
+            if done:
+                return action
+            value, error = None, None
             if type(action) is Batch:
                 value = await self._io(action)
             elif type(action) is Sleep:
                 await asyncio.sleep(action.seconds)
-                value = None
             else:  # Compute: the memoized function, sync or async
-                try:
-                    value = action.fn(*action.args, **action.kwargs)
-                    if inspect.isawaitable(value):
+                value, error = action.run()
+                if inspect.isawaitable(value):
+                    try:
                         value = await value
-                except Exception as exc:
-                    error = exc
+                    except Exception as exc:
+                        value, error = None, exc
 
     def _send(self, call: Call, blocked: list[asyncio.Future[Any]]) -> None:
         sock = self._socks[call.node]

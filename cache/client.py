@@ -21,7 +21,7 @@ import zmq
 
 from zmqkit.sockets import SocketOptions, connect, make_socket
 
-from .core import Batch, Call, ClientCore, Op, Reply, Sleep, parse_reply
+from .core import Batch, Call, ClientCore, Op, Reply, Sleep, advance, parse_reply
 
 __all__ = ["CacheClient"]
 
@@ -91,23 +91,18 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     def _run(self, op: Op) -> Any:
         value: Any = None
-        error: BaseException | None = None
+        error: Exception | None = None
         while True:
-            try:
-                action = op.send(value) if error is None else op.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            error = None
+            done, action = advance(op, value, error)
+            if done:
+                return action
+            value, error = None, None
             if type(action) is Batch:
                 value = self._io(action)
             elif type(action) is Sleep:
                 time.sleep(action.seconds)
-                value = None
             else:  # Compute: the memoized function
-                try:
-                    value = action.fn(*action.args, **action.kwargs)
-                except Exception as exc:
-                    error = exc
+                value, error = action.run()
 
     def _io(self, batch: Batch) -> dict[bytes, Reply]:
         """Send every call, then gather replies until all are in or the batch's timeout passes."""

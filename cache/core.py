@@ -33,7 +33,7 @@ from .protocol import HEADER, Status, decode_reply, u32, u64
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
-__all__ = ["ClientCore", "Batch", "Call", "Sleep", "Compute", "Reply", "parse_reply"]
+__all__ = ["ClientCore", "Batch", "Call", "Sleep", "Compute", "Reply", "advance", "parse_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +83,22 @@ class Compute:
 
     def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         self.fn, self.args, self.kwargs = fn, args, kwargs
+
+    def run(self) -> tuple[Any, Exception | None]:
+        """``(result, None)`` or ``(None, the exception)``, to hand back to the op."""
+        try:
+            return self.fn(*self.args, **self.kwargs), None
+        except Exception as exc:
+            return None, exc
+
+
+def advance(op: Op, value: Any, error: Exception | None) -> tuple[bool, Any]:
+    """Resume ``op`` with ``value`` (or throw ``error`` into it): ``(True, result)`` once it has finished,
+    else ``(False, the next action)``. The runners' whole loop is this, plus doing the action."""
+    try:
+        return False, (op.send(value) if error is None else op.throw(error))
+    except StopIteration as stop:
+        return True, stop.value
 
 
 def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:

@@ -14,7 +14,7 @@ import struct
 from enum import IntEnum
 
 from zmqkit.errors import ProtocolError
-from zmqkit.wire import ProtocolId
+from zmqkit.wire import ProtocolId, pack_u32, pack_u64, unpack_u32, unpack_u64
 
 __all__ = [
     "PROTOCOL",
@@ -35,7 +35,6 @@ __all__ = [
 PROTOCOL = ProtocolId(b"ZKC", 1)
 HEADER = PROTOCOL.header
 _U32 = struct.Struct(">I")
-_U64 = struct.Struct(">Q")
 _RID = 4  # bytes of request id at the start of the second frame
 
 
@@ -98,24 +97,8 @@ WRITES = frozenset(
 )
 
 
-def u32(value: int) -> bytes:
-    return _U32.pack(value)
-
-
-def u64(value: int) -> bytes:
-    return _U64.pack(value)
-
-
-def read_u32(frame: bytes, what: str) -> int:
-    if len(frame) != 4:
-        raise ProtocolError(f"{what} must be a 4-byte big-endian number, got {len(frame)} bytes")
-    return int(_U32.unpack(frame)[0])
-
-
-def read_u64(frame: bytes, what: str) -> int:
-    if len(frame) != 8:
-        raise ProtocolError(f"{what} must be an 8-byte big-endian number, got {len(frame)} bytes")
-    return int(_U64.unpack(frame)[0])
+# Fixed-width numbers are the core's (zmqkit.wire); short names here because every command uses them.
+u32, u64, read_u32, read_u64 = pack_u32, pack_u64, unpack_u32, unpack_u64
 
 
 def encode_request(rid: int, command: bytes, args: list[bytes]) -> list[bytes]:
