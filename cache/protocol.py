@@ -21,7 +21,6 @@ __all__ = [
     "HEADER",
     "Status",
     "COMMANDS",
-    "WRITES",
     "encode_request",
     "decode_request",
     "encode_reply",
@@ -77,24 +76,6 @@ COMMANDS: dict[bytes, tuple[int, int]] = {
     b"lease_get": (2, 2),
     b"lease_set": (4, 4),
 }
-# Commands that change a key: the client remembers their keys for a node that is down (see client core).
-WRITES = frozenset(
-    {
-        b"set",
-        b"add",
-        b"replace",
-        b"append",
-        b"prepend",
-        b"cas",
-        b"delete",
-        b"delete_many",
-        b"set_many",
-        b"incr",
-        b"decr",
-        b"touch",
-        b"lease_set",
-    }
-)
 
 
 # Fixed-width numbers are the core's (zmqkit.wire); short names here because every command uses them.

@@ -249,3 +249,39 @@ def test_a_node_that_missed_flush_all_is_flushed_before_it_serves(clock: FakeClo
     sim.resume(1)
     assert cache.get_many([f"k{i}" for i in range(20)]) == {}
     assert len(sim.services[1].store) == 0
+
+
+def test_a_node_evicts_least_recently_used_first() -> None:
+    cluster = CacheCluster(1, memory="1M", max_item="64K")
+    try:
+        cache = cluster.client()
+        value = b"x" * 10_000
+        keys = [f"k{i:03d}" for i in range(150)]
+        cache[keys[0]] = value
+        for key in keys[1:]:
+            cache[key] = value
+            cache.get(keys[0])  # k000 is used after every write: always the most recent
+        stats = cache.stats()[cluster.endpoints[0]]
+        assert stats["evictions"] > 0 and stats["bytes"] <= 2**20
+        present = cache.get_many(keys)
+        assert keys[0] in present and keys[1] not in present
+        survivors = [k for k in keys[1:] if k in present]
+        assert survivors == keys[len(keys) - len(survivors) :]  # the least recently used went first
+    finally:
+        cluster.close()
+
+
+def test_curve_encrypted_cluster() -> None:
+    from zmqkit import Curve, KeyPair
+
+    server_keys = KeyPair.generate()
+    node = CacheNode(curve=Curve.server(server_keys, allow="*"))
+    try:
+        endpoint = node.start()
+        with CacheClient([endpoint], curve=Curve.client(server_keys), timeout=5) as cache:
+            cache["secret"] = "value"
+            assert cache["secret"] == "value"
+        with CacheClient([endpoint], timeout=0.3, retries=0) as plain, pytest.raises(NodeUnavailable):
+            plain.get("secret")  # no CURVE handshake, no answer
+    finally:
+        node.stop()
