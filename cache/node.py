@@ -81,8 +81,9 @@ class CacheNode:
             self._error = exc
             self._ready.set()
 
-    def serve(self, ready: Callable[[str], None] | None = None) -> None:
-        """Answer requests in this thread until :meth:`stop`; ``ready(endpoint)`` is called once bound."""
+    def serve(self, ready: Callable[[str], None] | None = None, *, timeout: float | None = None) -> None:
+        """Answer requests in this thread until :meth:`stop` (or ``timeout`` seconds); ``ready(endpoint)`` is
+        called once bound."""
         rep = make_socket("rep", self.options)
         ctl = make_socket("pair")
         try:
@@ -92,18 +93,25 @@ class CacheNode:
             if ready is not None:
                 ready(self.endpoint)
             if not self._stopped:
-                self._loop(rep, ctl)
+                self._loop(rep, ctl, None if timeout is None else time.monotonic() + timeout)
         finally:
             rep.close(linger=0)
             ctl.close(linger=0)
             self._done.set()
 
-    def _loop(self, rep: zmq.Socket, ctl: zmq.Socket) -> None:
+    def _loop(self, rep: zmq.Socket, ctl: zmq.Socket, deadline: float | None) -> None:
         items = [(rep, zmq.POLLIN), (ctl, zmq.POLLIN)]
         handle, poll = self.service.handle, zmq.zmq_poll
         recv, send = rep.recv_multipart, rep.send_multipart
+        wait_ms = -1
         while True:
-            ready = poll(items, -1)
+            if deadline is not None:
+                wait_ms = int((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0:
+                    return
+            ready = poll(items, wait_ms)
+            if not ready:
+                continue
             if ready[-1][0] is ctl:
                 return
             send(handle(recv()))

@@ -91,7 +91,8 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, bytes, list[bytes]]:
     """``(rid bytes, command, args)``; ProtocolError names what is wrong."""
     if len(frames) < 2:
         raise ProtocolError(f"request has {len(frames)} frame(s); expected header, head and arguments")
-    PROTOCOL.check(frames[0])
+    if frames[0] != HEADER:
+        PROTOCOL.check(frames[0])  # raises, naming the version or the bad header
     head = frames[1]
     if len(head) <= _RID:
         raise ProtocolError("request head must be a 4-byte request id followed by a command name")

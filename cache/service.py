@@ -75,7 +75,7 @@ class Service:
         rid = frames[1][:4] if len(frames) > 1 and len(frames[1]) >= 4 else b"\x00\x00\x00\x00"
         try:
             rid, command, args = decode_request(frames)
-            self.store.commands[command.decode()] += 1
+            self.store.commands[command] += 1
             status, results = self._handlers[command](args)
         except ProtocolError as exc:
             log.warning("bad request: %s", exc)

@@ -136,7 +136,7 @@ class Store:
         self.started = clock()
         self.hits = 0
         self.misses = 0
-        self.commands: Counter[str] = Counter()
+        self.commands: Counter[bytes] = Counter()  # per command name, for stats
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -312,7 +312,7 @@ class Store:
 
     def stats(self) -> dict[str, int]:
         self._lru.expire()
-        counts = {f"cmd_{name}": n for name, n in sorted(self.commands.items())}
+        counts = {f"cmd_{name.decode()}": n for name, n in sorted(self.commands.items())}
         return {
             "uptime": int(self._clock() - self.started),
             "items": len(self._lru),

@@ -285,3 +285,12 @@ def test_curve_encrypted_cluster() -> None:
             plain.get("secret")  # no CURVE handshake, no answer
     finally:
         node.stop()
+
+
+@pytest.mark.timeout(10)
+def test_node_serve_in_this_thread_until_timeout() -> None:
+    node = CacheNode()
+    endpoints: list[str] = []
+    node.serve(ready=endpoints.append, timeout=0.2)
+    assert endpoints and endpoints[0].startswith("tcp://127.0.0.1:")
+    node.stop()  # after serve() returned: nothing to do

@@ -145,7 +145,7 @@ def test_leases(store: Store, clock: FakeClock) -> None:
 
 
 def test_stats_counts_commands(store: Store) -> None:
-    store.commands["get"] += 2
+    store.commands[b"get"] += 2
     stats = store.stats()
     assert stats["cmd_get"] == 2 and stats["limit_maxbytes"] == 2**20 and "uptime" in stats
 
