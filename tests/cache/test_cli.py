@@ -1,6 +1,8 @@
 """``zmqkit cache``: serve in a subprocess, then get/set/delete/stats/flush against it, and clean shutdown."""
 
+import contextlib
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,9 +33,24 @@ def start_serve(*args: str) -> tuple[subprocess.Popen[str], list[str]]:
     return proc, endpoints
 
 
+def consecutive_free_ports(count: int) -> int:
+    """A base port such that base .. base+count-1 were all free a moment ago."""
+    for _ in range(50):
+        base = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for port in range(base, base + count):
+                    sock = stack.enter_context(socket.socket())
+                    sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return base
+    raise RuntimeError("no run of free ports")
+
+
 @pytest.fixture
 def served() -> Iterator[str]:
-    base = free_port()
+    base = consecutive_free_ports(2)
     proc, endpoints = start_serve("--bind", f"tcp://127.0.0.1:{base}", "--nodes", "2", "--memory", "8M")
     assert endpoints == [f"tcp://127.0.0.1:{base}", f"tcp://127.0.0.1:{base + 1}"]
     yield ",".join(endpoints)
