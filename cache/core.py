@@ -246,12 +246,12 @@ class ClientCore:
     def _failed(self, node: _Node, keys: list[bytes]) -> bool:
         """Count a node's missed answer; after ``retries`` misses it is dead. True if it is dead now."""
         with self._lock:
-            if keys:
-                for key in keys:  # a timed-out write may still land on the node later
-                    self._hint(node, key)
             node.failures += 1
-            if node.failures <= self.retries:
-                return False
+            if node.failures <= self.retries and self._usable(node, self.clock()):
+                return False  # it is retried; the retry reaches the node after the lost attempt, if ever
+            # Timed-out writes may still land on the node later: invalidate their keys when it returns.
+            for key in keys:
+                self._hint(node, key)
             if node.dead_until is None or node.dead_until <= self.clock():
                 log.warning("cache node %s is not answering; skipping it for %gs", node.endpoint, self.dead_timeout)
             node.dead_until = self.clock() + self.dead_timeout

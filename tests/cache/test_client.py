@@ -137,6 +137,8 @@ def test_failover_and_rejoin_after_dead_timeout(clock: FakeClock) -> None:
         # The node comes back on the same endpoint; after dead_timeout the client uses it again.
         cluster.nodes[1] = CacheNode(endpoint)
         cluster.nodes[1].start()
+        while endpoint not in cache.ping(timeout=0.2):  # the client's socket reconnects (its backoff)
+            pass
         clock.now += 31
         assert cache.node_state()[endpoint] == "rejoining"
         for key in keys:
