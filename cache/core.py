@@ -314,28 +314,26 @@ class ClientCore:
         """
         wait = self.timeout if timeout is None else timeout
         nodes = self._nodes
-        copies = self.replicas if write else 1
-        need = [copies] * len(keys)
-        tried: list[set[int]] = [set() for _ in keys]
         out: dict[int, Reply] = {}
-        pending = list(range(len(keys)))
+        given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
         if self._healthy and self.replicas == 1:
             # The common case, kept lean: every node alive, one copy of each key; no failover bookkeeping.
-            owner = self._by_endpoint
-            get_node = self.ring.get_node
-            groups: dict[int, list[int]] = {}
-            for i, key in enumerate(keys):
-                groups.setdefault(owner[get_node(key)].index, []).append(i)
-            calls: list[Call] = [self._call(index, *build(items), items) for index, items in groups.items()]
+            owner, get_node = self._by_endpoint, self.ring.get_node
+            if len(keys) == 1:
+                calls: list[Call] = [self._call(owner[get_node(keys[0])].index, *build([0]), [0])]
+            else:
+                groups: dict[int, list[int]] = {}
+                for i, key in enumerate(keys):
+                    groups.setdefault(owner[get_node(key)].index, []).append(i)
+                calls = [self._call(index, *build(items), items) for index, items in groups.items()]
             replies = yield Batch(calls, wait)
-            pending = []
+            pending: list[int] = []
             for call in calls:
                 node = nodes[call.node]
                 reply = replies.get(call.rid)
                 if reply is None:
                     if self._failed(node, [keys[i] for i in call.items] if write else []):
-                        for i in call.items:
-                            tried[i].add(call.node)
+                        given_up += [(i, call.node) for i in call.items]
                     pending += call.items
                     continue
                 if node.failures:
@@ -344,9 +342,16 @@ class ClientCore:
                     out[call.items[0]] = reply
                 else:
                     out.update(split(reply, call.items))
-            if write:
-                for i in out:
-                    need[i] = 0
+            if not pending:
+                return out
+        else:
+            pending = list(range(len(keys)))
+        need = [self.replicas if write else 1] * len(keys)
+        for i in out:
+            need[i] = 0
+        tried: list[set[int]] = [set() for _ in keys]
+        for i, index in given_up:
+            tried[i].add(index)
         while pending:
             now = self.clock()
             groups = {}
@@ -437,8 +442,16 @@ class ClientCore:
     # -- commands: generators ------------------------------------------------------------------------------
 
     def _get(self, key: Any, default: Any, timeout: float | None) -> Op:
-        status, results = yield from self._one(key, b"get", lambda k: [k], False, timeout)
-        return self.decode_value(results[0]) if status == _OK else default
+        # The hottest command skips _one's extra layer.
+        k = self.key_bytes(key)
+        args = [k]
+        out = yield from self._route([k], lambda _items: (b"get", args), None, write=False, timeout=timeout)
+        status, results = out[0]
+        if status == _OK:
+            return self.decode_value(results[0])
+        if status != _MISS:
+            self._raise_for(out[0], k)
+        return default
 
     def _gets(self, key: Any, timeout: float | None) -> Op:
         status, results = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
