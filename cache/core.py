@@ -6,8 +6,8 @@ The public methods live here, once: ``get()`` returns ``self._run(generator)``, 
 client and a coroutine for the asyncio one.
 
 No stale read after a node returns: while a node is dead, every key written (or deleted) by this client that
-the node would have owned is remembered as a *hint*; a write that timed out on the node is remembered too, as
-it may still land there. Before the node serves again, the first request to it is preceded, on the same
+the node would have owned is remembered as a *hint*; so is a write that timed out on the node when the client
+gives up on it, as that write may still land there. Before the node serves again, the first request to it is preceded, on the same
 connection, by ``delete_many(hints)`` (``flush_all`` when the hints overflowed or a flush happened meanwhile),
 so what it held for those keys is gone before anything is read from it.
 """
@@ -227,8 +227,8 @@ class ClientCore:
         if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
             raise ConfigurationError(f"bad ttl {ttl!r}: seconds >= 0 (0 = never expires)")
         whole = int(ttl) + (ttl % 1 > 0)  # round up: a 0.5 s TTL must not mean "never"
-        if whole > RELATIVE_TTL_LIMIT and whole < 10**9:
-            raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time")
+        if RELATIVE_TTL_LIMIT < whole < 10**9 or whole > 0xFFFFFFFF:
+            raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time (u32)")
         return u32(whole)
 
     # -- routing -------------------------------------------------------------------------------------------

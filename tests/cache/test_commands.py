@@ -104,9 +104,10 @@ async def test_bad_keys(cache: Any, key: Any) -> None:
         await run(cache.set(key, 1))
 
 
-async def test_bad_ttl(cache: Any) -> None:
-    with pytest.raises(ConfigurationError, match="bad ttl -1"):
-        await run(cache.set("k", 1, ttl=-1))
+@pytest.mark.parametrize("ttl", [-1, 40 * 24 * 3600, 2**32, "10"])
+async def test_bad_ttl(cache: Any, ttl: Any) -> None:
+    with pytest.raises(ConfigurationError, match=f"bad ttl {ttl!r}"):
+        await run(cache.set("k", 1, ttl=ttl))
 
 
 async def test_stats_version_ping_flush(cache: Any) -> None:
