@@ -22,7 +22,8 @@ import zmq.asyncio
 
 from zmqkit.sockets import connect, make_socket
 
-from .core import Batch, Call, ClientCore, Op, Reply, Sleep, advance, parse_reply
+from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
+from .core import ClientCore
 
 __all__ = ["AsyncCacheClient"]
 

@@ -21,7 +21,8 @@ import zmq
 
 from zmqkit.sockets import SocketOptions, connect, make_socket
 
-from .core import Batch, Call, ClientCore, Op, Reply, Sleep, advance, parse_reply
+from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
+from .core import ClientCore
 
 __all__ = ["CacheClient"]
 
@@ -64,6 +65,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
     def __init__(self, endpoints: Any, **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
         self._local = threading.local()
+        self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []
         self._closed = False
 

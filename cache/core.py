@@ -5,18 +5,18 @@ gets their outcome back; the sync runner (``client.py``) and the asyncio runner 
 The public methods live here, once: ``get()`` returns ``self._run(generator)``, which is the value for the sync
 client and a coroutine for the asyncio one.
 
-No stale read after a node returns: while a node is dead, every key written (or deleted) by this client that
-the node would have owned is remembered as a *hint*; so is a write that timed out on the node when the client
-gives up on it, as that write may still land there. Before the node serves again, the first request to it is preceded, on the same
-connection, by ``delete_many(hints)`` (``flush_all`` when the hints overflowed or a flush happened meanwhile),
-so what it held for those keys is gone before anything is read from it.
+No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
+this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
+timed out on the node when the client gives up on it, as that write may still land there. Before the node
+serves again, the first request to it is preceded, on the same connection, by ``delete_many(hints)``
+(``flush_all`` when the hints overflowed or the node missed a flush), so what it held for those keys is gone
+before anything is read from it.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
@@ -29,103 +29,19 @@ from zmqkit.errors import ConfigurationError, NodeUnavailable, ProtocolError, Re
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
-from .protocol import HEADER, Status, decode_reply, u32, u64
+from .actions import Batch, Call, Compute, Op, Reply, Sleep
+from .health import Health
+from .protocol import HEADER, Status, u32, u64
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
-__all__ = ["ClientCore", "Batch", "Call", "Sleep", "Compute", "Reply", "advance", "parse_reply"]
+__all__ = ["ClientCore"]
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[int, list[bytes]]  # (status, result frames)
-Op = Generator[Any, Any, Any]
 _OK, _MISS = Status.OK, Status.NOT_FOUND
 _ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
 _CODEC_BYTE = [bytes([i]) for i in range(256)]
-
-
-class Call:
-    """One request to one node: DEALER frames (empty delimiter first) and the request id to match the reply."""
-
-    __slots__ = ("frames", "items", "node", "rejoin", "rid")
-
-    def __init__(self, node: int, rid: bytes, frames: list[bytes], items: list[int], rejoin: bool = False) -> None:
-        self.node = node
-        self.rid = rid
-        self.frames = frames
-        self.items = items
-        self.rejoin = rejoin
-
-
-class Batch:
-    """Send every call at once, then wait up to ``timeout`` s; the runner answers ``{rid: Reply}``."""
-
-    __slots__ = ("calls", "timeout")
-
-    def __init__(self, calls: list[Call], timeout: float) -> None:
-        self.calls = calls
-        self.timeout = timeout
-
-
-class Sleep:
-    """Wait ``seconds`` (lease waiters back off between asks); the runner answers None."""
-
-    __slots__ = ("seconds",)
-
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-
-
-class Compute:
-    """Call the memoized function; the runner answers its result (awaited if it is a coroutine)."""
-
-    __slots__ = ("args", "fn", "kwargs")
-
-    def __init__(self, fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-
-    def run(self) -> tuple[Any, Exception | None]:
-        """``(result, None)`` or ``(None, the exception)``, to hand back to the op."""
-        try:
-            return self.fn(*self.args, **self.kwargs), None
-        except Exception as exc:
-            return None, exc
-
-
-def advance(op: Op, value: Any, error: Exception | None) -> tuple[bool, Any]:
-    """Resume ``op`` with ``value`` (or throw ``error`` into it): ``(True, result)`` once it has finished,
-    else ``(False, the next action)``. The runners' whole loop is this, plus doing the action."""
-    try:
-        return False, (op.send(value) if error is None else op.throw(error))
-    except StopIteration as stop:
-        return True, stop.value
-
-
-def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
-    """``(rid, (status, results))`` from a DEALER's received frames, or None (logged) if malformed."""
-    if len(frames) >= 3 and frames[1] == HEADER and len(frames[2]) == 5:  # the hot path, checked inline
-        head = frames[2]
-        return head[:4], (head[4], frames[3:])
-    try:
-        rid, status, results = decode_reply(frames[1:])
-    except ProtocolError as exc:
-        log.warning("dropped a malformed reply: %s", exc)
-        return None
-    return rid, (status, results)
-
-
-class _Node:
-    """A node's health as this client sees it."""
-
-    __slots__ = ("dead_until", "endpoint", "failures", "flush", "hints", "index")
-
-    def __init__(self, index: int, endpoint: str) -> None:
-        self.index = index
-        self.endpoint = endpoint
-        self.failures = 0
-        self.dead_until: float | None = None
-        self.hints: set[bytes] = set()
-        self.flush = False  # its data can't be trusted key by key any more: flush it on rejoin
 
 
 def _endpoint_weights(endpoints: Any) -> dict[str, int]:
@@ -170,10 +86,10 @@ class ClientCore:
             raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
         self.ring = HashRing(weights, vnodes=vnodes)
         self.endpoints = list(weights)
-        self._nodes = [_Node(i, ep) for i, ep in enumerate(self.endpoints)]
-        self._by_endpoint = {n.endpoint: n for n in self._nodes}
+        self.health = Health(
+            self.endpoints, retries=retries, dead_timeout=float(dead_timeout), max_hints=max_hints, clock=clock
+        )
         self.timeout = float(timeout)
-        self.retries = retries
         self.dead_timeout = float(dead_timeout)
         self.replicas = replicas
         self.max_item = parse_size(max_item)
@@ -183,9 +99,7 @@ class ClientCore:
         self.allow_pickle = isinstance(fallback, PickleCodec)
         self.clock = clock
         self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
-        self._lock = threading.Lock()
         self._rids = itertools.count(1)
-        self._healthy = True  # no node is dead or rejoining: single-key calls take the short path
 
     def _run(self, op: Op) -> Any:
         raise NotImplementedError  # the runner's job
@@ -233,56 +147,6 @@ class ClientCore:
 
     # -- routing -------------------------------------------------------------------------------------------
 
-    def _usable(self, node: _Node, now: float) -> bool:
-        return node.dead_until is None or node.dead_until <= now
-
-    def _hint(self, node: _Node, key: bytes) -> None:
-        if len(node.hints) >= self.max_hints:
-            node.flush = True
-            node.hints.clear()
-        elif not node.flush:
-            node.hints.add(key)
-
-    def _failed(self, node: _Node, keys: list[bytes]) -> bool:
-        """Count a node's missed answer; after ``retries`` misses it is dead. True if it is dead now."""
-        with self._lock:
-            node.failures += 1
-            if node.failures <= self.retries and self._usable(node, self.clock()):
-                return False  # it is retried; the retry reaches the node after the lost attempt, if ever
-            # Timed-out writes may still land on the node later: invalidate their keys when it returns.
-            for key in keys:
-                self._hint(node, key)
-            if node.dead_until is None or node.dead_until <= self.clock():
-                log.warning("cache node %s is not answering; skipping it for %gs", node.endpoint, self.dead_timeout)
-            node.dead_until = self.clock() + self.dead_timeout
-            node.failures = 0
-            self._healthy = False
-            return True
-
-    def _rejoin_call(self, node: _Node) -> Call | None:
-        """The invalidation that must reach a returning node before anything else, or None if none is needed."""
-        with self._lock:
-            if node.flush:
-                command, args = b"flush_all", []
-            elif node.hints:
-                command, args = b"delete_many", list(node.hints)
-            else:
-                return None
-        return self._call(node.index, command, args, [], rejoin=True)
-
-    def _rejoined(self, node: _Node, call: Call | None) -> None:
-        with self._lock:
-            if call is not None:
-                if call.frames[2].endswith(b"flush_all"):
-                    node.flush = False
-                node.hints.difference_update(call.frames[3:])
-            if not node.flush and not node.hints:
-                if node.dead_until is not None:
-                    log.info("cache node %s is back", node.endpoint)
-                node.dead_until = None
-                node.failures = 0
-                self._healthy = all(n.dead_until is None for n in self._nodes)
-
     def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
         rid = u32(next(self._rids) & 0xFFFFFFFF)
         return Call(node, rid, [b"", HEADER, rid + command, *args], items, rejoin)
@@ -313,12 +177,13 @@ class ClientCore:
         Writes go to ``replicas`` distinct nodes; reads try the next replica on a miss.
         """
         wait = self.timeout if timeout is None else timeout
-        nodes = self._nodes
+        health = self.health
+        nodes = health.nodes
         out: dict[int, Reply] = {}
         given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
-        if self._healthy and self.replicas == 1:
+        if health.healthy and self.replicas == 1:
             # The common case, kept lean: every node alive, one copy of each key; no failover bookkeeping.
-            owner, get_node = self._by_endpoint, self.ring.get_node
+            owner, get_node = health.by_endpoint, self.ring.get_node
             if len(keys) == 1:
                 calls: list[Call] = [self._call(owner[get_node(keys[0])].index, *build([0]), [0])]
             else:
@@ -332,12 +197,11 @@ class ClientCore:
                 node = nodes[call.node]
                 reply = replies.get(call.rid)
                 if reply is None:
-                    if self._failed(node, [keys[i] for i in call.items] if write else []):
+                    if health.failed(node, [keys[i] for i in call.items] if write else []):
                         given_up += [(i, call.node) for i in call.items]
                     pending += call.items
                     continue
-                if node.failures:
-                    node.failures = 0
+                health.answered(node)
                 if split is None:
                     out[call.items[0]] = reply
                 else:
@@ -358,13 +222,12 @@ class ClientCore:
             for i in pending:
                 chosen = 0
                 for endpoint in self.ring.iter_nodes(keys[i]):
-                    node = self._by_endpoint[endpoint]
+                    node = health.by_endpoint[endpoint]
                     if node.index in tried[i]:
                         continue
-                    if not self._usable(node, now):
+                    if not health.usable(node, now):
                         if write:
-                            with self._lock:
-                                self._hint(node, keys[i])
+                            health.hint(node, keys[i])
                         continue
                     groups.setdefault(node.index, []).append(i)
                     chosen += 1
@@ -376,34 +239,35 @@ class ClientCore:
                         f"{len(nodes)}; the others are marked dead for up to {self.dead_timeout:g}s)"
                     )
             calls = []
+            sent: dict[int, tuple[bytes, list[bytes]]] = {}  # rejoin requests, by node
             for index, items in groups.items():
                 node = nodes[index]
                 if node.dead_until is not None:
-                    rejoin = self._rejoin_call(node)
-                    if rejoin is not None:
-                        calls.append(rejoin)
+                    request = health.rejoin_request(node)
+                    if request is not None:
+                        sent[index] = request
+                        calls.append(self._call(index, *request, [], rejoin=True))
                 command, args = build(items)
                 calls.append(self._call(index, command, args, items))
             replies = yield Batch(calls, wait)
             pending = []
             # A returning node serves only after its invalidation went through (it ran first: same connection).
-            rejoined = {c.node: c for c in calls if c.rejoin and replies.get(c.rid, (-1,))[0] == _OK}
-            not_rejoined = {c.node for c in calls if c.rejoin and c.node not in rejoined}
+            not_rejoined = {c.node for c in calls if c.rejoin and replies.get(c.rid, (-1,))[0] != _OK}
             for call in calls:
                 if call.rejoin:
                     continue
                 node = nodes[call.node]
                 reply = replies.get(call.rid)
                 if reply is None or call.node in not_rejoined:
-                    if self._failed(node, [keys[i] for i in call.items] if write else []):
+                    if health.failed(node, [keys[i] for i in call.items] if write else []):
                         for i in call.items:
                             tried[i].add(call.node)
                     pending += call.items
                     continue
                 if node.dead_until is not None:
-                    self._rejoined(node, rejoined.get(call.node))
-                elif node.failures:
-                    node.failures = 0
+                    health.rejoined(node, sent.get(call.node))
+                else:
+                    health.answered(node)
                 for i, result in split(reply, call.items) if split is not None else ((call.items[0], reply),):
                     tried[i].add(call.node)
                     if write:
@@ -512,25 +376,22 @@ class ClientCore:
 
     def _broadcast(self, command: bytes, timeout: float | None) -> Op:
         """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
-        calls = [self._call(n.index, command, [], []) for n in self._nodes]
+        nodes = self.health.nodes
+        calls = [self._call(n.index, command, [], []) for n in nodes]
         replies = yield Batch(calls, self.timeout if timeout is None else timeout)
         out = {}
         for call in calls:
             reply = replies.get(call.rid)
-            node = self._nodes[call.node]
+            node = nodes[call.node]
             if reply is not None:
                 out[node.endpoint] = reply
             elif command == b"flush_all":
-                with self._lock:  # it missed the flush: flush it before it serves anything again
-                    node.flush = True
-                    if node.dead_until is None:
-                        node.dead_until = self.clock()
-                    self._healthy = False
+                self.health.missed_flush(node)
         return out
 
     def _flush_all(self, timeout: float | None) -> Op:
         out = yield from self._broadcast(b"flush_all", timeout)
-        missing = [n.endpoint for n in self._nodes if n.endpoint not in out]
+        missing = [ep for ep in self.endpoints if ep not in out]
         if missing:
             log.warning("flush_all: %s did not answer; they will be flushed before they serve again", missing)
         return len(out)
@@ -688,11 +549,7 @@ class ClientCore:
 
     def node_state(self) -> dict[str, str]:
         """``{endpoint: "alive" | "dead" | "rejoining"}`` as this client sees the nodes now."""
-        now = self.clock()
-        return {
-            n.endpoint: "alive" if n.dead_until is None else ("dead" if now < n.dead_until else "rejoining")
-            for n in self._nodes
-        }
+        return self.health.state()
 
 
 def _after_key(*frames: bytes) -> Callable[[bytes], list[bytes]]:

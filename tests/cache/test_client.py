@@ -6,7 +6,8 @@ from typing import Any
 import cachetools
 import pytest
 from zmqkit.cache import CacheClient, CacheNode
-from zmqkit.cache.core import Batch, ClientCore, Reply, Sleep
+from zmqkit.cache.actions import Batch, Reply, Sleep
+from zmqkit.cache.core import ClientCore
 from zmqkit.cache.protocol import decode_reply
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
