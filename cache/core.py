@@ -31,7 +31,7 @@ from zmqkit.sockets import SocketOptions
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
 from .health import Health
-from .protocol import HEADER, Status, u32, u64
+from .protocol import HEADER, Status, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
@@ -153,14 +153,17 @@ class ClientCore:
 
     def merge_gets(self, node: int, calls: list[Call]) -> Call:
         """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
-        return self._call(node, b"get_many", [call.frames[3] for call in calls], [])
+        return self._call(node, b"get_many", [pack_list([call.frames[3] for call in calls])], [])
 
     @staticmethod
     def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:
         """Each get's own reply out of a merged get_many's reply."""
-        if reply is None or reply[0] != _OK or len(reply[1]) != count:
+        if reply is None or reply[0] != _OK or len(reply[1]) != 1:
             return [reply] * count
-        return [(_OK, [f]) if f else (_MISS, []) for f in reply[1]]
+        values = unpack_list(reply[1][0], "get_many reply")
+        if len(values) != count:
+            return [None] * count  # a node that answers for other keys than asked is not answering
+        return [(_OK, [f]) if f else (_MISS, []) for f in values]
 
     def _route(
         self,
@@ -246,7 +249,8 @@ class ClientCore:
                     request = health.rejoin_request(node)
                     if request is not None:
                         sent[index] = request
-                        calls.append(self._call(index, *request, [], rejoin=True))
+                        args = [pack_list(request[1])] if request[1] else []
+                        calls.append(self._call(index, request[0], args, [], rejoin=True))
                 command, args = build(items)
                 calls.append(self._call(index, command, args, items))
             replies = yield Batch(calls, wait)
@@ -336,7 +340,11 @@ class ClientCore:
         if not raw:
             return {}
         out = yield from self._route(
-            raw, lambda items: (b"get_many", [raw[i] for i in items]), _split_values, write=False, timeout=timeout
+            raw,
+            lambda items: (b"get_many", [pack_list([raw[i] for i in items])]),
+            _split_values,
+            write=False,
+            timeout=timeout,
         )
         decode = self.decode_value
         hits = [(i, out[i][1][0]) for i in range(len(raw)) if out[i][0] == _OK]
@@ -350,10 +358,10 @@ class ClientCore:
             return []
 
         def build(items: list[int]) -> tuple[bytes, list[bytes]]:
-            frames = [ttl_frame]
+            pairs: list[bytes] = []
             for i in items:
-                frames += (raw[i], values[i])
-            return b"set_many", frames
+                pairs += (raw[i], values[i])
+            return b"set_many", [ttl_frame, pack_list(pairs)]
 
         out = yield from self._route(raw, build, _split_same, write=True, timeout=timeout)
         for i, reply in out.items():
@@ -364,7 +372,7 @@ class ClientCore:
         raw = [self.key_bytes(k) for k in keys]
         if not raw:
             return 0
-        build = lambda items: (b"delete_many", [raw[i] for i in items])  # noqa: E731
+        build = lambda items: (b"delete_many", [pack_list([raw[i] for i in items])])  # noqa: E731
         out = yield from self._route(raw, build, _split_flags, write=True, timeout=timeout)
         return sum(1 for r in out.values() if r[0] == _OK)
 
@@ -574,9 +582,10 @@ def _reply_ok(reply: Reply) -> bool:
 def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
     """get_many: one frame per key, empty on a miss."""
     status, frames = reply
-    if status != _OK or len(frames) != len(items):
-        raise ProtocolError(f"get_many reply has {len(frames)} values for {len(items)} keys (status {status})")
-    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, frames, strict=True)]
+    values = unpack_list(frames[0], "get_many reply") if status == _OK and len(frames) == 1 else []
+    if len(values) != len(items):
+        raise ProtocolError(f"get_many reply has {len(values)} values for {len(items)} keys (status {status})")
+    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, values, strict=True)]
 
 
 def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:

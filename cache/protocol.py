@@ -25,6 +25,8 @@ __all__ = [
     "decode_request",
     "encode_reply",
     "decode_reply",
+    "pack_list",
+    "unpack_list",
     "u32",
     "u64",
     "read_u32",
@@ -56,7 +58,7 @@ class Status(IntEnum):
 COMMANDS: dict[bytes, tuple[int, int]] = {
     b"get": (1, 1),
     b"gets": (1, 1),
-    b"get_many": (1, -1),
+    b"get_many": (1, 1),
     b"set": (3, 3),
     b"add": (3, 3),
     b"replace": (3, 3),
@@ -64,8 +66,8 @@ COMMANDS: dict[bytes, tuple[int, int]] = {
     b"prepend": (2, 2),
     b"cas": (4, 4),
     b"delete": (1, 1),
-    b"delete_many": (1, -1),
-    b"set_many": (3, -1),
+    b"delete_many": (1, 1),
+    b"set_many": (2, 2),
     b"incr": (2, 2),
     b"decr": (2, 2),
     b"touch": (2, 2),
@@ -80,6 +82,34 @@ COMMANDS: dict[bytes, tuple[int, int]] = {
 
 # Fixed-width numbers are the core's (zmqkit.wire); short names here because every command uses them.
 u32, u64, read_u32, read_u64 = pack_u32, pack_u64, unpack_u32, unpack_u64
+
+
+def pack_list(items: list[bytes]) -> bytes:
+    """Many byte strings in one frame: each as a u32 length, then its bytes (one frame is far cheaper to send
+    and receive than one frame per item)."""
+    parts = []
+    pack = _U32.pack
+    for item in items:
+        parts.append(pack(len(item)))
+        parts.append(item)
+    return b"".join(parts)
+
+
+def unpack_list(frame: bytes, what: str = "list") -> list[bytes]:
+    """The byte strings of a :func:`pack_list` frame; ProtocolError if it is cut short."""
+    out = []
+    at, end = 0, len(frame)
+    unpack_from = _U32.unpack_from
+    while at < end:
+        if at + 4 > end:
+            raise ProtocolError(f"{what} frame ends inside a length prefix at byte {at}")
+        (size,) = unpack_from(frame, at)
+        at += 4
+        if at + size > end:
+            raise ProtocolError(f"{what} frame holds {end - at} bytes where an item of {size} was announced")
+        out.append(frame[at : at + size])
+        at += size
+    return out
 
 
 def encode_request(rid: int, command: bytes, args: list[bytes]) -> list[bytes]:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from zmqkit._version import __version__
 from zmqkit.errors import ProtocolError
 
-from .protocol import Status, decode_request, encode_reply, read_u32, read_u64, u64
+from .protocol import Status, decode_request, encode_reply, pack_list, read_u32, read_u64, u64, unpack_list
 from .store import MAX_KEY, NotANumber, Store, TooLarge
 
 __all__ = ["Service"]
@@ -30,6 +30,10 @@ def _key(frame: bytes) -> bytes:
     if not 0 < len(frame) <= MAX_KEY:
         raise ProtocolError(f"a key must be 1 to {MAX_KEY} bytes, got {len(frame)}")
     return frame
+
+
+def _keys(frame: bytes) -> list[bytes]:
+    return [_key(k) for k in unpack_list(frame, "keys")]
 
 
 def _value(frame: bytes) -> bytes:
@@ -48,7 +52,7 @@ class Service:
         self._handlers: dict[bytes, _Handler] = {
             b"get": self._get,
             b"gets": self._gets,
-            b"get_many": lambda a: (_OK, s.get_many([_key(k) for k in a])),
+            b"get_many": lambda a: (_OK, [pack_list(s.get_many(_keys(a[0])))]),
             b"set": lambda a: self._store(s.set(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl")) >= 0),
             b"add": lambda a: self._store(s.add(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
             b"replace": lambda a: self._store(s.replace(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
@@ -56,7 +60,7 @@ class Service:
             b"prepend": lambda a: self._store(s.prepend(_key(a[0]), a[1])),
             b"cas": self._cas,
             b"delete": lambda a: (_OK if s.delete(_key(a[0])) else Status.NOT_FOUND, []),
-            b"delete_many": lambda a: (_OK, [bytes(0 if s.delete(_key(k)) else 1 for k in a)]),
+            b"delete_many": lambda a: (_OK, [bytes(0 if s.delete(k) else 1 for k in _keys(a[0]))]),
             b"set_many": self._set_many,
             b"incr": lambda a: self._number(s.incr(_key(a[0]), read_u64(a[1], "delta"))),
             b"decr": lambda a: self._number(s.decr(_key(a[0]), read_u64(a[1], "delta"))),
@@ -111,9 +115,9 @@ class Service:
 
     def _set_many(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
         ttl = read_u32(args[0], "ttl")
-        pairs = args[1:]
+        pairs = unpack_list(args[1], "set_many items")
         if len(pairs) % 2:
-            raise ProtocolError("set_many takes a ttl frame then key, value pairs; got an odd number of frames")
+            raise ProtocolError("set_many's items frame must hold key, value pairs; got an odd number of items")
         items = [(_key(pairs[i]), _value(pairs[i + 1])) for i in range(0, len(pairs), 2)]
         too_big = [k for k, v in items if len(v) > self.store.max_item]
         if too_big:  # all or nothing, so the client can report the offending key without a partial write

@@ -1,7 +1,18 @@
 """ZKC frames and the node's request handler, without sockets."""
 
 import pytest
-from zmqkit.cache.protocol import HEADER, Status, decode_reply, decode_request, encode_reply, encode_request, u32, u64
+from zmqkit.cache.protocol import (
+    HEADER,
+    Status,
+    decode_reply,
+    decode_request,
+    encode_reply,
+    encode_request,
+    pack_list,
+    u32,
+    u64,
+    unpack_list,
+)
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
 
@@ -64,11 +75,14 @@ def test_handler_commands() -> None:
     assert call(service, b"get", b"k") == (Status.OK, [b"\x0242"])
     _, (_, cas) = call(service, b"gets", b"k")
     assert call(service, b"cas", b"k", b"\x00x", u32(0), u64(int.from_bytes(cas, "big") + 1))[0] == Status.EXISTS
-    assert call(service, b"get_many", b"k", b"missing") == (Status.OK, [b"\x0242", b""])
-    assert call(service, b"set_many", u32(0), b"a", b"\x00A", b"b", b"\x00B") == (Status.OK, [])
-    assert call(service, b"delete_many", b"a", b"zz", b"b") == (Status.OK, [b"\x00\x01\x00"])
+    assert call(service, b"get_many", pack_list([b"k", b"missing"])) == (Status.OK, [pack_list([b"\x0242", b""])])
+    assert call(service, b"set_many", u32(0), pack_list([b"a", b"\x00A", b"b", b"\x00B"])) == (Status.OK, [])
+    assert call(service, b"delete_many", pack_list([b"a", b"zz", b"b"])) == (Status.OK, [b"\x00\x01\x00"])
     assert call(service, b"set", b"big", b"\x00" + b"x" * 1024, u32(0))[0] == Status.TOO_LARGE
-    assert call(service, b"set_many", u32(0), b"a", b"\x00A", b"big", b"\x00" + b"x" * 1024)[0] == Status.TOO_LARGE
+    big = pack_list([b"a", b"\x00A", b"big", b"\x00" + b"x" * 1024])
+    assert call(service, b"set_many", u32(0), big)[0] == Status.TOO_LARGE
+    assert call(service, b"set_many", u32(0), pack_list([b"a"]))[0] == Status.BAD_REQUEST  # a key, no value
+    assert call(service, b"get_many", b"\x00\x00\x00\x09abc")[0] == Status.BAD_REQUEST  # cut short
     assert call(service, b"get", b"a")[0] == Status.NOT_FOUND  # set_many is all or nothing
     assert call(service, b"set", b"s", b"\x01abc", u32(0))[0] == Status.OK
     assert call(service, b"incr", b"s", u64(1))[0] == Status.NOT_A_NUMBER
@@ -77,3 +91,12 @@ def test_handler_commands() -> None:
     stats = dict(zip(*[iter(call(service, b"stats")[1])] * 2, strict=True))
     assert stats[b"cmd_incr"] == b"2" and stats[b"limit_maxbytes"] == b"67108864"
     assert call(service, b"ping")[1] == [service.node_id]
+
+
+def test_packed_lists() -> None:
+    items = [b"", b"a", b"\x00" * 300]
+    assert pack_list(items) == b"\x00\x00\x00\x00" + b"\x00\x00\x00\x01a" + b"\x00\x00\x01\x2c" + b"\x00" * 300
+    assert unpack_list(pack_list(items)) == items
+    assert unpack_list(b"") == []
+    with pytest.raises(ProtocolError, match="inside a length prefix"):
+        unpack_list(b"\x00\x00")

@@ -40,7 +40,10 @@ def test_plain_req_peer(endpoint: str, raw_socket: Callable[..., zmq.Socket]) ->
     assert ask(b"get", b"missing") == [b"\x01"]
     assert ask(b"set", b"n", b"\x0241", u32(0)) == [b"\x00"]
     assert ask(b"incr", b"n", struct.pack(">Q", 1)) == [b"\x00", struct.pack(">Q", 42)]
-    assert ask(b"get_many", b"greeting", b"missing", b"n") == [b"\x00", b"\x01hello", b"", b"\x0242"]
+    keys = b"".join(struct.pack(">I", len(k)) + k for k in (b"greeting", b"missing", b"n"))
+    status, values = ask(b"get_many", keys)
+    assert status == b"\x00"
+    assert values == struct.pack(">I", 6) + b"\x01hello" + struct.pack(">I", 0) + struct.pack(">I", 3) + b"\x0242"
     status, message = ask(b"shout", b"x")
     assert status == b"\x0a" and b"unknown command" in message
 
@@ -70,7 +73,7 @@ def test_plain_dealer_pipelines(endpoint: str, raw_socket: Callable[..., zmq.Soc
         [HEADER, u32(1) + b"set", b"k"],
         [HEADER, u32(1) + b"set", b"k", b"", u32(0)],
         [HEADER, u32(1) + b"incr", b"k", b"\x01"],
-        [HEADER, u32(1) + b"set_many", u32(0), b"k"],
+        [HEADER, u32(1) + b"set_many", u32(0), b"\x00\x00\x00\x01k"],
         [HEADER, u32(1) + b"get", b""],
     ],
 )
