@@ -11,8 +11,10 @@ the rejoin hints are shared under a lock. The commands themselves are in ``core.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
+import weakref
 from collections.abc import Iterator, MutableMapping
 from types import TracebackType
 from typing import Any
@@ -27,6 +29,19 @@ from .core import ClientCore
 __all__ = ["CacheClient"]
 
 _MISSING = object()
+_clients: weakref.WeakValueDictionary[int, CacheClient] = weakref.WeakValueDictionary()  # (a Mapping: unhashable)
+
+
+def _forget_parent_sockets() -> None:
+    """In a forked child: the parent's sockets belong to the parent's context; each client makes new ones."""
+    for client in list(_clients.values()):
+        client._local = threading.local()
+        client._lock = threading.Lock()
+        client._all = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_sockets)
 
 
 class _ThreadSockets:
@@ -68,6 +83,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []
         self._closed = False
+        _clients[id(self)] = self
 
     def __repr__(self) -> str:
         return f"<CacheClient {len(self.endpoints)} nodes replicas={self.replicas}>"

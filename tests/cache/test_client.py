@@ -297,3 +297,23 @@ def test_node_serve_in_this_thread_until_timeout() -> None:
     node.serve(ready=endpoints.append, timeout=0.2)
     assert endpoints and endpoints[0].startswith("tcp://127.0.0.1:")
     node.stop()  # after serve() returned: nothing to do
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_gets_its_own_sockets(cache_cluster: CacheCluster) -> None:
+    import os
+
+    cache = cache_cluster.client()
+    cache["from"] = "parent"
+    pid = os.fork()
+    if pid == 0:  # the child uses the client it inherited
+        code = 0
+        try:
+            cache["child"] = "wrote"
+            code = 0 if cache["from"] == "parent" else 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache["child"] == "wrote"
