@@ -302,11 +302,13 @@ def test_node_serve_in_this_thread_until_timeout() -> None:
 @pytest.mark.timeout(30)
 def test_a_forked_child_gets_its_own_sockets(cache_cluster: CacheCluster) -> None:
     import os
+    import signal
 
     cache = cache_cluster.client()
     cache["from"] = "parent"
     pid = os.fork()
     if pid == 0:  # the child uses the client it inherited
+        signal.alarm(10)  # a stuck child must not outlive the test
         code = 0
         try:
             cache["child"] = "wrote"
