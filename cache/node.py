@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ class CacheNode:
     """A cache node: one byte-bounded LRU store answering ZKC requests on a REP socket.
 
     ``memory`` and ``max_item`` take bytes or ``"64M"``-style sizes. ``stop()`` ends ``serve()`` from any
-    thread (or a signal handler); the serving thread owns the sockets and is woken over an inproc pair.
+    thread (or a signal handler); the serving thread owns the socket; stop() asks it over an in-process endpoint.
     """
 
     def __init__(
@@ -50,6 +51,7 @@ class CacheNode:
         self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
         self._bind = bind
         self._control = f"inproc://zmqkit-cache-node-{next(_ids)}"
+        self._stop_token = b"zmqkit-stop:" + os.urandom(16)
         self._ready = threading.Event()
         self._done = threading.Event()
         self._error: BaseException | None = None
@@ -85,50 +87,47 @@ class CacheNode:
         """Answer requests in this thread until :meth:`stop` (or ``timeout`` seconds); ``ready(endpoint)`` is
         called once bound."""
         rep = make_socket("rep", self.options)
-        ctl = make_socket("pair")
         try:
             self.endpoint = bind(rep, self._bind)
-            bind(ctl, self._control)
+            bind(rep, self._control)  # stop() asks on this in-process endpoint, so the loop needs no poll
             self._ready.set()
             if ready is not None:
                 ready(self.endpoint)
             if not self._stopped:
-                self._loop(rep, ctl, None if timeout is None else time.monotonic() + timeout)
+                self._loop(rep, None if timeout is None else time.monotonic() + timeout)
         finally:
             rep.close(linger=0)
-            ctl.close(linger=0)
             self._done.set()
 
-    def _loop(self, rep: zmq.Socket, ctl: zmq.Socket, deadline: float | None) -> None:
-        items = [(rep, zmq.POLLIN), (ctl, zmq.POLLIN)]
-        handle, poll = self.service.handle, zmq.zmq_poll
+    def _loop(self, rep: zmq.Socket, deadline: float | None) -> None:
+        handle, token = self.service.handle, self._stop_token
         recv, send = rep.recv_multipart, rep.send_multipart
-        wait_ms = -1
+        items = [(rep, zmq.POLLIN)]
         while True:
-            if deadline is not None:
+            if deadline is not None:  # only a bounded serve() polls; the usual one blocks in recv
                 wait_ms = int((deadline - time.monotonic()) * 1000)
-                if wait_ms <= 0:
+                if wait_ms <= 0 or not zmq.zmq_poll(items, wait_ms):
                     return
-            ready = poll(items, wait_ms)
-            if not ready:
-                continue
-            if ready[-1][0] is ctl:
+            frames = recv()
+            if frames[0] == token:  # stop(): a random token only this process knows
+                send([token])
                 return
-            send(handle(recv()))
+            send(handle(frames))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""
         with self._lock:
-            if self._stopped or not self._ready.is_set() or self._error is not None:
+            if self._stopped or not self._ready.is_set() or self._error is not None or self._done.is_set():
                 self._stopped = True
                 return
             self._stopped = True
-            waker = make_socket("pair")
+            # A DEALER does not wait for the answer: a signal handler in the serving thread can call this.
+            waker = make_socket("dealer")
             try:
                 connect(waker, self._control)
-                waker.send(b"stop")
+                waker.send_multipart([b"", self._stop_token])
             finally:
-                waker.close()  # default linger: the stop message is delivered before the socket goes
+                waker.close()  # default linger: the stop request is delivered before the socket goes
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
