@@ -177,6 +177,7 @@ class AsyncCacheClient(ClientCore):
             task.cancel()
         for sock in self._socks:
             sock.close(linger=0)
+        self._socks = []  # a later call raises "closed" instead of using a closed socket
         for send in self._blocked:
             send.cancel()
         for fut in self._pending.values():

@@ -234,6 +234,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             for state in self._all:
                 state.close()
             self._all.clear()
+            self._local = threading.local()  # every thread's next call finds no sockets, and "closed"
 
     def __enter__(self) -> CacheClient:
         return self

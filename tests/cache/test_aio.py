@@ -61,3 +61,15 @@ async def test_memoize_async_function_once_for_concurrent_callers() -> None:
             assert calls == [1]
     finally:
         cluster.close()
+
+
+async def test_closed_client_says_so() -> None:
+    cluster = CacheCluster(1)
+    try:
+        cache = CacheClient(cluster.endpoints)
+        await cache.set("k", 1)
+        cache.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await cache.get("k")
+    finally:
+        cluster.close()

@@ -319,3 +319,11 @@ def test_a_forked_child_gets_its_own_sockets(cache_cluster: CacheCluster) -> Non
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     assert cache["child"] == "wrote"
+
+
+def test_closed_client_says_so(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    cache["k"] = 1
+    cache.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        cache.get("k")
