@@ -20,7 +20,6 @@ from zmqkit.errors import ConfigurationError
 
 from .client import CacheClient
 from .node import CacheNode
-from .store import parse_size
 
 __all__ = ["cache", "DEFAULT_BIND", "node_endpoints"]
 
@@ -76,7 +75,6 @@ def cache() -> None:
 @click.option("--max-item", default="1M", show_default=True, help="Largest value a node stores.")
 def serve(bind: str, count: int, memory: str, max_item: str) -> None:
     """Run cache nodes until Ctrl-C or SIGTERM."""
-    parse_size(memory), parse_size(max_item)
     endpoints = node_endpoints(str(count), bind)
     nodes = [CacheNode(ep, memory=memory, max_item=max_item) for ep in endpoints]
     done = threading.Event()

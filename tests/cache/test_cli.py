@@ -107,3 +107,8 @@ def test_node_endpoints() -> None:
 def test_bench_cache_is_registered() -> None:
     code, out = cli("bench", "cache", "--help")
     assert code == 0 and "--vs-memcached" in out
+
+
+def test_serve_bad_memory_is_one_line_error() -> None:
+    code, out = cli("cache", "serve", "--memory", "lots", "--bind", "tcp://127.0.0.1:0")
+    assert code == 1 and out == "Error: bad size 'lots': expected bytes or a number with K, M or G (64M)\n"
