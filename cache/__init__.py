@@ -1,3 +1,8 @@
 """zmqkit.cache: byte-bounded LRU cache nodes and a client that shards keys over them."""
 
-__all__: list[str] = []
+from .client import CacheClient as CacheClient
+from .node import CacheNode as CacheNode
+from .ring import HashRing as HashRing
+from .store import Store as Store
+
+__all__ = ["CacheClient", "CacheNode", "HashRing", "Store"]

@@ -6,6 +6,7 @@ protocol implementation; only the runner differs.
 
 from __future__ import annotations
 
+from .cache.aio import AsyncCacheClient as CacheClient
 from .patterns.fanout import Forwarder as Forwarder
 from .patterns.fanout_async import AsyncDirectory as Directory
 from .patterns.fanout_async import AsyncPresence as Presence
@@ -18,6 +19,8 @@ from .sockets import async_context as async_context
 
 __all__ = [
     "async_context",
+    # cache
+    "CacheClient",
     # fanout
     "Directory",
     "Forwarder",

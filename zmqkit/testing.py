@@ -1,7 +1,7 @@
 """Helpers for tests that use real sockets: free ports, and fixtures that close everything they made.
 
 In a conftest.py: ``pytest_plugins = ["zmqkit.testing"]`` gives the fixtures ``zmq_ctx``, ``raw_socket``,
-``tcp_endpoint`` and ``zmqkit_leak_check``.
+``tcp_endpoint``, ``zmqkit_leak_check`` and ``cache_cluster`` (local cache nodes for your tests).
 """
 
 from __future__ import annotations
@@ -9,14 +9,27 @@ from __future__ import annotations
 import socket
 import threading
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import zmq
 
 from .sockets import open_sockets
 
-__all__ = ["free_port", "free_tcp_endpoint", "terminate", "zmq_ctx", "raw_socket", "tcp_endpoint", "zmqkit_leak_check"]
+if TYPE_CHECKING:
+    from .cache import CacheClient, CacheNode
+
+__all__ = [
+    "free_port",
+    "free_tcp_endpoint",
+    "terminate",
+    "zmq_ctx",
+    "raw_socket",
+    "tcp_endpoint",
+    "zmqkit_leak_check",
+    "CacheCluster",
+    "cache_cluster",
+]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -87,3 +100,54 @@ def zmqkit_leak_check() -> Iterator[None]:
     if leaked:
         kinds = ", ".join(sorted({zmq.SocketType(int(s.type)).name for s in leaked}))
         pytest.fail(f"test left {len(leaked)} zmqkit socket(s) open: {kinds}")
+
+
+class CacheCluster:
+    """Cache nodes serving in background threads on free loopback ports, and clients closed with them.
+
+    >>> def test_it(cache_cluster):
+    ...     cache = cache_cluster.client()
+    ...     cache["k"] = "v"
+    """
+
+    def __init__(self, size: int = 3, **node_options: Any) -> None:
+        from .cache import CacheNode
+
+        self.nodes: list[CacheNode] = []
+        self._clients: list[Any] = []
+        try:
+            for _ in range(size):
+                node = CacheNode("tcp://127.0.0.1:0", **node_options)
+                self.nodes.append(node)
+                node.start()
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [str(node.endpoint) for node in self.nodes]
+
+    def client(self, **options: Any) -> CacheClient:
+        """A CacheClient over every node (closed with the cluster); ``options`` go to CacheClient."""
+        from .cache import CacheClient
+
+        client = CacheClient(self.endpoints, **options)
+        self._clients.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        for node in self.nodes:
+            node.stop()
+
+
+@pytest.fixture
+def cache_cluster(request: pytest.FixtureRequest) -> Iterator[CacheCluster]:
+    """Three local cache nodes (``@pytest.mark.parametrize("cache_cluster", [N], indirect=True)`` for N)."""
+    cluster = CacheCluster(getattr(request, "param", 3))
+    try:
+        yield cluster
+    finally:
+        cluster.close()

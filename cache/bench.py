@@ -1,0 +1,178 @@
+"""``zmqkit bench cache``: local node processes, the client's figures beside raw pyzmq (and memcached) figures
+measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import multiprocessing as mp
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import click
+
+from zmqkit.bench import Row, print_table, raw_dealer, raw_reqrep, spawn
+
+from .client import CacheClient
+
+__all__ = ["run_bench", "node_processes", "measure_memory"]
+
+_VALUE = b"x" * 100
+MB = 2**20
+
+
+def _serve(queue: Any, memory: str) -> None:
+    from .node import CacheNode
+
+    CacheNode("tcp://127.0.0.1:0", memory=memory).serve(ready=queue.put)
+
+
+@contextlib.contextmanager
+def node_processes(count: int, memory: str = "64M") -> Iterator[tuple[list[str], list[Any]]]:
+    """``count`` cache nodes, each in its own spawned process; yields (endpoints, processes)."""
+    queue = mp.get_context("spawn").Queue()
+    procs = [spawn(_serve, queue, memory) for _ in range(count)]
+    try:
+        endpoints = [queue.get(timeout=30) for _ in procs]
+        yield endpoints, procs
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(5)
+
+
+def _mean_seconds(fn: Any, n: int) -> float:
+    fn()
+    start = time.perf_counter()
+    for _ in range(n):
+        fn()
+    return (time.perf_counter() - start) / n
+
+
+async def _pipelined(endpoints: list[str], keys: list[str], rounds: int) -> float:
+    from zmqkit.asyncio import CacheClient as AsyncCacheClient
+
+    async with AsyncCacheClient(endpoints) as client:
+        await client.get_many(keys)
+        start = time.perf_counter()
+        for _ in range(rounds):
+            await asyncio.gather(*(client.get(k) for k in keys))
+        return rounds * len(keys) / (time.perf_counter() - start)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def _memcached(count: int) -> Iterator[list[tuple[str, int]]]:
+    ports = [_free_port() for _ in range(count)]
+    # memcached refuses to run as root unless told which user to be.
+    user = ["-u", "root"] if hasattr(os, "geteuid") and os.geteuid() == 0 else []
+    args = ["memcached", "-l", "127.0.0.1", "-U", "0", "-m", "64", "-t", "1", *user]
+    procs = [subprocess.Popen([*args, "-p", str(p)]) for p in ports]
+    try:
+        for port in ports:
+            deadline = time.monotonic() + 10
+            while True:
+                with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+                    break
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"memcached on port {port} did not start")
+                time.sleep(0.02)
+        yield [("127.0.0.1", p) for p in ports]
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(5)
+
+
+def _memcached_rows(ops: int, keys: list[str]) -> dict[str, float]:
+    from pymemcache.client.base import Client
+    from pymemcache.client.hash import HashClient
+
+    with _memcached(4) as servers:
+        single = Client(servers[0])
+        hashed = HashClient(servers)
+        try:
+            single.set("k", _VALUE)
+            hashed.set_many(dict.fromkeys(keys, _VALUE))
+            return {
+                "get": _mean_seconds(lambda: single.get("k"), ops),
+                "get_many": _mean_seconds(lambda: hashed.get_many(keys), max(ops // 20, 20)),
+                "hash_get": _mean_seconds(lambda: hashed.get(keys[0]), ops),
+            }
+        finally:
+            single.close()
+            hashed.close()
+
+
+def _rss_bytes(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise click.ClickException("cannot read RSS from /proc on this system")
+
+
+def measure_memory(memory: str = "64M", times: int = 10) -> tuple[int, int]:
+    """Fill a node with 1 KB values ``times`` x its memory; return (node RSS bytes, memory bytes)."""
+    from .store import parse_size
+
+    limit = parse_size(memory)
+    value = b"v" * 1024
+    with node_processes(1, memory) as (endpoints, procs), CacheClient(endpoints, timeout=10) as client:
+        batch = 500
+        total = times * limit // 1024
+        for start in range(0, total, batch):
+            client.set_many({f"fill:{i}": value for i in range(start, start + batch)})
+        return _rss_bytes(procs[0].pid), limit
+
+
+def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False) -> None:
+    """Print the cache benchmark table."""
+    have_memcached = vs_memcached and shutil.which("memcached") is not None
+    if vs_memcached and not have_memcached:
+        click.echo("memcached is not installed: skipping the memcached rows", err=True)
+    keys = [f"key:{i}" for i in range(100)]
+    rows: list[Row] = []
+    raw_rtt = raw_reqrep(ops, 100)
+    raw_pipe = raw_dealer(ops * 10, 100)
+    mc = _memcached_rows(ops, keys) if have_memcached else {}
+    with node_processes(4) as (endpoints, _procs), CacheClient(endpoints) as client:
+        client.set("k", _VALUE)
+        client.set_many(dict.fromkeys(keys, _VALUE))
+        one = CacheClient(endpoints[:1])
+        try:
+            one.set("k", _VALUE)
+            rows.append(
+                Row("get, 1 node", _mean_seconds(lambda: one.get("k"), ops), "s", raw_rtt, "≤ 1.2x raw REQ/REP")
+            )
+            rows.append(Row("set, 1 node", _mean_seconds(lambda: one.set("k", _VALUE), ops), "s", raw_rtt))
+        finally:
+            one.close()
+        get_many = _mean_seconds(lambda: client.get_many(keys), max(ops // 20, 20))
+        pipelined = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 1000, 3)))
+    if mc:
+        rows.append(Row("pymemcache get", mc["get"], "s", raw_rtt))
+        rows.append(Row("get_many(100), 4 nodes", get_many, "s", mc["get_many"], "≤ 0.33x HashClient"))
+        rows.append(Row("async pipelined gets", pipelined, "ops/s", 1 / mc["hash_get"], "≥ 5x HashClient gets"))
+    else:
+        rows.append(Row("get_many(100), 4 nodes", get_many, "s"))
+        rows.append(Row("async pipelined gets", pipelined, "ops/s"))
+    rows.append(Row("raw DEALER pipelined", raw_pipe, "req/s"))
+    print_table(f"zmqkit bench cache (100-byte values, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f})", rows)
+    if memory_test:
+        rss, limit = measure_memory()
+        target = 1.3 * limit + 30 * MB
+        verdict = "within" if rss <= target else "ABOVE"
+        click.echo(
+            f"node RSS after 10x fill of --memory {limit // MB}M: {rss / MB:.1f} MB ({verdict} {target / MB:.1f} MB)"
+        )

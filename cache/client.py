@@ -1,0 +1,245 @@
+"""CacheClient: the blocking runner of the cache client core, and a MutableMapping over the whole cluster.
+
+>>> with CacheClient(["tcp://10.0.0.1:11311", "tcp://10.0.0.2:11311"]) as cache:
+...     cache["user:42"] = {"name": "Ada"}        # JSON-able values come back with their type
+...     cache.get_many(["user:42", "user:43"])    # both nodes asked at once
+{'user:42': {'name': 'Ada'}}
+
+Thread-safe: each thread gets its own DEALER socket per node (a socket belongs to one thread); node health and
+the rejoin hints are shared under a lock. The commands themselves are in ``core.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from collections.abc import Iterator, MutableMapping
+from types import TracebackType
+from typing import Any
+
+import zmq
+
+from zmqkit.sockets import SocketOptions, connect, make_socket
+
+from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
+from .core import ClientCore
+
+__all__ = ["CacheClient"]
+
+_MISSING = object()
+_clients: weakref.WeakValueDictionary[int, CacheClient] = weakref.WeakValueDictionary()  # (a Mapping: unhashable)
+
+
+def _forget_parent_sockets() -> None:
+    """In a forked child: the parent's sockets belong to the parent's context; each client makes new ones."""
+    for client in list(_clients.values()):
+        client._local = threading.local()
+        client._lock = threading.Lock()
+        client._all = []
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_parent_sockets)
+
+
+class _ThreadSockets:
+    """One thread's DEALER per node, and a poller over them made once."""
+
+    def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
+        self.socks: list[zmq.Socket] = []
+        self.poller = zmq.Poller()
+        self.items: list[list[tuple[zmq.Socket, int]]] = []  # per node, for a one-socket zmq_poll
+        try:
+            for endpoint in endpoints:
+                sock = make_socket("dealer", options)
+                self.socks.append(sock)
+                connect(sock, endpoint)
+                self.poller.register(sock, zmq.POLLIN)
+                self.items.append([(sock, zmq.POLLIN)])
+        except BaseException:
+            self.close()
+            raise
+        self.thread = threading.current_thread()
+
+    def close(self) -> None:
+        for sock in self.socks:
+            sock.close(linger=0)
+
+
+class CacheClient(ClientCore, MutableMapping[Any, Any]):
+    """A sharded cache client over nodes at ``endpoints`` (a list, a comma-separated string, or
+    ``{endpoint: weight}``); blocking calls, safe to share between threads.
+
+    ``timeout`` is per attempt; a node that misses ``retries + 1`` answers in a row is skipped for
+    ``dead_timeout`` seconds (on ``clock``). ``replicas=N`` writes every key to N nodes.
+    ``codec="auto+pickle"`` lets values JSON cannot carry travel as pickle (trusted nodes only).
+    """
+
+    def __init__(self, endpoints: Any, **kwargs: Any) -> None:
+        super().__init__(endpoints, **kwargs)
+        self._local = threading.local()
+        self._lock = threading.Lock()  # guards the list of every thread's sockets
+        self._all: list[_ThreadSockets] = []
+        self._closed = False
+        _clients[id(self)] = self
+
+    def __repr__(self) -> str:
+        return f"<CacheClient {len(self.endpoints)} nodes replicas={self.replicas}>"
+
+    # -- the runner ----------------------------------------------------------------------------------------
+
+    def _sockets(self) -> _ThreadSockets:
+        try:
+            return self._local.sockets
+        except AttributeError:
+            pass
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("CacheClient is closed")
+            state = _ThreadSockets(self.endpoints, self.options)
+            # Sockets of threads that ended can go now; the living keep theirs.
+            for old in [s for s in self._all if not s.thread.is_alive()]:
+                old.close()
+                self._all.remove(old)
+            self._all.append(state)
+        self._local.sockets = state
+        return state
+
+    def _run(self, op: Op) -> Any:
+        value: Any = None
+        error: Exception | None = None
+        while True:
+            done, action = advance(op, value, error)
+            if done:
+                return action
+            value, error = None, None
+            if type(action) is Batch:
+                value = self._io(action)
+            elif type(action) is Sleep:
+                time.sleep(action.seconds)
+            else:  # Compute: the memoized function
+                value, error = action.run()
+
+    def _io(self, batch: Batch) -> dict[bytes, Reply]:
+        """Send every call, then gather replies until all are in or the batch's timeout passes."""
+        state = self._sockets()
+        socks = state.socks
+        deadline = time.monotonic() + batch.timeout
+        waiting: dict[bytes, Call] = {}
+        blocked: list[Call] = []
+        for call in batch.calls:
+            waiting[call.rid] = call
+            try:
+                socks[call.node].send_multipart(call.frames, zmq.NOBLOCK)
+            except zmq.Again:  # not connected (yet, or any more): wait for it within the deadline
+                blocked.append(call)
+        replies: dict[bytes, Reply] = {}
+        if len(waiting) == 1 and not blocked:
+            # One request on one socket: poll it alone and read whole messages (no NOBLOCK probing).
+            call = batch.calls[0]
+            sock, items = socks[call.node], state.items[call.node]
+            wait_ms = batch.timeout * 1000
+            while zmq.zmq_poll(items, int(wait_ms) + 1):
+                parsed = parse_reply(sock.recv_multipart())
+                if parsed is not None and parsed[0] == call.rid:
+                    replies[call.rid] = parsed[1]
+                    break
+                wait_ms = (deadline - time.monotonic()) * 1000
+                if wait_ms <= 0:
+                    break
+            return replies
+        while waiting:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            poller = state.poller if not blocked else self._send_poller(socks, blocked)
+            for sock, events in poller.poll(int(remaining * 1000) + 1):
+                if events & zmq.POLLOUT:
+                    blocked = self._send_blocked(socks, sock, blocked)
+                if events & zmq.POLLIN:
+                    self._drain(sock, waiting, replies)
+        return replies
+
+    @staticmethod
+    def _drain(sock: zmq.Socket, waiting: dict[bytes, Call], replies: dict[bytes, Reply]) -> None:
+        while True:
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            parsed = parse_reply(frames)
+            # A late reply to a request that already timed out is dropped here.
+            if parsed is not None and waiting.pop(parsed[0], None) is not None:
+                replies[parsed[0]] = parsed[1]
+
+    @staticmethod
+    def _send_poller(socks: list[zmq.Socket], blocked: list[Call]) -> zmq.Poller:
+        """A poller that also waits to send (rare: only while a node is not connected)."""
+        poller = zmq.Poller()
+        want_out = {call.node for call in blocked}
+        for i, sock in enumerate(socks):
+            poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if i in want_out else 0))
+        return poller
+
+    @staticmethod
+    def _send_blocked(socks: list[zmq.Socket], sock: zmq.Socket, blocked: list[Call]) -> list[Call]:
+        still = []
+        for call in blocked:
+            if socks[call.node] is sock:
+                try:
+                    sock.send_multipart(call.frames, zmq.NOBLOCK)
+                    continue
+                except zmq.Again:
+                    pass
+            still.append(call)
+        return still
+
+    # -- MutableMapping ------------------------------------------------------------------------------------
+
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _MISSING)
+        if value is _MISSING:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self.set(key, value)
+
+    def __delitem__(self, key: Any) -> None:
+        if not self.delete(key):
+            raise KeyError(key)
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key, _MISSING) is not _MISSING
+
+    def __iter__(self) -> Iterator[Any]:
+        raise TypeError("a cache cluster cannot list its keys; use get_many() with the keys you want")
+
+    def clear(self) -> None:
+        """Empty every node (``flush_all``)."""
+        self.flush_all()
+
+    def __len__(self) -> int:
+        """Items stored on the nodes that answer (replicas count once per copy)."""
+        return sum(s.get("items", 0) for s in self.stats().values())
+
+    # -- lifetime ------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every thread's sockets; the client cannot be used afterwards."""
+        with self._lock:
+            self._closed = True
+            for state in self._all:
+                state.close()
+            self._all.clear()
+            self._local = threading.local()  # every thread's next call finds no sockets, and "closed"
+
+    def __enter__(self) -> CacheClient:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

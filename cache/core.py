@@ -1,0 +1,600 @@
+"""The cache client's logic, sans-I/O: keys and values, routing over the ring, failover, rejoin invalidation.
+
+Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sleep`, :class:`Compute`) and
+gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
+The public methods live here, once: ``get()`` returns ``self._run(generator)``, which is the value for the sync
+client and a coroutine for the asyncio one.
+
+No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
+this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
+timed out on the node when the client gives up on it, as that write may still land there. Before the node
+serves again, the first request to it is preceded, on the same connection, by ``delete_many(hints)``
+(``flush_all`` when the hints overflowed or the node missed a flush), so what it held for those keys is gone
+before anything is read from it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping
+from typing import Any
+
+import mmh3
+
+from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
+from zmqkit.endpoints import parse_endpoints
+from zmqkit.errors import ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions
+
+from .actions import Batch, Call, Compute, Op, Reply, Sleep
+from .health import Health
+from .protocol import HEADER, Status, pack_list, u32, u64, unpack_list
+from .ring import DEFAULT_VNODES, HashRing
+from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
+
+__all__ = ["ClientCore"]
+
+log = logging.getLogger(__name__)
+
+_OK, _MISS = Status.OK, Status.NOT_FOUND
+_ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
+_CODEC_BYTE = [bytes([i]) for i in range(256)]
+
+
+def _endpoint_weights(endpoints: Any) -> dict[str, int]:
+    if isinstance(endpoints, Mapping):
+        eps = parse_endpoints(list(endpoints))
+        return dict(zip(eps, endpoints.values(), strict=True))
+    return dict.fromkeys(parse_endpoints(endpoints), 1)
+
+
+def _check_number(name: str, value: Any, low: float, *, integer: bool = False) -> None:
+    kinds = (int,) if integer else (int, float)
+    if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
+        raise ConfigurationError(f"bad {name} {value!r}: expected a {'whole ' if integer else ''}number >= {low}")
+
+
+class ClientCore:
+    """State and commands shared by the sync and asyncio cache clients (see the module docstring)."""
+
+    def __init__(
+        self,
+        endpoints: str | Iterable[str] | Mapping[str, int],
+        *,
+        timeout: float = 1.0,
+        retries: int = 1,
+        dead_timeout: float = 10.0,
+        replicas: int = 1,
+        codec: str | Codec = "auto",
+        max_item: int | str = "1M",
+        vnodes: int = DEFAULT_VNODES,
+        max_hints: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+    ) -> None:
+        weights = _endpoint_weights(endpoints)
+        _check_number("timeout", timeout, 0.001)
+        _check_number("retries", retries, 0, integer=True)
+        _check_number("dead_timeout", dead_timeout, 0)
+        _check_number("replicas", replicas, 1, integer=True)
+        _check_number("max_hints", max_hints, 0, integer=True)
+        if replicas > len(weights):
+            raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
+        self.ring = HashRing(weights, vnodes=vnodes)
+        self.endpoints = list(weights)
+        self.health = Health(
+            self.endpoints, retries=retries, dead_timeout=float(dead_timeout), max_hints=max_hints, clock=clock
+        )
+        self.timeout = float(timeout)
+        self.dead_timeout = float(dead_timeout)
+        self.replicas = replicas
+        self.max_item = parse_size(max_item)
+        self.max_hints = max_hints
+        self.codec = get_codec(codec)
+        fallback = self.codec.fallback if isinstance(self.codec, AutoCodec) else self.codec
+        self.allow_pickle = isinstance(fallback, PickleCodec)
+        self.clock = clock
+        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self._rids = itertools.count(1)
+
+    def _run(self, op: Op) -> Any:
+        raise NotImplementedError  # the runner's job
+
+    # -- keys and values -----------------------------------------------------------------------------------
+
+    @staticmethod
+    def key_bytes(key: Any) -> bytes:
+        """Key as sent: str as UTF-8, bytes as is; other hashables (cachetools' tuple keys) by their repr."""
+        if type(key) is str:
+            raw = key.encode()
+        elif isinstance(key, (bytes, bytearray, memoryview)):
+            raw = bytes(key)
+        elif key is None or isinstance(key, (float, bool)):
+            raise ConfigurationError(f"bad key {key!r}: use str, bytes, or a tuple of them")
+        else:
+            text = repr(key).encode()
+            # A derived key may be long: keep it within memcached's limit by its murmur3 hash.
+            return text if len(text) <= MAX_KEY else b"h:" + mmh3.hash_bytes(text).hex().encode()
+        if not 0 < len(raw) <= MAX_KEY:
+            raise ConfigurationError(f"bad key {key!r:.80}: a key is 1 to {MAX_KEY} bytes")
+        return raw
+
+    def encode_value(self, key: bytes, value: Any) -> bytes:
+        codec_id, payload = self.codec.pack(value)
+        if len(payload) > self.max_item - 1:
+            raise ConfigurationError(
+                f"value for key {key[:60]!r} is {len(payload)} bytes; the max item size is {self.max_item}"
+            )
+        return _CODEC_BYTE[codec_id] + payload
+
+    def decode_value(self, frame: bytes) -> Any:
+        if frame[0] == 0:
+            return frame[1:]  # bare bytes: no codec round trip
+        return unpack(frame[0], frame[1:], allow_pickle=self.allow_pickle)
+
+    @staticmethod
+    def _ttl(ttl: float) -> bytes:
+        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
+            raise ConfigurationError(f"bad ttl {ttl!r}: seconds >= 0 (0 = never expires)")
+        whole = int(ttl) + (ttl % 1 > 0)  # round up: a 0.5 s TTL must not mean "never"
+        if RELATIVE_TTL_LIMIT < whole < 10**9 or whole > 0xFFFFFFFF:
+            raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time (u32)")
+        return u32(whole)
+
+    # -- routing -------------------------------------------------------------------------------------------
+
+    def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
+        rid = u32(next(self._rids) & 0xFFFFFFFF)
+        return Call(node, rid, [b"", HEADER, rid + command, *args], items, rejoin)
+
+    def merge_gets(self, node: int, calls: list[Call]) -> Call:
+        """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
+        return self._call(node, b"get_many", [pack_list([call.frames[3] for call in calls])], [])
+
+    @staticmethod
+    def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:
+        """Each get's own reply out of a merged get_many's reply."""
+        if reply is None or reply[0] != _OK or len(reply[1]) != 1:
+            return [reply] * count
+        values = unpack_list(reply[1][0], "get_many reply")
+        if len(values) != count:
+            return [None] * count  # a node that answers for other keys than asked is not answering
+        return [(_OK, [f]) if f else (_MISS, []) for f in values]
+
+    def _route(
+        self,
+        keys: list[bytes],
+        build: Callable[[list[int]], tuple[bytes, list[bytes]]],
+        split: Callable[[Reply, list[int]], Iterable[tuple[int, Reply]]] | None,
+        *,
+        write: bool,
+        timeout: float | None,
+    ) -> Generator[Batch, dict[bytes, Reply], dict[int, Reply]]:
+        """Send each key to its node(s) in parallel, fail over, and return ``{key index: Reply}``.
+
+        ``build(indexes)`` gives one node's (command, args); ``split`` cuts a multi-key reply per key.
+        Writes go to ``replicas`` distinct nodes; reads try the next replica on a miss.
+        """
+        wait = self.timeout if timeout is None else timeout
+        health = self.health
+        nodes = health.nodes
+        out: dict[int, Reply] = {}
+        given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
+        if health.healthy and self.replicas == 1:
+            # The common case, kept lean: every node alive, one copy of each key; no failover bookkeeping.
+            owner, get_node = health.by_endpoint, self.ring.get_node
+            if len(keys) == 1:
+                calls: list[Call] = [self._call(owner[get_node(keys[0])].index, *build([0]), [0])]
+            else:
+                groups: dict[int, list[int]] = {}
+                for i, key in enumerate(keys):
+                    groups.setdefault(owner[get_node(key)].index, []).append(i)
+                calls = [self._call(index, *build(items), items) for index, items in groups.items()]
+            replies = yield Batch(calls, wait)
+            pending: list[int] = []
+            for call in calls:
+                node = nodes[call.node]
+                reply = replies.get(call.rid)
+                if reply is None:
+                    if health.failed(node, [keys[i] for i in call.items] if write else []):
+                        given_up += [(i, call.node) for i in call.items]
+                    pending += call.items
+                    continue
+                health.answered(node)
+                if split is None:
+                    out[call.items[0]] = reply
+                else:
+                    out.update(split(reply, call.items))
+            if not pending:
+                return out
+        else:
+            pending = list(range(len(keys)))
+        need = [self.replicas if write else 1] * len(keys)
+        for i in out:
+            need[i] = 0
+        tried: list[set[int]] = [set() for _ in keys]
+        for i, index in given_up:
+            tried[i].add(index)
+        while pending:
+            now = self.clock()
+            groups = {}
+            for i in pending:
+                chosen = 0
+                for endpoint in self.ring.iter_nodes(keys[i]):
+                    node = health.by_endpoint[endpoint]
+                    if node.index in tried[i]:
+                        continue
+                    if not health.usable(node, now):
+                        if write:
+                            health.hint(node, keys[i])
+                        continue
+                    groups.setdefault(node.index, []).append(i)
+                    chosen += 1
+                    if chosen >= need[i]:
+                        break
+                if not chosen and i not in out:
+                    raise NodeUnavailable(
+                        f"no cache node answers for key {keys[i][:60]!r} (tried {len(tried[i])} of "
+                        f"{len(nodes)}; the others are marked dead for up to {self.dead_timeout:g}s)"
+                    )
+            calls = []
+            sent: dict[int, tuple[bytes, list[bytes]]] = {}  # rejoin requests, by node
+            for index, items in groups.items():
+                node = nodes[index]
+                if node.dead_until is not None:
+                    request = health.rejoin_request(node)
+                    if request is not None:
+                        sent[index] = request
+                        args = [pack_list(request[1])] if request[1] else []
+                        calls.append(self._call(index, request[0], args, [], rejoin=True))
+                command, args = build(items)
+                calls.append(self._call(index, command, args, items))
+            replies = yield Batch(calls, wait)
+            pending = []
+            # A returning node serves only after its invalidation went through (it ran first: same connection).
+            not_rejoined = {c.node for c in calls if c.rejoin and replies.get(c.rid, (-1,))[0] != _OK}
+            for call in calls:
+                if call.rejoin:
+                    continue
+                node = nodes[call.node]
+                reply = replies.get(call.rid)
+                if reply is None or call.node in not_rejoined:
+                    if health.failed(node, [keys[i] for i in call.items] if write else []):
+                        for i in call.items:
+                            tried[i].add(call.node)
+                    pending += call.items
+                    continue
+                if node.dead_until is not None:
+                    health.rejoined(node, sent.get(call.node))
+                else:
+                    health.answered(node)
+                for i, result in split(reply, call.items) if split is not None else ((call.items[0], reply),):
+                    tried[i].add(call.node)
+                    if write:
+                        out.setdefault(i, result)
+                        need[i] -= 1
+                    elif result[0] == _MISS and self.replicas > 1 and len(tried[i]) < self.replicas:
+                        out[i] = result
+                        pending.append(i)
+                    else:
+                        out[i] = result
+            # A write that reached some nodes but not all asks for the missing copies only.
+            pending = [i for i in dict.fromkeys(pending) if not (write and need[i] <= 0)]
+        return out
+
+    def _one(
+        self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None
+    ) -> Op:
+        """One key, one command: ``(status, results)``, errors raised."""
+        k = self.key_bytes(key)
+        frames = args(k)
+        out = yield from self._route([k], lambda _items: (command, frames), None, write=write, timeout=timeout)
+        reply = out[0]
+        self._raise_for(reply, k)
+        return reply
+
+    @staticmethod
+    def _raise_for(reply: Reply, key: bytes) -> None:
+        status = reply[0]
+        if status in _ERRORS:
+            message = reply[1][0].decode(errors="replace") if reply[1] else "no message"
+            if status == Status.TOO_LARGE:
+                raise ConfigurationError(message)
+            name = Status(status).name if status in Status.__members__.values() else str(status)
+            raise RemoteError(name, message)
+
+    # -- commands: generators ------------------------------------------------------------------------------
+
+    def _get(self, key: Any, default: Any, timeout: float | None) -> Op:
+        # The hottest command skips _one's extra layer.
+        k = self.key_bytes(key)
+        args = [k]
+        out = yield from self._route([k], lambda _items: (b"get", args), None, write=False, timeout=timeout)
+        status, results = out[0]
+        if status == _OK:
+            return self.decode_value(results[0])
+        if status != _MISS:
+            self._raise_for(out[0], k)
+        return default
+
+    def _gets(self, key: Any, timeout: float | None) -> Op:
+        status, results = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
+        if status != _OK:
+            return None, None
+        return self.decode_value(results[0]), int.from_bytes(results[1], "big")
+
+    def _store(self, command: bytes, key: Any, value: Any, ttl: float, timeout: float | None, extra: list[bytes]) -> Op:
+        ttl_frame = self._ttl(ttl)
+        status, _ = yield from self._one(
+            key, command, lambda k: [k, self.encode_value(k, value), ttl_frame, *extra], True, timeout
+        )
+        return status
+
+    def _get_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+        originals = list(keys)
+        raw = [self.key_bytes(k) for k in originals]
+        if not raw:
+            return {}
+        out = yield from self._route(
+            raw,
+            lambda items: (b"get_many", [pack_list([raw[i] for i in items])]),
+            _split_values,
+            write=False,
+            timeout=timeout,
+        )
+        decode = self.decode_value
+        hits = [(i, out[i][1][0]) for i in range(len(raw)) if out[i][0] == _OK]
+        return {originals[i]: decode(frame) for i, frame in hits}
+
+    def _set_many(self, mapping: Mapping[Any, Any], ttl: float, timeout: float | None) -> Op:
+        ttl_frame = self._ttl(ttl)
+        raw = [self.key_bytes(k) for k in mapping]
+        values = [self.encode_value(k, v) for k, v in zip(raw, mapping.values(), strict=True)]
+        if not raw:
+            return []
+
+        def build(items: list[int]) -> tuple[bytes, list[bytes]]:
+            pairs: list[bytes] = []
+            for i in items:
+                pairs += (raw[i], values[i])
+            return b"set_many", [ttl_frame, pack_list(pairs)]
+
+        out = yield from self._route(raw, build, _split_same, write=True, timeout=timeout)
+        for i, reply in out.items():
+            self._raise_for(reply, raw[i])
+        return [k for i, k in enumerate(mapping) if out[i][0] != _OK]
+
+    def _delete_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+        raw = [self.key_bytes(k) for k in keys]
+        if not raw:
+            return 0
+        build = lambda items: (b"delete_many", [pack_list([raw[i] for i in items])])  # noqa: E731
+        out = yield from self._route(raw, build, _split_flags, write=True, timeout=timeout)
+        return sum(1 for r in out.values() if r[0] == _OK)
+
+    def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Op:
+        if not isinstance(delta, int) or isinstance(delta, bool) or not 0 <= delta < 2**64:
+            raise ConfigurationError(f"bad delta {delta!r}: expected an integer from 0 to 2**64-1")
+        status, results = yield from self._one(key, command, lambda k: [k, u64(delta)], True, timeout)
+        return int.from_bytes(results[0], "big") if status == _OK else None
+
+    def _broadcast(self, command: bytes, timeout: float | None) -> Op:
+        """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
+        nodes = self.health.nodes
+        calls = [self._call(n.index, command, [], []) for n in nodes]
+        replies = yield Batch(calls, self.timeout if timeout is None else timeout)
+        out = {}
+        for call in calls:
+            reply = replies.get(call.rid)
+            node = nodes[call.node]
+            if reply is not None:
+                out[node.endpoint] = reply
+            elif command == b"flush_all":
+                self.health.missed_flush(node)
+        return out
+
+    def _flush_all(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"flush_all", timeout)
+        missing = [ep for ep in self.endpoints if ep not in out]
+        if missing:
+            log.warning("flush_all: %s did not answer; they will be flushed before they serve again", missing)
+        return len(out)
+
+    def _stats(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"stats", timeout)
+        return {ep: {r[1][i].decode(): int(r[1][i + 1]) for i in range(0, len(r[1]) - 1, 2)} for ep, r in out.items()}
+
+    def _version(self, timeout: float | None) -> Op:
+        out = yield from self._broadcast(b"version", timeout)
+        return {ep: r[1][0].decode() for ep, r in out.items() if r[1]}
+
+    def _memoized(
+        self,
+        key: bytes,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        ttl: float,
+        lease: float,
+        timeout: float | None,
+    ) -> Op:
+        """Get ``key``; on a miss, one caller (the lease holder) computes and stores while the others wait."""
+        ttl_frame = self._ttl(ttl)
+        lease_frame = u32(max(1, int(lease * 1000)))
+        delay = 0.002
+        give_up = self.clock() + lease + (self.timeout if timeout is None else timeout)
+        while True:
+            status, results = yield from self._one(key, b"lease_get", lambda k: [k, lease_frame], False, timeout)
+            if status == _OK:
+                return self.decode_value(results[0])
+            if status == Status.LEASED or self.clock() >= give_up:
+                token = results[0] if status == Status.LEASED else None
+                try:
+                    value = yield Compute(fn, args, kwargs)
+                except Exception:
+                    if token is not None:  # free the lease so a waiter computes instead of waiting it out
+                        yield from self._one(key, b"delete", lambda k: [k], True, timeout)
+                    raise
+                if token is not None:
+                    frame = self.encode_value(key, value)
+                    yield from self._one(key, b"lease_set", _after_key(frame, ttl_frame, token), True, timeout)
+                return value
+            yield Sleep(delay)  # Status.WAIT: another process is computing this value
+            delay = min(delay * 2, 0.05)
+
+    # -- public commands (sync values or coroutines, as the runner makes them) ------------------------------
+
+    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
+        """The value of ``key``, or ``default`` on a miss."""
+        return self._run(self._get(key, default, timeout))
+
+    def gets(self, key: Any, *, timeout: float | None = None) -> Any:
+        """``(value, cas token)``, or ``(None, None)`` on a miss."""
+        return self._run(self._gets(key, timeout))
+
+    def get_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+        """``{key: value}`` for the keys found; every node involved is asked at once."""
+        return self._run(self._get_many(keys, timeout))
+
+    def set(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store ``value`` (TTL in seconds, 0 = never expires); returns True."""
+        return self._run(_map(self._store(b"set", key, value, ttl, timeout, []), lambda s: True))
+
+    def add(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store only if ``key`` is absent; True if stored."""
+        return self._run(_map(self._store(b"add", key, value, ttl, timeout, []), _is_ok))
+
+    def replace(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store only if ``key`` is present; True if stored."""
+        return self._run(_map(self._store(b"replace", key, value, ttl, timeout, []), _is_ok))
+
+    def append(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+        """Add ``data`` after the stored payload; True if the key existed."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return self._run(_map(self._one(key, b"append", lambda k: [k, raw], True, timeout), _reply_ok))
+
+    def prepend(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+        """Add ``data`` before the stored payload; True if the key existed."""
+        raw = data.encode() if isinstance(data, str) else bytes(data)
+        return self._run(_map(self._one(key, b"prepend", lambda k: [k, raw], True, timeout), _reply_ok))
+
+    def cas(self, key: Any, value: Any, cas: int, ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store if the item's cas token is still ``cas``: True stored, False changed since, None missing."""
+        if not isinstance(cas, int) or isinstance(cas, bool) or not 0 <= cas < 2**64:
+            raise ConfigurationError(f"bad cas token {cas!r}: expected the integer from gets()")
+        op = self._store(b"cas", key, value, ttl, timeout, [u64(cas)])
+        return self._run(_map(op, lambda s: {_OK: True, Status.EXISTS: False}.get(s)))
+
+    def delete(self, key: Any, *, timeout: float | None = None) -> Any:
+        """Remove ``key``; True if it was there."""
+        return self._run(_map(self._one(key, b"delete", lambda k: [k], True, timeout), _reply_ok))
+
+    def delete_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+        """Remove ``keys`` (one message per node, in parallel); the number that were there."""
+        return self._run(self._delete_many(keys, timeout))
+
+    def set_many(self, mapping: Mapping[Any, Any], ttl: float = 0, *, timeout: float | None = None) -> Any:
+        """Store every item (one message per node, in parallel); the keys that were not stored."""
+        return self._run(self._set_many(mapping, ttl, timeout))
+
+    def incr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+        """Add ``delta`` to a stored decimal number (wraps at 2**64); the new value, or None if missing."""
+        return self._run(self._number(b"incr", key, delta, timeout))
+
+    def decr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+        """Subtract ``delta``, stopping at 0; the new value, or None if missing."""
+        return self._run(self._number(b"decr", key, delta, timeout))
+
+    def touch(self, key: Any, ttl: float, *, timeout: float | None = None) -> Any:
+        """Give ``key`` a new TTL; True if it existed."""
+        ttl_frame = self._ttl(ttl)
+        return self._run(_map(self._one(key, b"touch", lambda k: [k, ttl_frame], True, timeout), _reply_ok))
+
+    def flush_all(self, *, timeout: float | None = None) -> Any:
+        """Empty every node; the number of nodes that answered (the others are flushed when they return)."""
+        return self._run(self._flush_all(timeout))
+
+    def stats(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: {stat: number}}`` for every node that answered."""
+        return self._run(self._stats(timeout))
+
+    def version(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: version}`` for every node that answered."""
+        return self._run(self._version(timeout))
+
+    def ping(self, *, timeout: float | None = None) -> Any:
+        """``{endpoint: node id}`` for every node that answered (the id changes when a node restarts)."""
+        return self._run(_map(self._broadcast(b"ping", timeout), lambda out: {ep: r[1][0] for ep, r in out.items()}))
+
+    def memoize(self, ttl: float = 0, *, lease: float = 10.0, timeout: float | None = None) -> Callable[..., Any]:
+        """Decorator: cache a function's results by its arguments, computing each one once across processes.
+
+        When many callers miss the same key at once, one gets a lease and computes; the others wait for its
+        value (up to ``lease`` seconds, then they compute themselves).
+        """
+        self._ttl(ttl)
+        _check_number("lease", lease, 0.001)
+
+        def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+            prefix = f"zmqkit.memo:{fn.__module__}.{fn.__qualname__}:"
+
+            def memoized(*args: Any, **kwargs: Any) -> Any:
+                digest = mmh3.hash_bytes(repr((args, sorted(kwargs.items()))).encode()).hex()
+                key = (prefix[: MAX_KEY - 40] + digest).encode()
+                return self._run(self._memoized(key, fn, args, kwargs, ttl, lease, timeout))
+
+            memoized.__wrapped__ = fn  # type: ignore[attr-defined]
+            memoized.__name__ = fn.__name__
+            memoized.__qualname__ = fn.__qualname__
+            memoized.__doc__ = fn.__doc__
+            return memoized
+
+        return decorate
+
+    def node_state(self) -> dict[str, str]:
+        """``{endpoint: "alive" | "dead" | "rejoining"}`` as this client sees the nodes now."""
+        return self.health.state()
+
+
+def _after_key(*frames: bytes) -> Callable[[bytes], list[bytes]]:
+    """Argument frames: the key, then ``frames``."""
+    return lambda key: [key, *frames]
+
+
+def _map(op: Op, fn: Callable[[Any], Any]) -> Op:
+    """An op whose result is ``fn(op's result)``."""
+    result = yield from op
+    return fn(result)
+
+
+def _is_ok(status: int) -> bool:
+    return bool(status == _OK)
+
+
+def _reply_ok(reply: Reply) -> bool:
+    return bool(reply[0] == _OK)
+
+
+def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    """get_many: one frame per key, empty on a miss."""
+    status, frames = reply
+    values = unpack_list(frames[0], "get_many reply") if status == _OK and len(frames) == 1 else []
+    if len(values) != len(items):
+        raise ProtocolError(f"get_many reply has {len(values)} values for {len(items)} keys (status {status})")
+    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, values, strict=True)]
+
+
+def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    return [(i, reply) for i in items]
+
+
+def _split_flags(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
+    """delete_many: one byte per key, 0 deleted and 1 not found."""
+    status, frames = reply
+    if status != _OK or not frames or len(frames[0]) != len(items):
+        return _split_same(reply, items)
+    return [(i, (flag, [])) for i, flag in zip(items, frames[0], strict=True)]

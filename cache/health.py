@@ -1,0 +1,128 @@
+"""Node health as one cache client sees it: missed answers, dead timers on an injected clock, and the *hints*
+that make a returning node forget what changed while it was away (so it never serves a stale value).
+
+>>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
+>>> node = health.nodes[0]
+>>> health.failed(node, [b"k"]), health.failed(node, [b"k"])     # a retry, then dead; b"k" is hinted
+(False, True)
+>>> health.rejoin_request(node)                                    # once dead_timeout has passed
+(b'delete_many', [b'k'])
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+
+__all__ = ["Health", "NodeHealth"]
+
+log = logging.getLogger(__name__)
+
+
+class NodeHealth:
+    """One node: consecutive missed answers, when it may be tried again, and its hints."""
+
+    __slots__ = ("dead_until", "endpoint", "failures", "flush", "hints", "index")
+
+    def __init__(self, index: int, endpoint: str) -> None:
+        self.index = index
+        self.endpoint = endpoint
+        self.failures = 0
+        self.dead_until: float | None = None  # None: alive; else skipped until then, and rejoining after
+        self.hints: set[bytes] = set()  # keys changed elsewhere while it was dead: delete them on rejoin
+        self.flush = False  # its data can't be trusted key by key any more: flush it on rejoin
+
+
+class Health:
+    """Every node's health, shared by the threads of one client (changes under a lock)."""
+
+    def __init__(
+        self, endpoints: list[str], *, retries: int, dead_timeout: float, max_hints: int, clock: Callable[[], float]
+    ) -> None:
+        self.nodes = [NodeHealth(i, ep) for i, ep in enumerate(endpoints)]
+        self.by_endpoint = {n.endpoint: n for n in self.nodes}
+        self.retries = retries
+        self.dead_timeout = dead_timeout
+        self.max_hints = max_hints
+        self.clock = clock
+        self.healthy = True  # no node is dead or rejoining: callers may take their short path
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def usable(node: NodeHealth, now: float) -> bool:
+        """Alive, or dead long enough to be tried again (rejoining)."""
+        return node.dead_until is None or node.dead_until <= now
+
+    def hint(self, node: NodeHealth, key: bytes) -> None:
+        """``key`` changed while ``node`` could not hear it."""
+        with self._lock:
+            self._hint(node, key)
+
+    def _hint(self, node: NodeHealth, key: bytes) -> None:
+        if len(node.hints) >= self.max_hints:
+            node.flush = True  # too many to list: forget everything instead
+            node.hints.clear()
+        elif not node.flush:
+            node.hints.add(key)
+
+    def failed(self, node: NodeHealth, keys: list[bytes]) -> bool:
+        """Count a missed answer (to a write of ``keys``); after ``retries`` misses the node is dead for
+        ``dead_timeout``. True if it is dead now (callers fail over), False if it should be retried."""
+        with self._lock:
+            node.failures += 1
+            if node.failures <= self.retries and self.usable(node, self.clock()):
+                return False  # the retry reaches the node after the lost attempt, if that ever arrives
+            # Timed-out writes may still land on the node later: invalidate their keys when it returns.
+            for key in keys:
+                self._hint(node, key)
+            if node.dead_until is None or node.dead_until <= self.clock():
+                log.warning("cache node %s is not answering; skipping it for %gs", node.endpoint, self.dead_timeout)
+            node.dead_until = self.clock() + self.dead_timeout
+            node.failures = 0
+            self.healthy = False
+            return True
+
+    def answered(self, node: NodeHealth) -> None:
+        if node.failures:
+            node.failures = 0
+
+    def missed_flush(self, node: NodeHealth) -> None:
+        """``node`` did not hear a flush_all: it must be flushed before it serves anything again."""
+        with self._lock:
+            node.flush = True
+            if node.dead_until is None:
+                node.dead_until = self.clock()  # usable at once, but through a rejoin
+            self.healthy = False
+
+    def rejoin_request(self, node: NodeHealth) -> tuple[bytes, list[bytes]] | None:
+        """``(command, args)`` that must reach a returning node before anything else, or None if none is needed."""
+        with self._lock:
+            if node.flush:
+                return b"flush_all", []
+            if node.hints:
+                return b"delete_many", list(node.hints)
+        return None
+
+    def rejoined(self, node: NodeHealth, sent: tuple[bytes, list[bytes]] | None) -> None:
+        """A returning node answered (after ``sent``, the rejoin request, if there was one): it is alive
+        unless something new happened meanwhile."""
+        with self._lock:
+            if sent is not None:
+                if sent[0] == b"flush_all":
+                    node.flush = False
+                node.hints.difference_update(sent[1])
+            if not node.flush and not node.hints:
+                if node.dead_until is not None:
+                    log.info("cache node %s is back", node.endpoint)
+                node.dead_until = None
+                node.failures = 0
+                self.healthy = all(n.dead_until is None for n in self.nodes)
+
+    def state(self) -> dict[str, str]:
+        """``{endpoint: "alive" | "dead" | "rejoining"}`` now."""
+        now = self.clock()
+        return {
+            n.endpoint: "alive" if n.dead_until is None else ("dead" if now < n.dead_until else "rejoining")
+            for n in self.nodes
+        }

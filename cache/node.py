@@ -1,0 +1,144 @@
+"""CacheNode: a Store served on a REP socket, in the calling thread (``serve``) or a background one (``start``).
+
+>>> with CacheNode("tcp://127.0.0.1:0", memory="64M") as node:
+...     node.start()                      # background thread; node.endpoint is where it listens
+...     client = CacheClient([node.endpoint])
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from types import TracebackType
+
+import zmq
+
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+
+from .service import Service
+from .store import Store
+
+__all__ = ["CacheNode"]
+
+log = logging.getLogger(__name__)
+_ids = itertools.count()
+
+
+class CacheNode:
+    """A cache node: one byte-bounded LRU store answering ZKC requests on a REP socket.
+
+    ``memory`` and ``max_item`` take bytes or ``"64M"``-style sizes. ``stop()`` ends ``serve()`` from any
+    thread (or a signal handler); the serving thread owns the socket; stop() asks it over an in-process endpoint.
+    """
+
+    def __init__(
+        self,
+        bind: str = "tcp://127.0.0.1:0",
+        *,
+        memory: int | str = "64M",
+        max_item: int | str = "1M",
+        clock: Callable[[], float] = time.monotonic,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+    ) -> None:
+        self.store = Store(memory, max_item, clock=clock)
+        self.service = Service(self.store)
+        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self._bind = bind
+        self._control = f"inproc://zmqkit-cache-node-{next(_ids)}"
+        self._stop_token = b"zmqkit-stop:" + os.urandom(16)
+        self._ready = threading.Event()
+        self._done = threading.Event()
+        self._error: BaseException | None = None
+        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()
+        self._stopped = False
+        self.endpoint: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<CacheNode {self.endpoint or self._bind} items={len(self.store)}>"
+
+    def start(self, timeout: float = 5.0) -> str:
+        """Serve in a background thread; return the bound endpoint once it listens."""
+        if self._thread is not None:
+            raise RuntimeError("node already started")
+        self._thread = threading.Thread(target=self._serve_quietly, name=f"zmqkit-{self._control[9:]}", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"cache node did not bind {self._bind!r} within {timeout}s")
+        if self._error is not None:
+            raise self._error
+        assert self.endpoint is not None
+        return self.endpoint
+
+    def _serve_quietly(self) -> None:
+        try:
+            self.serve()
+        except BaseException as exc:  # reported to start()'s caller
+            self._error = exc
+            self._ready.set()
+
+    def serve(self, ready: Callable[[str], None] | None = None, *, timeout: float | None = None) -> None:
+        """Answer requests in this thread until :meth:`stop` (or ``timeout`` seconds); ``ready(endpoint)`` is
+        called once bound."""
+        rep = make_socket("rep", self.options)
+        try:
+            self.endpoint = bind(rep, self._bind)
+            bind(rep, self._control)  # stop() asks on this in-process endpoint, so the loop needs no poll
+            self._ready.set()
+            if ready is not None:
+                ready(self.endpoint)
+            if not self._stopped:
+                self._loop(rep, None if timeout is None else time.monotonic() + timeout)
+        finally:
+            rep.close(linger=0)
+            self._done.set()
+
+    def _loop(self, rep: zmq.Socket, deadline: float | None) -> None:
+        handle, token = self.service.handle, self._stop_token
+        recv, send = rep.recv_multipart, rep.send_multipart
+        items = [(rep, zmq.POLLIN)]
+        while True:
+            if deadline is not None:  # only a bounded serve() polls; the usual one blocks in recv
+                wait_ms = int((deadline - time.monotonic()) * 1000)
+                if wait_ms <= 0 or not zmq.zmq_poll(items, wait_ms):
+                    return
+            frames = recv()
+            if frames[0] == token:  # stop(): a random token only this process knows
+                send([token])
+                return
+            send(handle(frames))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""
+        with self._lock:
+            if self._stopped or not self._ready.is_set() or self._error is not None or self._done.is_set():
+                self._stopped = True
+                return
+            self._stopped = True
+            # A DEALER does not wait for the answer: a signal handler in the serving thread can call this.
+            waker = make_socket("dealer")
+            try:
+                connect(waker, self._control)
+                waker.send_multipart([b"", self._stop_token])
+            finally:
+                waker.close()  # default linger: the stop request is delivered before the socket goes
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                raise TimeoutError(f"cache node {self.endpoint} did not stop within {timeout}s")
+
+    close = stop
+
+    def __enter__(self) -> CacheNode:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

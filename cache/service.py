@@ -1,0 +1,147 @@
+"""The node's request handler, sans-I/O: request frames in, reply frames out, run against a Store.
+
+A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
+
+>>> service = Service(Store())
+>>> service.handle([HEADER, b"\\x00\\x00\\x00\\x01ping"])
+[b'ZKC\\x01', b'\\x00\\x00\\x00\\x01\\x00', b'...node id...']
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+
+from zmqkit._version import __version__
+from zmqkit.errors import ProtocolError
+
+from .protocol import Status, decode_request, encode_reply, pack_list, read_u32, read_u64, u64, unpack_list
+from .store import MAX_KEY, NotANumber, Store, TooLarge
+
+__all__ = ["Service"]
+
+log = logging.getLogger(__name__)
+_OK = Status.OK
+_Handler = Callable[[list[bytes]], tuple[Status, list[bytes]]]
+
+
+def _key(frame: bytes) -> bytes:
+    if not 0 < len(frame) <= MAX_KEY:
+        raise ProtocolError(f"a key must be 1 to {MAX_KEY} bytes, got {len(frame)}")
+    return frame
+
+
+def _keys(frame: bytes) -> list[bytes]:
+    return [_key(k) for k in unpack_list(frame, "keys")]
+
+
+def _value(frame: bytes) -> bytes:
+    if not frame:
+        raise ProtocolError("a value frame must start with its codec byte; got an empty frame")
+    return frame
+
+
+class Service:
+    """Runs decoded requests on ``store``; ``handle(frames) -> reply frames``."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.node_id = os.urandom(8)  # changes on every start: a client can tell a restarted node
+        s = store
+        self._handlers: dict[bytes, _Handler] = {
+            b"get": self._get,
+            b"gets": self._gets,
+            b"get_many": lambda a: (_OK, [pack_list(s.get_many(_keys(a[0])))]),
+            b"set": lambda a: self._store(s.set(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl")) >= 0),
+            b"add": lambda a: self._store(s.add(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
+            b"replace": lambda a: self._store(s.replace(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
+            b"append": lambda a: self._store(s.append(_key(a[0]), a[1])),
+            b"prepend": lambda a: self._store(s.prepend(_key(a[0]), a[1])),
+            b"cas": self._cas,
+            b"delete": lambda a: (_OK if s.delete(_key(a[0])) else Status.NOT_FOUND, []),
+            b"delete_many": lambda a: (_OK, [bytes(0 if s.delete(k) else 1 for k in _keys(a[0]))]),
+            b"set_many": self._set_many,
+            b"incr": lambda a: self._number(s.incr(_key(a[0]), read_u64(a[1], "delta"))),
+            b"decr": lambda a: self._number(s.decr(_key(a[0]), read_u64(a[1], "delta"))),
+            b"touch": lambda a: (_OK if s.touch(_key(a[0]), read_u32(a[1], "ttl")) else Status.NOT_FOUND, []),
+            b"flush_all": self._flush_all,
+            b"stats": self._stats,
+            b"version": lambda a: (_OK, [__version__.encode()]),
+            b"ping": lambda a: (_OK, [self.node_id]),
+            b"lease_get": self._lease_get,
+            b"lease_set": self._lease_set,
+        }
+
+    def handle(self, frames: list[bytes]) -> list[bytes]:
+        """Reply frames for one request; bad input gets an error reply, never an exception."""
+        # Echo the request id even when the rest is bad, so a pipelining client can match the error.
+        rid = frames[1][:4] if len(frames) > 1 and len(frames[1]) >= 4 else b"\x00\x00\x00\x00"
+        try:
+            rid, command, args = decode_request(frames)
+            self.store.commands[command] += 1
+            status, results = self._handlers[command](args)
+        except ProtocolError as exc:
+            log.warning("bad request: %s", exc)
+            return encode_reply(rid, Status.BAD_REQUEST, [str(exc).encode()])
+        except TooLarge as exc:
+            return encode_reply(rid, Status.TOO_LARGE, [str(exc).encode()])
+        except NotANumber as exc:
+            return encode_reply(rid, Status.NOT_A_NUMBER, [str(exc).encode()])
+        except Exception as exc:  # a bug must not take the node down; the client sees SERVER_ERROR
+            log.exception("request failed")
+            return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
+        return encode_reply(rid, status, results)
+
+    @staticmethod
+    def _store(stored: bool) -> tuple[Status, list[bytes]]:
+        return (_OK if stored else Status.NOT_STORED), []
+
+    @staticmethod
+    def _number(value: int | None) -> tuple[Status, list[bytes]]:
+        return (Status.NOT_FOUND, []) if value is None else (_OK, [u64(value)])
+
+    def _get(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        value = self.store.get(_key(args[0]))
+        return (Status.NOT_FOUND, []) if value is None else (_OK, [value])
+
+    def _gets(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        found = self.store.gets(_key(args[0]))
+        return (Status.NOT_FOUND, []) if found is None else (_OK, [found[0], u64(found[1])])
+
+    def _cas(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        done = self.store.cas(_key(args[0]), _value(args[1]), read_u32(args[2], "ttl"), read_u64(args[3], "cas"))
+        return {True: _OK, False: Status.EXISTS, None: Status.NOT_FOUND}[done], []
+
+    def _set_many(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        ttl = read_u32(args[0], "ttl")
+        pairs = unpack_list(args[1], "set_many items")
+        if len(pairs) % 2:
+            raise ProtocolError("set_many's items frame must hold key, value pairs; got an odd number of items")
+        items = [(_key(pairs[i]), _value(pairs[i + 1])) for i in range(0, len(pairs), 2)]
+        too_big = [k for k, v in items if len(v) > self.store.max_item]
+        if too_big:  # all or nothing, so the client can report the offending key without a partial write
+            raise TooLarge(f"item {too_big[0][:60]!r} is above the max item size {self.store.max_item}")
+        for key, value in items:
+            self.store.set(key, value, ttl)
+        return _OK, []
+
+    def _flush_all(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        self.store.flush_all()
+        return _OK, []
+
+    def _stats(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        out: list[bytes] = []
+        for name, value in self.store.stats().items():
+            out += [name.encode(), b"%d" % value]
+        return _OK, out
+
+    def _lease_get(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        value, token, wait = self.store.lease_get(_key(args[0]), read_u32(args[1], "lease ms") / 1000)
+        if value is not None:
+            return _OK, [value]
+        return (Status.WAIT, []) if wait else (Status.LEASED, [u64(token)])
+
+    def _lease_set(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+        key, value = _key(args[0]), _value(args[1])
+        return self._store(self.store.lease_set(key, value, read_u32(args[2], "ttl"), read_u64(args[3], "lease")))

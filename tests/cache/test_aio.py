@@ -1,0 +1,75 @@
+"""What only the asyncio client does: many calls in flight over shared connections, and failover under load."""
+
+import asyncio
+
+import pytest
+
+from zmqkit.asyncio import CacheClient
+from zmqkit.testing import CacheCluster
+
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.timeout(30)
+
+
+async def test_concurrent_gets_share_the_connections() -> None:
+    cluster = CacheCluster(3)
+    try:
+        async with CacheClient(cluster.endpoints) as cache:
+            items = {f"k{i}": i for i in range(300)}
+            await cache.set_many(items)
+            values = await asyncio.gather(*(cache.get(k) for k in items), cache.get("missing", -1))
+            assert values == [*items.values(), -1]
+            stats = await cache.stats()
+            # 301 gets in flight at once travelled as a few get_many messages per node.
+            messages = sum(s.get("cmd_get_many", 0) + s.get("cmd_get", 0) for s in stats.values())
+            assert messages <= 3 * 3
+            # Mixed commands in flight at once each get their own answer.
+            results = await asyncio.gather(cache.incr("n"), cache.set("n", 5), cache.get_many(["k1", "k2"]))
+            assert results[1] is True and results[2] == {"k1": 1, "k2": 2}
+    finally:
+        cluster.close()
+
+
+async def test_failover_while_many_calls_are_in_flight(clock: FakeClock) -> None:
+    cluster = CacheCluster(3)
+    try:
+        async with CacheClient(cluster.endpoints, timeout=0.3, retries=1, dead_timeout=30, clock=clock) as cache:
+            keys = [f"k{i}" for i in range(60)]
+            await cache.set_many(dict.fromkeys(keys, "v1"))
+            cluster.nodes[2].stop()
+            await asyncio.gather(*(cache.set(k, "v2") for k in keys))
+            assert await asyncio.gather(*(cache.get(k) for k in keys)) == ["v2"] * len(keys)
+            assert cache.node_state()[cluster.endpoints[2]] == "dead"
+    finally:
+        cluster.close()
+
+
+async def test_memoize_async_function_once_for_concurrent_callers() -> None:
+    cluster = CacheCluster(2)
+    try:
+        async with CacheClient(cluster.endpoints) as cache:
+            calls = []
+
+            @cache.memoize(ttl=60)
+            async def fetch(x: int) -> int:
+                calls.append(x)
+                await asyncio.sleep(0.2)
+                return x + 1
+
+            assert await asyncio.gather(*(fetch(1) for _ in range(8))) == [2] * 8
+            assert calls == [1]
+    finally:
+        cluster.close()
+
+
+async def test_closed_client_says_so() -> None:
+    cluster = CacheCluster(1)
+    try:
+        cache = CacheClient(cluster.endpoints)
+        await cache.set("k", 1)
+        cache.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            await cache.get("k")
+    finally:
+        cluster.close()

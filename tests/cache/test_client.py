@@ -1,0 +1,329 @@
+"""The client beyond single commands: mapping, threads, failover, rejoin without stale reads, replicas."""
+
+import threading
+from typing import Any
+
+import cachetools
+import pytest
+from zmqkit.cache import CacheClient, CacheNode
+from zmqkit.cache.actions import Batch, Reply, Sleep
+from zmqkit.cache.core import ClientCore
+from zmqkit.cache.protocol import decode_reply
+from zmqkit.cache.service import Service
+from zmqkit.cache.store import Store
+
+from zmqkit import ConfigurationError, NodeUnavailable
+from zmqkit.testing import CacheCluster
+
+from .conftest import FakeClock
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def test_mutable_mapping(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    cache["a"] = {"x": 1}
+    assert cache["a"] == {"x": 1} and "a" in cache and "b" not in cache
+    with pytest.raises(KeyError):
+        cache["b"]
+    del cache["a"]
+    with pytest.raises(KeyError):
+        del cache["a"]
+    cache.update({"c": 1, "d": 2})
+    assert len(cache) == 2 and cache.pop("c") == 1 and cache.setdefault("e", 5) == 5
+    cache.clear()
+    assert len(cache) == 0
+    with pytest.raises(TypeError, match="cannot list its keys"):
+        list(cache)
+
+
+def test_cachetools_cached_uses_the_cluster(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    calls = []
+
+    @cachetools.cached(cache=cache)
+    def slow(x: int, y: str = "") -> str:
+        calls.append(x)
+        return f"{x}{y}"
+
+    assert slow(1, "a") == "1a" and slow(1, "a") == "1a" and slow(2) == "2"
+    assert calls == [1, 2]
+    other = cache_cluster.client()  # another "process" sees the same values
+    assert other[cachetools.keys.hashkey(1, "a")] == "1a"
+
+
+def test_bad_client_arguments() -> None:
+    with pytest.raises(ConfigurationError, match="'nope'"):
+        CacheClient(["nope"])
+    with pytest.raises(ConfigurationError, match="bad replicas 3"):
+        CacheClient(["tcp://127.0.0.1:5555"], replicas=3)
+    with pytest.raises(ConfigurationError, match="bad timeout 0"):
+        CacheClient(["tcp://127.0.0.1:5555"], timeout=0)
+    with pytest.raises(ConfigurationError, match="unknown codec 'yaml'"):
+        CacheClient(["tcp://127.0.0.1:5555"], codec="yaml")
+
+
+def test_pickle_when_asked(cache_cluster: CacheCluster) -> None:
+    trusting = cache_cluster.client(codec="auto+pickle")
+    trusting["s"] = {1, 2}
+    assert trusting["s"] == {1, 2}
+    plain = cache_cluster.client()
+    with pytest.raises(Exception, match="pickled payload; refused"):
+        plain["s"]
+
+
+def test_threads_share_one_client(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    cache["counter"] = 0
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            for i in range(100):
+                cache[f"t{t}:{i}"] = i
+                assert cache[f"t{t}:{i}"] == i
+                cache.incr("counter")
+            assert len(cache.get_many([f"t{t}:{i}" for i in range(100)])) == 100
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(20)
+    assert not errors and cache["counter"] == 600
+
+
+def test_memoize_stampede_across_threads(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    computing = threading.Event()
+    release = threading.Event()
+    calls = []
+
+    @cache.memoize(ttl=60, lease=20)
+    def expensive(x: int) -> int:
+        calls.append(x)
+        computing.set()
+        release.wait(10)
+        return x * 10
+
+    results: list[int] = []
+    first = threading.Thread(target=lambda: results.append(expensive(7)))
+    first.start()
+    assert computing.wait(10)
+    others = [threading.Thread(target=lambda: results.append(expensive(7))) for _ in range(5)]
+    for th in others:
+        th.start()
+    release.set()
+    for th in [first, *others]:
+        th.join(20)
+    assert results == [70] * 6 and calls == [7]
+
+
+def test_failover_and_rejoin_after_dead_timeout(clock: FakeClock) -> None:
+    cluster = CacheCluster(3)
+    cache = cluster.client(timeout=0.2, retries=1, dead_timeout=30, clock=clock)
+    try:
+        keys = [f"k{i}" for i in range(60)]
+        cache.set_many(dict.fromkeys(keys, "v"))
+        victim = cluster.nodes[1]
+        endpoint = str(victim.endpoint)
+        victim.stop()
+        # Keys that lived on the stopped node miss (their copy is gone) but every call works.
+        for key in keys:
+            cache[key] = "v2"
+        assert cache.node_state()[endpoint] == "dead"
+        assert cache.get_many(keys) == dict.fromkeys(keys, "v2")
+        # The node comes back on the same endpoint; after dead_timeout the client uses it again.
+        cluster.nodes[1] = CacheNode(endpoint)
+        cluster.nodes[1].start()
+        while endpoint not in cache.ping(timeout=0.2):  # the client's socket reconnects (its backoff)
+            pass
+        clock.now += 31
+        assert cache.node_state()[endpoint] == "rejoining"
+        for key in keys:
+            cache[key] = "v3"
+        assert cache.node_state()[endpoint] == "alive"
+        assert cluster.nodes[1].store.stats()["items"] > 0
+        assert cache.get_many(keys) == dict.fromkeys(keys, "v3")
+    finally:
+        cluster.close()
+
+
+def test_all_nodes_down_raises_node_unavailable() -> None:
+    cluster = CacheCluster(1)
+    cluster.close()
+    with CacheClient(cluster.endpoints, timeout=0.1, retries=0) as cache, pytest.raises(NodeUnavailable):
+        cache.get("k")
+
+
+def test_replicas_serve_reads_when_a_node_is_gone(clock: FakeClock) -> None:
+    cluster = CacheCluster(3)
+    cache = cluster.client(replicas=2, timeout=0.2, retries=0, clock=clock)
+    try:
+        items = {f"k{i}": i for i in range(40)}
+        cache.set_many(items)
+        assert sum(s["items"] for s in cache.stats().values()) == 80  # two copies of each
+        cluster.nodes[0].stop()
+        assert cache.get_many(items) == items
+        assert all(cache[k] == v for k, v in items.items())
+    finally:
+        cluster.close()
+
+
+class SimulatedCluster:
+    """Nodes as in-memory Services driven through the client core; a paused node keeps what it is sent and
+    runs it, in order, when resumed: what SIGSTOP/SIGCONT does to a real node."""
+
+    def __init__(self, size: int) -> None:
+        self.services = [Service(Store()) for _ in range(size)]
+        self.paused: set[int] = set()
+        self.queued: dict[int, list[list[bytes]]] = {i: [] for i in range(size)}
+
+    def answer(self, batch: Batch) -> dict[bytes, Reply]:
+        replies = {}
+        for call in batch.calls:
+            frames = call.frames[1:]  # without the DEALER's empty delimiter
+            if call.node in self.paused:
+                self.queued[call.node].append(frames)
+                continue
+            rid, status, results = decode_reply(self.services[call.node].handle(frames))
+            replies[rid] = (status, results)
+        return replies
+
+    def resume(self, node: int) -> None:
+        self.paused.discard(node)
+        for frames in self.queued[node]:
+            self.services[node].handle(frames)  # the replies go to requests that already timed out
+        self.queued[node] = []
+
+    def drive(self, op: Any) -> Any:
+        value = None
+        while True:
+            try:
+                action = op.send(value)
+            except StopIteration as stop:
+                return stop.value
+            value = self.answer(action) if isinstance(action, Batch) else None
+            assert not isinstance(action, Sleep)
+
+
+def test_no_stale_read_from_a_node_that_was_paused(clock: FakeClock) -> None:
+    sim = SimulatedCluster(3)
+    endpoints = [f"tcp://127.0.0.1:{20000 + i}" for i in range(3)]
+
+    class SimClient(ClientCore):
+        def _run(self, op: Any) -> Any:
+            return sim.drive(op)
+
+    cache = SimClient(endpoints, retries=1, dead_timeout=10, clock=clock)
+    key = "user:1"
+    owner = endpoints.index(cache.ring.get_node(key.encode()))
+    cache.set(key, "v1")
+    sim.paused.add(owner)
+    cache.set(key, "v2")  # times out twice on the owner (left queued there), then lands on the next node
+    assert cache.node_state()[endpoints[owner]] == "dead"
+    cache.set(key, "v3")  # the owner is skipped while dead
+    cache.set("other", "x")
+    assert cache.get(key) == "v3"
+    sim.resume(owner)  # the owner now runs the queued "v2" sets: it holds a stale value
+    assert sim.services[owner].store.get(key.encode()) == b"\x01v2"
+    clock.now += 11
+    assert cache.get(key) in (None, "v3")  # never v1 or v2 from the returning owner
+    assert cache.node_state()[endpoints[owner]] == "alive"
+    assert sim.services[owner].store.get(key.encode()) is None
+    cache.set(key, "v4")
+    assert sim.services[owner].store.get(key.encode()) == b"\x01v4"
+
+
+def test_a_node_that_missed_flush_all_is_flushed_before_it_serves(clock: FakeClock) -> None:
+    sim = SimulatedCluster(2)
+
+    class SimClient(ClientCore):
+        def _run(self, op: Any) -> Any:
+            return sim.drive(op)
+
+    cache = SimClient(["tcp://127.0.0.1:20000", "tcp://127.0.0.1:20001"], clock=clock)
+    cache.set_many({f"k{i}": i for i in range(20)})
+    sim.paused.add(1)
+    assert cache.flush_all() == 1
+    sim.queued[1] = []  # the connection dropped: the flush never reached the node
+    sim.resume(1)
+    assert cache.get_many([f"k{i}" for i in range(20)]) == {}
+    assert len(sim.services[1].store) == 0
+
+
+def test_a_node_evicts_least_recently_used_first() -> None:
+    cluster = CacheCluster(1, memory="1M", max_item="64K")
+    try:
+        cache = cluster.client()
+        value = b"x" * 10_000
+        keys = [f"k{i:03d}" for i in range(150)]
+        cache[keys[0]] = value
+        for key in keys[1:]:
+            cache[key] = value
+            cache.get(keys[0])  # k000 is used after every write: always the most recent
+        stats = cache.stats()[cluster.endpoints[0]]
+        assert stats["evictions"] > 0 and stats["bytes"] <= 2**20
+        present = cache.get_many(keys)
+        assert keys[0] in present and keys[1] not in present
+        survivors = [k for k in keys[1:] if k in present]
+        assert survivors == keys[len(keys) - len(survivors) :]  # the least recently used went first
+    finally:
+        cluster.close()
+
+
+def test_curve_encrypted_cluster() -> None:
+    from zmqkit import Curve, KeyPair
+
+    server_keys = KeyPair.generate()
+    node = CacheNode(curve=Curve.server(server_keys, allow="*"))
+    try:
+        endpoint = node.start()
+        with CacheClient([endpoint], curve=Curve.client(server_keys), timeout=5) as cache:
+            cache["secret"] = "value"
+            assert cache["secret"] == "value"
+        with CacheClient([endpoint], timeout=0.3, retries=0) as plain, pytest.raises(NodeUnavailable):
+            plain.get("secret")  # no CURVE handshake, no answer
+    finally:
+        node.stop()
+
+
+@pytest.mark.timeout(10)
+def test_node_serve_in_this_thread_until_timeout() -> None:
+    node = CacheNode()
+    endpoints: list[str] = []
+    node.serve(ready=endpoints.append, timeout=0.2)
+    assert endpoints and endpoints[0].startswith("tcp://127.0.0.1:")
+    node.stop()  # after serve() returned: nothing to do
+
+
+@pytest.mark.timeout(30)
+def test_a_forked_child_gets_its_own_sockets(cache_cluster: CacheCluster) -> None:
+    import os
+    import signal
+
+    cache = cache_cluster.client()
+    cache["from"] = "parent"
+    pid = os.fork()
+    if pid == 0:  # the child uses the client it inherited
+        signal.alarm(10)  # a stuck child must not outlive the test
+        code = 0
+        try:
+            cache["child"] = "wrote"
+            code = 0 if cache["from"] == "parent" else 3
+        except BaseException:
+            code = 4
+        os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert cache["child"] == "wrote"
+
+
+def test_closed_client_says_so(cache_cluster: CacheCluster) -> None:
+    cache = cache_cluster.client()
+    cache["k"] = 1
+    cache.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        cache.get("k")

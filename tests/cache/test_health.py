@@ -1,0 +1,55 @@
+"""Node health on an injected clock: retries, dead timers, hints and their overflow, missed flushes."""
+
+from zmqkit.cache.health import Health
+
+from .conftest import FakeClock
+
+
+def make(clock: FakeClock, **options: int) -> Health:
+    settings = {"retries": 1, "dead_timeout": 10, "max_hints": 3, **options}
+    return Health(["tcp://a:1", "tcp://b:1"], clock=clock, **settings)  # type: ignore[arg-type]
+
+
+def test_retry_then_dead_then_rejoining(clock: FakeClock) -> None:
+    health = make(clock)
+    node = health.nodes[0]
+    assert health.failed(node, [b"k"]) is False  # retried first: no hint for a write that may still arrive
+    assert node.hints == set()
+    assert health.failed(node, [b"k"]) is True
+    assert node.hints == {b"k"} and not health.healthy
+    assert health.state() == {"tcp://a:1": "dead", "tcp://b:1": "alive"}
+    clock.now += 10
+    assert health.state()["tcp://a:1"] == "rejoining"
+    assert health.rejoin_request(node) == (b"delete_many", [b"k"])
+    health.rejoined(node, (b"delete_many", [b"k"]))
+    assert health.state()["tcp://a:1"] == "alive" and health.healthy
+
+
+def test_a_hint_added_during_rejoin_keeps_the_node_out(clock: FakeClock) -> None:
+    health = make(clock, retries=0)
+    node = health.nodes[0]
+    health.failed(node, [b"a"])
+    clock.now += 11
+    sent = health.rejoin_request(node)
+    health.hint(node, b"b")  # another thread wrote b elsewhere meanwhile
+    health.rejoined(node, sent)
+    assert node.hints == {b"b"} and health.state()["tcp://a:1"] == "rejoining"
+
+
+def test_too_many_hints_become_a_flush(clock: FakeClock) -> None:
+    health = make(clock, retries=0)
+    node = health.nodes[1]
+    health.failed(node, [b"1", b"2", b"3", b"4"])
+    assert node.flush and not node.hints
+    clock.now += 11
+    assert health.rejoin_request(node) == (b"flush_all", [])
+    health.rejoined(node, (b"flush_all", []))
+    assert not node.flush and health.healthy
+
+
+def test_missed_flush_forces_a_flush_before_serving(clock: FakeClock) -> None:
+    health = make(clock)
+    node = health.nodes[0]
+    health.missed_flush(node)
+    assert health.state()["tcp://a:1"] == "rejoining"  # usable at once, through a rejoin
+    assert health.rejoin_request(node) == (b"flush_all", [])
