@@ -69,6 +69,6 @@ def bench() -> None:
     """Benchmarks: each puts raw pyzmq, measured in the same run, beside zmqkit."""
 
 
+from zmqkit.cache import cli as _cache_cli  # noqa: E402,F401  (registers commands)
 from zmqkit.patterns import fanout_cli as _fanout_cli  # noqa: E402,F401  (registers commands)
 from zmqkit.patterns import reqrep_cli as _reqrep_cli  # noqa: E402,F401  (registers commands)
-from zmqkit.cache import cli as _cache_cli  # noqa: E402,F401  (registers commands)

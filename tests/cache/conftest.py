@@ -5,9 +5,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from zmqkit.cache import CacheClient
 
 from zmqkit.asyncio import CacheClient as AsyncCacheClient
+from zmqkit.cache import CacheClient
 from zmqkit.testing import CacheCluster
 
 

@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from zmqkit.cache import CacheClient
 
+from zmqkit.cache import CacheClient
 from zmqkit.testing import free_port
 
 from .conftest import FakeClock

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from zmqkit.cache.cli import node_endpoints
 
+from zmqkit.cache.cli import node_endpoints
 from zmqkit.cli import main
 from zmqkit.errors import ConfigurationError
 from zmqkit.testing import free_port

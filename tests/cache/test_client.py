@@ -5,14 +5,14 @@ from typing import Any
 
 import cachetools
 import pytest
+
+from zmqkit import ConfigurationError, NodeUnavailable
 from zmqkit.cache import CacheClient, CacheNode
 from zmqkit.cache.actions import Batch, Reply, Sleep
 from zmqkit.cache.core import ClientCore
 from zmqkit.cache.protocol import decode_reply
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
-
-from zmqkit import ConfigurationError, NodeUnavailable
 from zmqkit.testing import CacheCluster
 
 from .conftest import FakeClock

@@ -7,8 +7,8 @@ import pytest
 import zmq
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from zmqkit.cache.protocol import COMMANDS
 
+from zmqkit.cache.protocol import COMMANDS
 from zmqkit.testing import CacheCluster
 
 HEADER = b"ZKC\x01"

@@ -1,6 +1,8 @@
 """ZKC frames and the node's request handler, without sockets."""
 
 import pytest
+
+from zmqkit import ProtocolError
 from zmqkit.cache.protocol import (
     HEADER,
     Status,
@@ -15,8 +17,6 @@ from zmqkit.cache.protocol import (
 )
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
-
-from zmqkit import ProtocolError
 
 RID = b"\x00\x00\x00\x2a"
 

@@ -3,9 +3,9 @@
 from collections import Counter
 
 import pytest
-from zmqkit.cache import HashRing
 
 from zmqkit import ConfigurationError
+from zmqkit.cache import HashRing
 
 NODES = [f"tcp://127.0.0.1:{11311 + i}" for i in range(4)]
 KEYS = [b"key:%d" % i for i in range(100_000)]

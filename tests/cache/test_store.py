@@ -4,9 +4,9 @@ import gc
 import tracemalloc
 
 import pytest
-from zmqkit.cache.store import ITEM_OVERHEAD, NotANumber, Store, TooLarge, parse_size
 
 from zmqkit import ConfigurationError
+from zmqkit.cache.store import ITEM_OVERHEAD, NotANumber, Store, TooLarge, parse_size
 
 
 class FakeClock:
