@@ -157,7 +157,8 @@ def stats(nodes: str, timeout: float) -> None:
     click.echo(f"{'':{width}}" + "".join(f"{ep:>{col}}" for ep in answered) + f"{'total':>14}")
     for name in names:
         values = [per_node[ep].get(name, 0) for ep in answered]
-        total = max(values) if name in ("limit_maxbytes", "max_item_size", "uptime") else sum(values)
+        # Sizes and counts add up across nodes (limit_maxbytes is the cluster's capacity); these do not.
+        total = max(values) if name in ("max_item_size", "uptime") else sum(values)
         click.echo(f"{name:{width}}" + "".join(f"{v:>{col}}" for v in values) + f"{total:>14}")
     for ep in endpoints:
         if ep not in per_node:
