@@ -72,7 +72,7 @@ def test_get_set_delete_stats_flush(served: str) -> None:
     code, out = cli("cache", "stats", "--nodes", served)
     assert code == 0
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
-    assert lines["items"][-1] == "2" and lines["limit_maxbytes"][-1] == str(8 * 2**20)
+    assert lines["items"][-1] == "2" and lines["limit_maxbytes"][-1] == str(2 * 8 * 2**20)
     assert cli("cache", "delete", "greeting", "--nodes", served) == (0, "deleted\n")
     code, out = cli("cache", "get", "greeting", "--nodes", served)
     assert (code, out) == (1, "Error: 'greeting' not found\n")
