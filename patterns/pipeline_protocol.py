@@ -384,7 +384,7 @@ class ProducerProtocol:
         return len(ids) + len(results)
 
     def _fail(self, ident: bytes, peer: _Peer, frames: list[bytes]) -> None:
-        if len(frames) != 9:
+        if len(frames) != 8:
             raise ProtocolError("FAIL must be [ZKP1, FAIL, id, delay, type, message]")
         msg_id = unpack_u64(frames[4], "message id")
         delay = float(int(frames[5])) / 1000.0 if frames[5] else None
