@@ -332,7 +332,8 @@ class ProducerProtocol:
             if peer is None:
                 self.peers[ident] = _Peer(credit, now)
             else:
-                peer.credit, peer.last_seen, peer.leaving = credit, now, False
+                # A second READY answers a repeated HELLO; its credit was counted before our TASKs arrived.
+                peer.last_seen = now
             return []
         if peer is None:
             # A worker we do not know (we restarted, or declared it lost): ask it to introduce itself.

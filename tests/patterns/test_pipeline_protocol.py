@@ -271,3 +271,13 @@ def test_malformed_frames_are_dropped_never_raised(frames: list[bytes]) -> None:
     w = WorkerProtocol(credit=1)
     w.feed(frames)
     w.feed([b"", HDR, b"TASK", *frames])
+
+
+def test_a_repeated_ready_does_not_add_credit() -> None:
+    p = make(Clock())
+    p.handle(ready(b"w1", 2))
+    for i in range(4):
+        p.accept(0, b"%d" % i)
+    assert len(tasks_of(p.dispatch())) == 2
+    p.handle(ready(b"w1", 2))  # answered a second HELLO before our TASKs reached it
+    assert p.dispatch() == []
