@@ -270,6 +270,7 @@ class Producer(_ProducerBase):
 
     def _loop(self) -> None:
         proto, sock, wake = self._proto(), self._sock, self._wake_rx
+        assert wake is not None
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(wake, zmq.POLLIN)
@@ -412,7 +413,7 @@ class _WorkerBase:
             for _ in range(lanes):
                 if acks:
                     socks = [make_socket("dealer", opts, asyncio=self._ASYNC) for _ in binds + connects]
-                    for s, ep in zip(socks, binds + connects):
+                    for s, ep in zip(socks, binds + connects, strict=True):
                         self.endpoints += _attach(s, [ep] if ep in binds else [], [ep] if ep in connects else [])
                 else:
                     socks = [make_socket("pull", opts, asyncio=self._ASYNC)]
@@ -545,7 +546,7 @@ class Worker(_WorkerBase):
         for sock in lane.socks:
             poller.register(sock, zmq.POLLIN)
         with lane.lock:
-            for sock, proto in zip(lane.socks, lane.protos):
+            for sock, proto in zip(lane.socks, lane.protos, strict=True):
                 _send(sock, proto.ready())  # lost if the producer is not up yet: it will say HELLO
         deadline = None
         while True:
@@ -553,7 +554,7 @@ class Worker(_WorkerBase):
             with lane.lock:
                 if self._stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self.stop_timeout
-                    for sock, proto in zip(lane.socks, lane.protos):
+                    for sock, proto in zip(lane.socks, lane.protos, strict=True):
                         if not _send(sock, proto.bye()):
                             proto.closed = True  # no producer connected: nothing more can come
                 if deadline is not None and (

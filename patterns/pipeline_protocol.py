@@ -159,7 +159,9 @@ def decode_message(frames: Sequence[bytes]) -> tuple[int, bytes]:
     if len(frames) == 1:
         return 0, frames[0]
     if len(frames) != 4 or frames[1] != MSG or len(frames[2]) != 1:
-        raise ProtocolError(f"fire-and-forget message must be 1 frame or [ZKP1, MSG, codec, payload], got {len(frames)}")
+        raise ProtocolError(
+            f"fire-and-forget message must be 1 frame or [ZKP1, MSG, codec, payload], got {len(frames)}"
+        )
     HEADER.check(frames[0])
     return frames[2][0], frames[3]
 
@@ -586,7 +588,10 @@ class WorkerProtocol:
                 if len(frames) % 2 == 0:
                     raise ProtocolError("TASK frames must come in (head, payload) pairs")
                 unpack_head = _TASK_HEAD.unpack
-                tasks = [Task(*unpack_head(frames[k]), frames[k + 1]) for k in range(3, len(frames), 2)]
+                tasks = []
+                for k in range(3, len(frames), 2):
+                    msg_id, attempt, codec = unpack_head(frames[k])
+                    tasks.append(Task(msg_id, attempt, codec, frames[k + 1]))
                 self.held += len(tasks)
                 return tasks, []
             if command == HELLO:

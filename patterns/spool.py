@@ -67,7 +67,9 @@ class Spool:
     def dead(self, msg_id: int, attempts: int, error: str) -> None:
         """Keep a message as a dead letter."""
         with self._lock:
-            self._db.execute("UPDATE messages SET dead = 1, attempts = ?, error = ? WHERE id = ?", (attempts, error, msg_id))
+            self._db.execute(
+                "UPDATE messages SET dead = 1, attempts = ?, error = ? WHERE id = ?", (attempts, error, msg_id)
+            )
 
     def revive(self, msg_id: int) -> None:
         """Make a dead letter pending again."""

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 import zmq
-
-from zmqkit import ConfigurationError, RequestTimeout, Unavailable
 from zmqkit.patterns import Backoff, Producer, Retry, Sink, Worker
 from zmqkit.patterns.pipeline_protocol import HDR
+
+from zmqkit import ConfigurationError, RequestTimeout, Unavailable
 from zmqkit.wire import pack_u32
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")
@@ -58,21 +58,23 @@ def test_handler_errors_retry_then_dead_letter_and_resubmit() -> None:
             raise ValueError("no such mailbox")
         return value.upper()
 
-    with Producer(bind="tcp://127.0.0.1:0", max_attempts=4, backoff=FAST) as producer:
-        with Worker(handler, connect=producer.endpoint) as worker:
-            worker.start()
-            for v in ("flaky", "later", "bad", "fine"):
-                producer.send(v)
-            producer.join(timeout=20)
-            assert {r.value for r in producer.results(timeout=0.2)} == {"FLAKY", "LATER", "FINE"}
-            (letter,) = producer.dead_letters()
-            assert letter.value == "bad" and letter.attempts == 4 and "no such mailbox" in letter.error
-            assert attempts == {"flaky": 3, "later": 2, "bad": 4, "fine": 1}
-            healed.set()
-            producer.resubmit(letter.id)
-            producer.join(timeout=10)
-            assert producer.dead_letters() == [] and worker.failed == 2 + 1 + 4
-            assert producer.stats()["dead"] == 1 and producer.stats()["retried"] == 2 + 1 + 3
+    with (
+        Producer(bind="tcp://127.0.0.1:0", max_attempts=4, backoff=FAST) as producer,
+        Worker(handler, connect=producer.endpoint) as worker,
+    ):
+        worker.start()
+        for v in ("flaky", "later", "bad", "fine"):
+            producer.send(v)
+        producer.join(timeout=20)
+        assert {r.value for r in producer.results(timeout=0.2)} == {"FLAKY", "LATER", "FINE"}
+        (letter,) = producer.dead_letters()
+        assert letter.value == "bad" and letter.attempts == 4 and "no such mailbox" in letter.error
+        assert attempts == {"flaky": 3, "later": 2, "bad": 4, "fine": 1}
+        healed.set()
+        producer.resubmit(letter.id)
+        producer.join(timeout=10)
+        assert producer.dead_letters() == [] and worker.failed == 2 + 1 + 4
+        assert producer.stats()["dead"] == 1 and producer.stats()["retried"] == 2 + 1 + 3
 
 
 @pytest.mark.timeout(30)
@@ -199,12 +201,14 @@ def test_results_fan_in_to_a_sink_from_many_workers() -> None:
 @pytest.mark.timeout(30)
 def test_concurrency_runs_handlers_in_parallel() -> None:
     barrier = threading.Barrier(4, timeout=10)
-    with Producer(bind="tcp://127.0.0.1:0") as producer:
-        with Worker(lambda v: barrier.wait(), connect=producer.endpoint, concurrency=4, credit=1) as worker:
-            worker.start()
-            for i in range(8):
-                producer.send(i)
-            producer.join(timeout=20)  # 4 handlers meet at the barrier: only possible if they run at once
+    with (
+        Producer(bind="tcp://127.0.0.1:0") as producer,
+        Worker(lambda v: barrier.wait(), connect=producer.endpoint, concurrency=4, credit=1) as worker,
+    ):
+        worker.start()
+        for i in range(8):
+            producer.send(i)
+        producer.join(timeout=20)  # 4 handlers meet at the barrier: only possible if they run at once
 
 
 @pytest.mark.timeout(30)
@@ -255,7 +259,7 @@ def test_poison_message_is_dead_lettered_after_repeated_worker_deaths() -> None:
             proc = subprocess.Popen([sys.executable, str(PROCS), "worker", producer.endpoint, "1"])
             assert proc.wait(30) == 3
             deaths += 1
-            wait_for(lambda: producer.stats()["redelivered"] == deaths)  # the producer noticed
+            wait_for(lambda n=deaths: producer.stats()["redelivered"] == n)  # the producer noticed
             assert deaths <= 3
         producer.send("fine")
         with Worker(lambda v: v, connect=producer.endpoint) as w:

@@ -8,8 +8,6 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from zmqkit import ConfigurationError
 from zmqkit.patterns import Backoff, Retry
 from zmqkit.patterns.pipeline_protocol import (
     HDR,
@@ -19,6 +17,8 @@ from zmqkit.patterns.pipeline_protocol import (
     decode_message,
     encode_message,
 )
+
+from zmqkit import ConfigurationError
 from zmqkit.wire import pack_u32
 
 
