@@ -19,8 +19,8 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
-from .pipeline import _DRAIN, _Lane, _ms, _ProducerBase, _WorkerBase
+from ..errors import ConfigurationError, RequestTimeout, Unavailable
+from .pipeline import _DRAIN, _MALFORMED, _NOBLOCK, _Lane, _ms, _ProducerBase, _WorkerBase
 from .pipeline import Sink as _SyncSink
 from .pipeline_protocol import Result, Task, WorkerProtocol, encode_message
 
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 async def _asend(sock: Any, frames: list[bytes]) -> bool:
     """Send without blocking; False when the peer is not there (IMMEDIATE) or not reading."""
     try:
-        await sock.send_multipart(frames, zmq.NOBLOCK)
+        await sock.send_multipart(frames, _NOBLOCK)
         return True
     except zmq.Again:
         return False
@@ -41,7 +41,7 @@ async def _asend(sock: Any, frames: list[bytes]) -> bool:
 async def _drain(sock: Any, into: list[Any], tag: Any = None) -> None:
     with contextlib.suppress(zmq.Again):
         for _ in range(_DRAIN):
-            frames = await sock.recv_multipart(zmq.NOBLOCK)
+            frames = await sock.recv_multipart(_NOBLOCK)
             into.append(frames if tag is None else (tag, frames))
 
 
@@ -108,14 +108,15 @@ class Producer(_ProducerBase):
             await self._wake_tx.send(b"")
         return msg_id
 
-    async def _push(self, frames: list[bytes], timeout: float | None) -> int:
+    async def _push(self, frame: bytes, timeout: float | None) -> int:
+        frames = [frame]
         if await _asend(self._sock, frames):
             return 0
         if self.on_full == "raise":
             raise Unavailable(f"no worker is taking messages from {self.endpoint} (queue full)")
         if not await self._sock.poll(_ms(timeout), zmq.POLLOUT):
             raise RequestTimeout(f"no worker took the message within {timeout}s on {self.endpoint}")
-        await self._sock.send_multipart(frames, zmq.NOBLOCK)
+        await self._sock.send_multipart(frames, _NOBLOCK)
         return 0
 
     async def _loop(self) -> None:
@@ -135,7 +136,7 @@ class Producer(_ProducerBase):
             self._woken = False
             for frames in self._pump(batch):
                 try:
-                    await sock.send_multipart(frames, zmq.NOBLOCK)
+                    await sock.send_multipart(frames, _NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.info("worker %r unreachable (%s): its messages go to others", frames[0], exc.strerror)
                     proto.lose(frames[0])
@@ -251,9 +252,9 @@ class Worker(_WorkerBase):
                 continue
             received: list[list[bytes]] = []
             await _drain(sock, received)
-            for frames in received:
-                value = self._fire_and_forget(lane, frames)
-                if isinstance(value, ProtocolError):
+            for (frame,) in received:
+                value = self._fire_and_forget(frame)
+                if value is _MALFORMED:
                     continue
                 try:
                     self._sink_result(lane, await self._call(value))

@@ -7,9 +7,9 @@ redelivery and dead-lettering are tested without sleeping.
 Acknowledged mode (ROUTER at the producer, one DEALER per producer at each worker)::
 
     worker -> producer   READY credit | HB | DONE ids [id+codec, payload]... | FAIL id delay type text | BYE
-    producer -> worker   TASK [id+attempt+codec, payload]... | HELLO | BYE
+    producer -> worker   TASK (id attempt codec length payload)... | HELLO | BYE
 
-Fire-and-forget mode is plain PUSH/PULL: one bare frame (bytes), or ``ZKP1 MSG codec payload``.
+Fire-and-forget mode is plain PUSH/PULL, one frame per message: bare bytes, or ``ZKP1`` + codec + payload.
 See docs/wire.md, section Pipeline.
 """
 
@@ -49,7 +49,7 @@ log = logging.getLogger(__name__)
 
 HEADER = ProtocolId(b"ZKP", 1)
 HDR = HEADER.header
-READY, HB, DONE, FAIL, BYE, TASK, HELLO, MSG, RESULT = (
+READY, HB, DONE, FAIL, BYE, TASK, HELLO, RESULT = (
     b"READY",
     b"HB",
     b"DONE",
@@ -57,10 +57,9 @@ READY, HB, DONE, FAIL, BYE, TASK, HELLO, MSG, RESULT = (
     b"BYE",
     b"TASK",
     b"HELLO",
-    b"MSG",
     b"RESULT",
 )
-_TASK_HEAD = struct.Struct(">QIB")  # message id, attempt number, codec id
+_TASK_HEAD = struct.Struct(">QIBI")  # message id, attempt number, codec id, payload length
 _RESULT_HEAD = struct.Struct(">QB")  # message id, codec id
 _ID = struct.Struct(">Q")
 
@@ -149,21 +148,21 @@ class SpoolLike(Protocol):
 # -- fire-and-forget and sink frames ------------------------------------------------------------------------
 
 
-def encode_message(codec: int, payload: bytes) -> list[bytes]:
-    """Frames of a fire-and-forget message: bare bytes go as one frame, so raw PUSH peers interoperate."""
-    return [payload] if codec == 0 else [HDR, MSG, bytes([codec]), payload]
+def encode_message(codec: int, payload: bytes) -> bytes:
+    """The one frame of a fire-and-forget message: bare bytes as they are (what a raw PUSH peer sends), any
+    other codec (or bytes that happen to start with the header) as ``ZKP1`` + codec byte + payload."""
+    if codec == 0 and not payload.startswith(HDR):
+        return payload
+    return HDR + bytes([codec]) + payload
 
 
-def decode_message(frames: Sequence[bytes]) -> tuple[int, bytes]:
-    """``(codec, payload)`` of a fire-and-forget message; ProtocolError if malformed."""
-    if len(frames) == 1:
-        return 0, frames[0]
-    if len(frames) != 4 or frames[1] != MSG or len(frames[2]) != 1:
-        raise ProtocolError(
-            f"fire-and-forget message must be 1 frame or [ZKP1, MSG, codec, payload], got {len(frames)}"
-        )
-    HEADER.check(frames[0])
-    return frames[2][0], frames[3]
+def decode_message(frame: bytes) -> tuple[int, bytes]:
+    """``(codec, payload)`` of a fire-and-forget frame; ProtocolError if it has the header but no codec."""
+    if not frame.startswith(HDR):
+        return 0, frame
+    if len(frame) < len(HDR) + 1:
+        raise ProtocolError("fire-and-forget frame with the ZKP1 header must carry a codec byte")
+    return frame[len(HDR)], frame[len(HDR) + 1 :]
 
 
 def encode_result(msg_id: int, codec: int, payload: bytes) -> list[bytes]:
@@ -482,7 +481,8 @@ class ProducerProtocol:
         while self.queued and open_peers:
             still_open = []
             for ident, peer in open_peers:
-                frames = [ident, b"", HDR, TASK]
+                # One frame for the whole batch: a frame per task costs more than the task itself.
+                parts = []
                 n = min(peer.credit, self.batch)
                 while n and self.queued:
                     msg = queue.popleft()
@@ -493,13 +493,13 @@ class ProducerProtocol:
                     msg.attempts += 1
                     msg.state, msg.worker = _SENT, ident
                     peer.held.add(msg.id)
-                    frames.append(pack(msg.id, msg.attempts, msg.codec))
-                    frames.append(msg.payload)
-                sent = (len(frames) - 4) // 2
+                    parts.append(pack(msg.id, msg.attempts, msg.codec, len(msg.payload)))
+                    parts.append(msg.payload)
+                sent = len(parts) // 2
                 if sent:
                     peer.credit -= sent
                     self.counters.delivered += sent
-                    out.append(frames)
+                    out.append([ident, b"", HDR, TASK, b"".join(parts)])
                 if peer.credit > 0:
                     still_open.append((ident, peer))
             open_peers = still_open
@@ -585,13 +585,9 @@ class WorkerProtocol:
                 raise ProtocolError(f"expected [empty, ZKP1, command, ...], got {len(frames)} frames")
             command = frames[2]
             if command == TASK:
-                if len(frames) % 2 == 0:
-                    raise ProtocolError("TASK frames must come in (head, payload) pairs")
-                unpack_head = _TASK_HEAD.unpack
-                tasks = []
-                for k in range(3, len(frames), 2):
-                    msg_id, attempt, codec = unpack_head(frames[k])
-                    tasks.append(Task(msg_id, attempt, codec, frames[k + 1]))
+                if len(frames) != 4:
+                    raise ProtocolError("TASK must be [empty, ZKP1, TASK, tasks]")
+                tasks = _parse_tasks(frames[3])
                 self.held += len(tasks)
                 return tasks, []
             if command == HELLO:
@@ -629,6 +625,20 @@ class WorkerProtocol:
             out.append([b"", HDR, DONE, b"".join(self._acks), *self._results])
             self._acks, self._results = [], []
         return out
+
+
+def _parse_tasks(blob: bytes) -> list[Task]:
+    """Split a TASK frame into tasks: (id u64, attempt u32, codec u8, length u32, payload)..."""
+    tasks, pos, end, head = [], 0, len(blob), _TASK_HEAD
+    view = memoryview(blob)
+    while pos < end:
+        msg_id, attempt, codec, length = head.unpack_from(blob, pos)
+        pos += head.size
+        if pos + length > end:
+            raise ProtocolError(f"TASK payload of message {msg_id} runs past the frame ({length} bytes)")
+        tasks.append(Task(msg_id, attempt, codec, bytes(view[pos : pos + length])))
+        pos += length
+    return tasks
 
 
 def _check_int(name: str, value: object, minimum: int) -> None:

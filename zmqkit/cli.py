@@ -67,3 +67,6 @@ def keys_generate(name: str, directory: str) -> None:
 @main.group(cls=ZmqkitGroup)
 def bench() -> None:
     """Benchmarks: each puts raw pyzmq, measured in the same run, beside zmqkit."""
+
+
+from zmqkit.patterns import pipeline_cli as _pipeline_cli  # noqa: E402,F401  (registers commands)

@@ -111,9 +111,13 @@ def test_a_plain_pyzmq_worker_speaks_the_acked_protocol(raw_socket) -> None:  # 
         producer.send(b"hello")
         producer.send("two")
         frames = dealer.recv_multipart()
-        assert frames[:3] == [b"", b"ZKP\x01", b"TASK"]
-        heads = [struct.unpack(">QIB", frames[k]) for k in range(3, len(frames), 2)]
-        assert [(h[1], h[2]) for h in heads] == [(1, 0), (1, 1)] and frames[4] == b"hello" and frames[6] == b"two"
+        assert frames[:3] == [b"", b"ZKP\x01", b"TASK"] and len(frames) == 4
+        heads, payloads, blob, pos = [], [], frames[3], 0
+        while pos < len(blob):
+            heads.append(struct.unpack_from(">QIBI", blob, pos))
+            payloads.append(blob[pos + 17 : pos + 17 + heads[-1][3]])
+            pos += 17 + heads[-1][3]
+        assert [(h[1], h[2]) for h in heads] == [(1, 0), (1, 1)] and payloads == [b"hello", b"two"]
         # Ack the first, return a JSON result for the second.
         dealer.send_multipart(
             [b"", b"ZKP\x01", b"DONE", struct.pack(">Q", heads[0][0]), struct.pack(">QB", heads[1][0], 4), b'{"n":2}']
@@ -182,6 +186,7 @@ def test_results_fan_in_to_a_sink_from_many_workers() -> None:
             for n in range(3)
         ]
         try:
+            wait_for(lambda: producer.stats()["workers"] == 3)
             for i in range(60):
                 producer.send(i)
             producer.join(timeout=20)

@@ -38,9 +38,11 @@ def tasks_of(out: list[list[bytes]]) -> list[tuple[bytes, int, int]]:
     """(worker, id, attempt) of every task in ``out``."""
     found = []
     for frames in out:
-        assert frames[3] == b"TASK"
-        for k in range(4, len(frames), 2):
-            msg_id, attempt, _ = struct.unpack(">QIB", frames[k])
+        assert frames[3] == b"TASK" and len(frames) == 5
+        blob, pos = frames[4], 0
+        while pos < len(blob):
+            msg_id, attempt, _, length = struct.unpack_from(">QIBI", blob, pos)
+            pos += 17 + length
             found.append((frames[0], msg_id, attempt))
     return found
 
@@ -248,14 +250,18 @@ def test_bad_arguments_name_the_value(bad: dict[str, object]) -> None:
 
 
 def test_fire_and_forget_frames() -> None:
-    assert encode_message(0, b"raw") == [b"raw"]
+    assert encode_message(0, b"raw") == b"raw"
     assert decode_message(encode_message(4, b"[1]")) == (4, b"[1]")
+    assert encode_message(0, b"ZKP\x01 looks like a header") == b"ZKP\x01\x00ZKP\x01 looks like a header"
+    assert decode_message(encode_message(0, b"ZKP\x01x")) == (0, b"ZKP\x01x")
 
 
 def test_worker_task_parsing() -> None:
     w = WorkerProtocol(credit=3)
-    tasks, _ = w.feed([b"", HDR, b"TASK", struct.pack(">QIB", 7, 2, 0), b"p"])
-    assert tasks == [Task(7, 2, 0, b"p")] and w.held == 1
+    blob = struct.pack(">QIBI", 7, 2, 0, 1) + b"p" + struct.pack(">QIBI", 8, 1, 4, 2) + b"[]"
+    tasks, _ = w.feed([b"", HDR, b"TASK", blob])
+    assert tasks == [Task(7, 2, 0, b"p"), Task(8, 1, 4, b"[]")] and w.held == 2
+    assert w.feed([b"", HDR, b"TASK", blob[:-1]]) == ([], [])  # truncated: dropped
 
 
 @pytest.mark.fuzz
