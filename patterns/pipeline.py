@@ -416,6 +416,7 @@ class _WorkerBase:
         self.allow_pickle = allow_pickle
         self._codec = get_codec(codec)
         self._stop = threading.Event()
+        self._closed = False
         self.processed = 0
         self.failed = 0
         opts = _options(options, curve)
@@ -520,7 +521,7 @@ class Worker(_WorkerBase):
         return self
 
     def run(self, timeout: float | None = None) -> None:
-        """Work until stopped, SIGTERM or Ctrl-C (or ``timeout`` seconds), then stop gracefully."""
+        """Work until stopped, SIGTERM or Ctrl-C (or ``timeout`` seconds), then stop gracefully and close."""
         previous = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -528,8 +529,8 @@ class Worker(_WorkerBase):
         try:
             self.start()
             self._stop.wait(timeout)
-            self.stop()
         finally:
+            self.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
@@ -542,8 +543,10 @@ class Worker(_WorkerBase):
 
     def close(self) -> None:
         """Stop (gracefully) and close the sockets."""
-        self.stop(self.stop_timeout + 5)
-        self._close_sockets()
+        if not self._closed:
+            self._closed = True
+            self.stop(self.stop_timeout + 5)
+            self._close_sockets()
 
     def _heartbeats(self) -> None:
         """Keep the producer sure we are alive while a handler runs long."""

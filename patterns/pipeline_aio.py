@@ -208,7 +208,7 @@ class Worker(_WorkerBase):
         return self
 
     async def run(self, timeout: float | None = None) -> None:
-        """Work until stopped, SIGTERM or Ctrl-C (or ``timeout`` seconds), then stop gracefully."""
+        """Work until stopped, SIGTERM or Ctrl-C (or ``timeout`` seconds), then stop gracefully and close."""
         loop = asyncio.get_running_loop()
         sigs = (signal.SIGTERM, signal.SIGINT)
         installed = []
@@ -220,8 +220,8 @@ class Worker(_WorkerBase):
             self.start()
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)  # type: ignore[arg-type]
-            await self.stop()
         finally:
+            await self.close()
             for sig in installed:
                 loop.remove_signal_handler(sig)
 
@@ -234,8 +234,10 @@ class Worker(_WorkerBase):
 
     async def close(self) -> None:
         """Stop (gracefully) and close the sockets."""
-        await self.stop(self.stop_timeout + 5)
-        self._close_sockets()
+        if not self._closed:
+            self._closed = True
+            await self.stop(self.stop_timeout + 5)
+            self._close_sockets()
 
     async def _call(self, value: Any) -> Any:
         result = self.handler(value)

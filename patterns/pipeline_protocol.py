@@ -340,8 +340,9 @@ class ProducerProtocol:
             # A worker we do not know (we restarted, or declared it lost): ask it to introduce itself.
             if command == DONE:
                 self._done(None, frames)
-            return [] if command == BYE else [[ident, b"", HDR, HELLO]]
+            return [[ident, b"", HDR, BYE if command == BYE else HELLO]]
         peer.last_seen = now
+        reply = []
         if command == DONE:
             peer.credit += self._done(peer, frames)
         elif command == FAIL:
@@ -349,10 +350,12 @@ class ProducerProtocol:
         elif command == BYE:
             peer.leaving = True
             peer.credit = 0
-            return [[ident, b"", HDR, BYE]]
+            reply = [[ident, b"", HDR, BYE]]
         elif command != HB:
             raise ProtocolError(f"unknown pipeline command {bytes(command[:16])!r}")
-        return []
+        if peer.leaving and not peer.held:
+            del self.peers[ident]  # it said goodbye and owes us nothing: not a lost worker
+        return reply
 
     def _done(self, peer: _Peer | None, frames: list[bytes]) -> int:
         if len(frames) < 5 or len(frames[4]) % 8 or len(frames) % 2 == 0:

@@ -218,6 +218,7 @@ def test_poison_message_dead_after_repeated_worker_deaths() -> None:
 def test_unknown_worker_is_asked_to_introduce_itself() -> None:
     p = make(Clock())
     assert p.handle([b"w9", b"", HDR, b"HB"]) == [[b"w9", b"", HDR, b"HELLO"]]
+    assert p.handle([b"w8", b"", HDR, b"BYE"]) == [[b"w8", b"", HDR, b"BYE"]]  # never introduced: still answered
     w = WorkerProtocol(credit=7)
     w.held = 3
     _, replies = w.feed([b"", HDR, b"HELLO"])
