@@ -28,7 +28,7 @@ def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeou
     """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters."""
     lines = [line.rstrip("\n") for line in sys.stdin] if message == "-" else [message]
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    with Producer(**where, acks=acks, codec=codec) as producer:  # type: ignore[arg-type]
+    with Producer(**where, acks=acks, codec=codec) as producer:
         if bind:
             click.echo(f"producer on {producer.endpoint}", err=True)
         for line in lines:
@@ -76,7 +76,7 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) 
             done.set()
 
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)  # type: ignore[arg-type]
+    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
     with worker:
@@ -116,7 +116,7 @@ class _Count:
 def _producer_proc(endpoint: str, n: int, size: int, acks: bool) -> None:
     body = b"x" * size
     where = {"bind": endpoint} if acks else {"connect": endpoint}
-    with Producer(**where, acks=acks, codec="bytes") as producer:  # type: ignore[arg-type]
+    with Producer(**where, acks=acks, codec="bytes") as producer:
         for _ in range(n):
             producer.send(body)
         if acks:
