@@ -12,6 +12,7 @@ import click
 from ..bench import Row, print_table, raw_pushpull, spawn
 from ..cli import bench, main
 from ..errors import RequestTimeout
+from ..sockets import SocketOptions
 from .pipeline import Producer, Worker
 
 __all__ = ["push", "pull", "bench_pipeline"]
@@ -139,6 +140,10 @@ def _measure(label: str, n: int, run: Callable[[_Count], None]) -> float:
     return count.rate()
 
 
+# raw_pushpull's PULL has an unlimited receive queue; the zmqkit worker gets the same, so like is compared with like.
+_LIKE_RAW = SocketOptions(rcvhwm=0)
+
+
 def _zmqkit_run(n: int, size: int, acks: bool, credit: int = 100) -> Callable[[_Count], None]:
     def run(count: _Count) -> None:
         if acks:
@@ -146,9 +151,9 @@ def _zmqkit_run(n: int, size: int, acks: bool, credit: int = 100) -> Callable[[_
 
             endpoint = free_tcp_endpoint()
             proc = spawn(_producer_proc, endpoint, n, size, True)
-            worker = Worker(count, connect=endpoint, credit=credit)
+            worker = Worker(count, connect=endpoint, credit=credit, options=_LIKE_RAW)
         else:
-            worker = Worker(count, bind="tcp://127.0.0.1:0", acks=False)
+            worker = Worker(count, bind="tcp://127.0.0.1:0", acks=False, options=_LIKE_RAW)
             proc = spawn(_producer_proc, worker.endpoint, n, size, False)
         with worker:
             worker.start()

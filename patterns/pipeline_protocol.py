@@ -368,22 +368,24 @@ class ProducerProtocol:
             msg_id, codec = _RESULT_HEAD.unpack(frames[k])
             results[msg_id] = (codec, frames[k + 1])
         finished = []
-        for msg_id in [*ids, *results]:
-            msg = self.messages.pop(msg_id, None)
+        pop, finish = self.messages.pop, self._finish
+        for msg_id in ids:  # the hot path: plain acknowledgements
+            msg = pop(msg_id, None)
+            if msg is not None:
+                finish(msg)
+                finished.append(msg_id)
+        for msg_id, (codec, payload) in results.items():
+            msg = pop(msg_id, None)
             if msg is None:
-                self.counters.duplicates += 1
                 continue
-            self._finish(msg)
-            self.counters.acked += 1
+            finish(msg)
             finished.append(msg_id)
-            if msg_id in results:
-                codec, payload = results[msg_id]
-                try:
-                    value = unpack(codec, payload, allow_pickle=self.allow_pickle)
-                except ProtocolError as exc:
-                    log.warning("result of message %d could not be decoded: %s", msg_id, exc)
-                    continue
-                self.results.append(Result(msg_id, value))
+            try:
+                self.results.append(Result(msg_id, unpack(codec, payload, allow_pickle=self.allow_pickle)))
+            except ProtocolError as exc:
+                log.warning("result of message %d could not be decoded: %s", msg_id, exc)
+        self.counters.acked += len(finished)
+        self.counters.duplicates += len(ids) + len(results) - len(finished)
         if self.spool is not None and finished:
             self.spool.ack(finished)
         return len(ids) + len(results)
@@ -563,7 +565,7 @@ class WorkerProtocol:
     held: int = 0
     closing: bool = False  # we sent BYE
     closed: bool = False  # the producer answered BYE: nothing more will come
-    _acks: list[bytes] = field(default_factory=list)
+    _acks: list[int] = field(default_factory=list)
     _results: list[bytes] = field(default_factory=list)
     _fails: list[list[bytes]] = field(default_factory=list)
 
@@ -603,11 +605,16 @@ class WorkerProtocol:
             log.warning("dropped malformed pipeline message from producer: %s", exc)
             return [], []
 
+    def acked(self, msg_id: int) -> None:
+        """Record that message ``msg_id`` ran and returned nothing."""
+        self.held -= 1
+        self._acks.append(msg_id)
+
     def succeeded(self, task: Task, result: Any, codec: Any) -> None:
         """Record that ``task`` ran; a result other than None travels back to the producer."""
         self.held -= 1
         if result is None:
-            self._acks.append(_ID.pack(task.id))
+            self._acks.append(task.id)
         else:
             cid, payload = codec.pack(result)
             self._results += (_RESULT_HEAD.pack(task.id, cid), payload)
@@ -625,7 +632,7 @@ class WorkerProtocol:
         out = self._fails
         self._fails = []
         if self._acks or self._results:
-            out.append([b"", HDR, DONE, b"".join(self._acks), *self._results])
+            out.append([b"", HDR, DONE, struct.pack(f">{len(self._acks)}Q", *self._acks), *self._results])
             self._acks, self._results = [], []
         return out
 
