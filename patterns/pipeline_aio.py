@@ -309,7 +309,7 @@ class Worker(_WorkerBase):
                 result, exc = None, e
             self._outcome(lane, proto, task, result, exc)
             queue.task_done()
-            if queue.empty() or proto.held % 64 == 0:
+            if queue.empty() or proto.unflushed >= 64:  # batch acks while a backlog is being worked off
                 for out in proto.flush():
                     await _asend(sock, out)
 

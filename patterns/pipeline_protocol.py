@@ -627,6 +627,11 @@ class WorkerProtocol:
             [b"", HDR, FAIL, _ID.pack(task.id), delay, type(exc).__name__.encode(), str(exc)[:2000].encode()]
         )
 
+    @property
+    def unflushed(self) -> int:
+        """Outcomes recorded and not yet handed out by :meth:`flush`."""
+        return len(self._acks) + len(self._results) // 2 + len(self._fails)
+
     def flush(self) -> list[list[bytes]]:
         """Messages that carry the outcomes recorded since the last flush."""
         out = self._fails

@@ -15,8 +15,9 @@ import pytest
 import zmq
 from zmqkit.patterns import Backoff, Producer, Retry, Sink, Worker
 from zmqkit.patterns.pipeline_protocol import HDR
+from zmqkit.patterns.spool import Spool
 
-from zmqkit import ConfigurationError, RequestTimeout, Unavailable
+from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, Unavailable
 from zmqkit.wire import pack_u32
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")
@@ -320,3 +321,58 @@ def test_worker_started_before_the_producer_is_greeted(tcp_endpoint: str) -> Non
 
 def test_ready_frame_layout() -> None:
     assert pack_u32(100) == b"\x00\x00\x00d"
+
+
+@pytest.mark.timeout(30)
+def test_curve_encrypts_and_authenticates_the_pipeline() -> None:
+    server, client = KeyPair.generate(), KeyPair.generate()
+    server_curve, client_curve = Curve.server(server, allow=[client.public]), Curve.client(server.public, client)
+    with (
+        Producer(bind="tcp://127.0.0.1:0", curve=server_curve) as producer,
+        Worker(str.upper, connect=producer.endpoint, curve=client_curve) as worker,
+    ):
+        worker.start()
+        producer.send("secret")
+        producer.join(timeout=10)
+        assert [r.value for r in producer.results(timeout=0.2)] == ["SECRET"]
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_serves_several_producers() -> None:
+    with (
+        Producer(bind="tcp://127.0.0.1:0") as p1,
+        Producer(bind="tcp://127.0.0.1:0") as p2,
+        Worker(lambda v: v, connect=[p1.endpoint, p2.endpoint]) as worker,
+    ):
+        worker.start()
+        for i in range(20):
+            p1.send(["p1", i])
+            p2.send(["p2", i])
+        p1.join(timeout=10)
+        p2.join(timeout=10)
+        assert sorted(r.value[1] for r in p1.results(timeout=0.2)) == list(range(20))
+        assert {r.value[0] for r in p2.results(timeout=0.2)} == {"p2"}
+
+
+@pytest.mark.timeout(30)
+def test_producer_may_connect_to_a_worker_that_binds() -> None:
+    with Worker(lambda v: v * 3, bind="tcp://127.0.0.1:0", heartbeat=0.1) as worker:
+        worker.start()
+        with Producer(connect=worker.endpoint) as producer:
+            producer.send(14)
+            producer.join(timeout=10)
+            assert [r.value for r in producer.results(timeout=0.2)] == [42]
+
+
+def test_spool_keeps_pending_and_dead_until_done(tmp_path: Path) -> None:
+    spool = Spool(tmp_path / "s.db")
+    a, b, c = spool.add(0, b"a"), spool.add(4, b"[1]"), spool.add(1, b"c")
+    spool.ack([a])
+    spool.dead(b, 3, "ValueError: no")
+    assert list(spool.pending()) == [(c, 1, b"c")]
+    assert list(spool.dead_letters()) == [(b, 4, b"[1]", 3, "ValueError: no")]
+    spool.revive(b)
+    assert [row[0] for row in spool.pending()] == [b, c]
+    spool.close()
+    with pytest.raises(ConfigurationError, match="spool"):
+        Spool(tmp_path / "missing-dir" / "s.db")
