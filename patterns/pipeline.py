@@ -222,6 +222,8 @@ class Producer(_ProducerBase):
 
     Workers connect to ``producer.endpoint``. Failed messages are retried with ``backoff`` up to
     ``max_attempts`` and then kept in ``dead_letters()``; ``spool="work.db"`` keeps accepted messages on disk.
+    An acknowledged producer may be shared by threads; a fire-and-forget one (``acks=False``) sends from the
+    caller's thread straight into its PUSH socket, so like a zmq socket it belongs to one thread at a time.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
