@@ -259,6 +259,8 @@ class Producer(_ProducerBase):
                     raise self._full_error()
                 if not self._cond.wait_for(lambda: not proto.full() or self._closed, timeout):
                     raise RequestTimeout(f"pipeline queue still full after {timeout}s on {self.endpoint}")
+                if self._closed:
+                    raise ConfigurationError("send() on a closed Producer")
             msg_id = proto.accept(codec, payload)
             self._wake()
         return msg_id

@@ -310,10 +310,11 @@ def test_bad_worker_arguments_raise_at_once(kwargs: dict[str, object], bad: str)
 
 
 @pytest.mark.timeout(20)
-def test_worker_started_before_the_producer_is_greeted(tcp_endpoint: str) -> None:
-    with Worker(lambda v: v + 1, connect=tcp_endpoint, heartbeat=0.1) as w:
+def test_worker_started_before_the_producer_is_greeted(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/queue"  # ipc: see test_a_worker_outlives_its_producer_and_greets_the_next_one
+    with Worker(lambda v: v + 1, connect=endpoint, heartbeat=0.1) as w:
         w.start()
-        with Producer(bind=tcp_endpoint) as producer:
+        with Producer(bind=endpoint) as producer:
             producer.send(41)
             producer.join(timeout=10)
             assert [r.value for r in producer.results(timeout=0.2)] == [42]
@@ -376,3 +377,16 @@ def test_spool_keeps_pending_and_dead_until_done(tmp_path: Path) -> None:
     spool.close()
     with pytest.raises(ConfigurationError, match="spool"):
         Spool(tmp_path / "missing-dir" / "s.db")
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_outlives_its_producer_and_greets_the_next_one(tmp_path: Path) -> None:
+    # ipc, not tcp: a TCP connect retried towards a free loopback port can land on that port itself.
+    endpoint = f"ipc://{tmp_path}/queue"
+    with Worker(lambda v: v, connect=endpoint, heartbeat=0.1) as worker:
+        worker.start()
+        for round_ in range(2):
+            with Producer(bind=endpoint) as producer:
+                producer.send(round_)
+                producer.join(timeout=10)
+                assert [r.value for r in producer.results(timeout=0.2)] == [round_]

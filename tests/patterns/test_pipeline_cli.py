@@ -17,10 +17,11 @@ ZMQKIT = str(Path(sys.executable).parent / "zmqkit")
 
 
 @pytest.mark.timeout(30)
-def test_push_lines_to_a_worker_and_print_results(tcp_endpoint: str) -> None:
-    with Worker(str.upper, connect=tcp_endpoint, heartbeat=0.1) as worker:
+def test_push_lines_to_a_worker_and_print_results(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/queue"  # ipc: a worker retrying a TCP connect to a free port can land on it
+    with Worker(str.upper, connect=endpoint, heartbeat=0.1) as worker:
         worker.start()
-        result = CliRunner().invoke(main, ["push", tcp_endpoint, "-", "--timeout", "20"], input="one\ntwo\n")
+        result = CliRunner().invoke(main, ["push", endpoint, "-", "--timeout", "20"], input="one\ntwo\n")
     assert result.exit_code == 0, result.output
     assert "'ONE'" in result.output and "'TWO'" in result.output and "acked 2, dead 0" in result.output
 
