@@ -84,6 +84,8 @@ def test_fire_and_forget_from_zmqkit_and_from_raw_pyzmq(raw_socket) -> None:  # 
     done = threading.Event()
 
     def handler(value: object) -> None:
+        if value == "boom":
+            raise RuntimeError("handler bug")  # logged; the worker carries on
         got.append(value)
         if len(got) == 6:
             done.set()
@@ -92,14 +94,19 @@ def test_fire_and_forget_from_zmqkit_and_from_raw_pyzmq(raw_socket) -> None:  # 
         worker.start()
         raw = raw_socket(zmq.PUSH)
         raw.connect(worker.endpoint)
+        raw.send(b"ZKP\x01")  # header without a codec byte: malformed, dropped
+        raw.send(b"ZKP\x01\x63junk")  # unknown codec 99: dropped
+        raw.send(b"ZKP\x01\x06pickled?")  # pickle the worker did not opt into: dropped
         for i in range(3):
             raw.send(b"raw-%d" % i)
         with Producer(connect=worker.endpoint, acks=False) as producer:
+            producer.send("boom")
             producer.send({"json": 1})
             producer.send("text")
             producer.send(b"bytes")
             assert producer.stats() == {}
         assert done.wait(10)
+        assert worker.failed == 1
     assert sorted(map(repr, got)) == sorted(map(repr, [b"raw-0", b"raw-1", b"raw-2", {"json": 1}, "text", b"bytes"]))
 
 
