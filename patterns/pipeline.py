@@ -7,7 +7,6 @@ PAIR). Fire-and-forget mode (``acks=False``) is plain PUSH/PULL.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import logging
 import random as _random
@@ -15,7 +14,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import zmq
@@ -81,6 +80,19 @@ def _send(sock: Any, frames: list[bytes]) -> bool:
         return True
     except zmq.Again:
         return False
+
+
+def _recv_ready(sock: Any, into: list[list[bytes]]) -> list[list[bytes]]:
+    """Receive up to _DRAIN queued messages from a socket that polled readable; return ``into``.
+
+    Asks the socket whether more is queued instead of reading until zmq.Again: raising Again costs more
+    than a message.
+    """
+    for _ in range(_DRAIN):
+        into.append(sock.recv_multipart(_NOBLOCK))
+        if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+            break
+    return into
 
 
 def _ms(timeout: float | None) -> int:
@@ -249,21 +261,41 @@ class Producer(_ProducerBase):
                 self._sock.send(obj)  # the fast path of fire-and-forget: bare bytes, block while the pipe is full
                 return 0
             return self._push(encode_message(*self._codec.pack(obj)), timeout)
-        codec, payload = self._codec.pack(obj)
-        proto = self.protocol
-        with self._cond:
-            if self._closed:
-                raise ConfigurationError("send() on a closed Producer")
-            if proto.full():
-                if self.on_full == "raise":
-                    raise self._full_error()
-                if not self._cond.wait_for(lambda: not proto.full() or self._closed, timeout):
-                    raise RequestTimeout(f"pipeline queue still full after {timeout}s on {self.endpoint}")
+        return self.send_many([obj], timeout)[0]
+
+    def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
+        """Accept every one of ``objs``, in order; return their ids (0s without acks). Cheaper per message
+        than :meth:`send`: one lock and one wake-up per batch. Backpressure as for :meth:`send`."""
+        if self.protocol is None:
+            if timeout is not None or not self._bare_bytes:
+                return [self.send(obj, timeout) for obj in objs]
+            send, count = self._sock.send, 0
+            for obj in objs:
+                if type(obj) is bytes and obj[:4] != HDR:
+                    send(obj)
+                else:
+                    self._push(encode_message(*self._codec.pack(obj)), None)
+                count += 1
+            return [0] * count
+        proto, pack = self.protocol, self._codec.pack
+        packed = [pack(obj) for obj in objs]
+        ids: list[int] = []
+        while len(ids) < len(packed):
+            with self._cond:
                 if self._closed:
                     raise ConfigurationError("send() on a closed Producer")
-            msg_id = proto.accept(codec, payload)
-            self._wake()
-        return msg_id
+                if proto.full():
+                    if self.on_full == "raise":
+                        raise self._full_error()
+                    if not self._cond.wait_for(lambda: not proto.full() or self._closed, timeout):
+                        raise RequestTimeout(f"pipeline queue still full after {timeout}s on {self.endpoint}")
+                    continue  # closed, or room: look again
+                accept = proto.accept
+                while len(ids) < len(packed) and not proto.full():
+                    ids.append(accept(*packed[len(ids)]))
+                if proto.hungry:  # else the I/O thread dispatches when acks return credit
+                    self._wake()
+        return ids
 
     def _wake(self) -> None:
         if not self._woken and self._wake_tx is not None:
@@ -299,14 +331,10 @@ class Producer(_ProducerBase):
                 timer = proto.next_timer()
             events = dict(poller.poll(100 if timer is None else min(100, int(timer * 1000) + 1)))
             if wake in events:
-                with contextlib.suppress(zmq.Again):
-                    while True:
-                        wake.recv(_NOBLOCK)
-            batch = []
+                _recv_ready(wake, [])
+            batch: list[list[bytes]] = []
             if sock in events:
-                with contextlib.suppress(zmq.Again):
-                    for _ in range(_DRAIN):
-                        batch.append(sock.recv_multipart(_NOBLOCK))
+                _recv_ready(sock, batch)
             with self._cond:
                 self._woken = False
                 out = self._pump(batch)
@@ -584,9 +612,7 @@ class Worker(_WorkerBase):
                     return
                 for sock, _ in poller.poll(100):
                     proto = lane.protos[lane.socks.index(sock)]
-                    with contextlib.suppress(zmq.Again):
-                        for _ in range(_DRAIN):
-                            received.append((sock, proto, sock.recv_multipart(_NOBLOCK)))
+                    received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
                     for sock in lane.socks:
                         _send(sock, WorkerProtocol.heartbeat())

@@ -13,7 +13,7 @@ import inspect
 import logging
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 import zmq
@@ -91,22 +91,33 @@ class Producer(_ProducerBase):
 
     async def send(self, obj: Any, timeout: float | None = None) -> int:
         """Accept ``obj`` for delivery; return its id (0 without acks). Waits while the queue is full."""
-        codec, payload = self._codec.pack(obj)
+        return (await self.send_many([obj], timeout))[0]
+
+    async def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
+        """Accept every one of ``objs``, in order; return their ids (0s without acks)."""
         if self._closed:
             raise ConfigurationError("send() on a closed Producer")
+        packed = [self._codec.pack(obj) for obj in objs]
         if self.protocol is None:
-            return await self._push(encode_message(codec, payload), timeout)
+            return [await self._push(encode_message(codec, payload), timeout) for codec, payload in packed]
         proto = self.protocol
         self._started()
-        if proto.full():
-            if self.on_full == "raise":
-                raise self._full_error()
-            await self._until(lambda: not proto.full(), timeout, f"pipeline queue still full after {timeout}s")
-        msg_id = proto.accept(codec, payload)
-        if not self._woken and self._wake_tx is not None:
-            self._woken = True
-            await self._wake_tx.send(b"")
-        return msg_id
+        ids: list[int] = []
+        while len(ids) < len(packed):
+            if proto.full():
+                if self.on_full == "raise":
+                    raise self._full_error()
+                await self._until(
+                    lambda: not proto.full() or self._closed, timeout, f"pipeline queue still full after {timeout}s"
+                )
+                if self._closed:
+                    raise ConfigurationError("send() on a closed Producer")
+            while len(ids) < len(packed) and not proto.full():
+                ids.append(proto.accept(*packed[len(ids)]))
+            if proto.hungry and not self._woken and self._wake_tx is not None:
+                self._woken = True
+                await self._wake_tx.send(b"")
+        return ids
 
     async def _push(self, frame: bytes, timeout: float | None) -> int:
         frames = [frame]

@@ -23,7 +23,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from ..codecs import unpack
 from ..errors import ConfigurationError, ProtocolError
@@ -124,9 +124,8 @@ class Result:
     value: Any
 
 
-@dataclass
-class Task:
-    """One message as a worker sees it: ``attempt`` counts from 1."""
+class Task(NamedTuple):
+    """One message as a worker sees it: ``attempt`` counts from 1 (a tuple: workers make many)."""
 
     id: int
     attempt: int
@@ -199,9 +198,10 @@ class _Msg:
 class _Peer:
     """A worker connection as the producer sees it."""
 
-    __slots__ = ("credit", "held", "last_seen", "leaving")
+    __slots__ = ("capacity", "credit", "held", "last_seen", "leaving")
 
     def __init__(self, credit: int, now: float) -> None:
+        self.capacity = credit
         self.credit = credit
         self.held: set[int] = set()
         self.last_seen = now
@@ -274,6 +274,7 @@ class ProducerProtocol:
         self.dead: dict[int, DeadLetter] = {}
         self._next_id = 1
         self._seq = 0
+        self.hungry = False  # see dispatch()
         if spool is not None:
             self._load_spool(spool)
 
@@ -479,9 +480,13 @@ class ProducerProtocol:
     def dispatch(self) -> list[list[bytes]]:
         """TASK messages for workers with credit, each at most ``batch`` long, round-robin over workers."""
         out: list[list[bytes]] = []
-        if not self.queued:
-            return out
-        open_peers = [(i, p) for i, p in self.peers.items() if p.credit > 0 and not p.leaving]
+        # Refill a worker once half its credit is back (or it holds nothing): fewer, bigger TASK batches, and
+        # the other half keeps it busy meanwhile.
+        open_peers = [
+            (i, p)
+            for i, p in self.peers.items()
+            if p.credit > 0 and not p.leaving and (2 * p.credit >= p.capacity or not p.held)
+        ]
         queue, pack = self.queue, _TASK_HEAD.pack
         while self.queued and open_peers:
             still_open = []
@@ -508,6 +513,8 @@ class ProducerProtocol:
                 if peer.credit > 0:
                     still_open.append((ident, peer))
             open_peers = still_open
+        # Workers left wanting because the queue ran dry: the next accept() is worth a wake-up of the runner.
+        self.hungry = bool(open_peers)
         return out
 
     # -- state
@@ -644,14 +651,13 @@ class WorkerProtocol:
 
 def _parse_tasks(blob: bytes) -> list[Task]:
     """Split a TASK frame into tasks: (id u64, attempt u32, codec u8, length u32, payload)..."""
-    tasks, pos, end, head = [], 0, len(blob), _TASK_HEAD
-    view = memoryview(blob)
+    tasks, pos, end, unpack_head, size = [], 0, len(blob), _TASK_HEAD.unpack_from, _TASK_HEAD.size
     while pos < end:
-        msg_id, attempt, codec, length = head.unpack_from(blob, pos)
-        pos += head.size
+        msg_id, attempt, codec, length = unpack_head(blob, pos)
+        pos += size
         if pos + length > end:
             raise ProtocolError(f"TASK payload of message {msg_id} runs past the frame ({length} bytes)")
-        tasks.append(Task(msg_id, attempt, codec, bytes(view[pos : pos + length])))
+        tasks.append(Task(msg_id, attempt, codec, blob[pos : pos + length]))
         pos += length
     return tasks
 
