@@ -397,3 +397,16 @@ def test_a_worker_outlives_its_producer_and_greets_the_next_one(tmp_path: Path) 
                 producer.send(round_)
                 producer.join(timeout=10)
                 assert [r.value for r in producer.results(timeout=0.2)] == [round_]
+
+
+@pytest.mark.timeout(30)
+def test_send_many_keeps_order_and_applies_backpressure() -> None:
+    with Producer(bind="tcp://127.0.0.1:0", max_queued=5) as producer:
+        assert producer.send_many(["a", "b", "c"]) == [1, 2, 3]
+        with pytest.raises(RequestTimeout):
+            producer.send_many(list("defgh"), timeout=0.05)  # two fit, then the queue is full
+        assert producer.stats()["queued"] == 5
+        with Worker(lambda v: v, connect=producer.endpoint) as worker:
+            worker.start()
+            producer.join(timeout=10)
+        assert [r.value for r in producer.results(timeout=0.2)] == list("abcde")

@@ -104,3 +104,15 @@ async def test_async_worker_feeds_a_sync_producer() -> None:
             while producer.stats()["acked"] < 1:
                 await asyncio.sleep(0.01)
         assert [r.value for r in producer.results(timeout=0.2)] == [2]
+
+
+@pytest.mark.timeout(20)
+async def test_async_send_many() -> None:
+    async with (
+        Producer(bind="tcp://127.0.0.1:0") as producer,
+        Worker(lambda v: -v, connect=producer.endpoint) as worker,
+    ):
+        worker.start()
+        ids = await producer.send_many(range(10))
+        await producer.join(timeout=10)
+        assert {r.id: r.value async for r in producer.results(timeout=0.2)} == {i: -n for n, i in enumerate(ids)}
