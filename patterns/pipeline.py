@@ -514,7 +514,7 @@ class _WorkerBase:
         for lane in self.lanes:
             for sock in [*lane.socks, lane.sink]:
                 if sock is not None:
-                    sock.close(linger=0 if sock is not lane.sink else 1000)
+                    sock.close(linger=None if sock is lane.sink else 0)  # results still in the pipe may go out
 
 
 class Worker(_WorkerBase):
@@ -651,7 +651,7 @@ class Worker(_WorkerBase):
             done = 0
             try:
                 # The hot loop of fire-and-forget: one recv per bare-bytes message, nothing else in between.
-                for _ in range(_DRAIN * 16):
+                for _ in range(_DRAIN):  # then look at the stop flag again
                     value = recv(_NOBLOCK)
                     if value[:4] == HDR:  # anything but bare bytes (checking RCVMORE would cost more than this)
                         value = self._fire_and_forget(value)
