@@ -25,6 +25,23 @@ def worker(endpoint: str, credit: str = "50") -> None:
     w.close()
 
 
+def aworker(endpoint: str) -> None:
+    """The asyncio twin of ``worker``: an async handler that takes a while."""
+    import asyncio
+
+    from zmqkit.asyncio import Worker as AsyncWorker
+
+    async def handle(value: object) -> None:
+        await asyncio.sleep(0.5)  # a long task: SIGTERM must let it finish and be acknowledged
+
+    async def main() -> None:
+        w = AsyncWorker(handle, connect=endpoint, credit=1, heartbeat=0.2)
+        print("ready", flush=True)
+        await w.run()
+
+    asyncio.run(main())
+
+
 def spool_producer(endpoint: str, spool: str) -> None:
     """Accept 500 messages into ``spool`` with no worker around, say so, then wait to be killed."""
     p = Producer(bind=endpoint, spool=spool)
@@ -35,4 +52,4 @@ def spool_producer(endpoint: str, spool: str) -> None:
 
 
 if __name__ == "__main__":
-    {"worker": worker, "spool_producer": spool_producer}[sys.argv[1]](*sys.argv[2:])
+    {"worker": worker, "aworker": aworker, "spool_producer": spool_producer}[sys.argv[1]](*sys.argv[2:])

@@ -245,11 +245,11 @@ def test_graceful_stop_finishes_and_acks_what_is_in_hand() -> None:
 
 
 @pytest.mark.timeout(30)
-def test_sigterm_lets_a_worker_process_finish_its_task() -> None:
+@pytest.mark.parametrize("role", ["worker", "aworker"])
+def test_sigterm_lets_a_worker_process_finish_its_task(role: str) -> None:
     with Producer(bind="tcp://127.0.0.1:0") as producer:
-        proc = subprocess.Popen(
-            [sys.executable, str(PROCS), "worker", producer.endpoint, "1"], stdout=subprocess.PIPE, text=True
-        )
+        args = [producer.endpoint, "1"] if role == "worker" else [producer.endpoint]
+        proc = subprocess.Popen([sys.executable, str(PROCS), role, *args], stdout=subprocess.PIPE, text=True)
         try:
             assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
             producer.send("slow")
