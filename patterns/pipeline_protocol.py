@@ -286,8 +286,12 @@ class ProducerProtocol:
 
     def accept(self, codec: int, payload: bytes) -> int:
         """Take a message (spooled first when there is a spool); return its id."""
-        msg_id = self.spool.add(codec, payload) if self.spool is not None else self._next_id
-        self._next_id = max(self._next_id, msg_id + 1)
+        if self.spool is None:
+            msg_id = self._next_id
+            self._next_id = msg_id + 1
+        else:
+            msg_id = self.spool.add(codec, payload)
+            self._next_id = max(self._next_id, msg_id + 1)
         msg = _Msg(msg_id, codec, payload)
         self.messages[msg_id] = msg
         self.queue.append(msg)
@@ -370,10 +374,15 @@ class ProducerProtocol:
             results[msg_id] = (codec, frames[k + 1])
         finished = []
         pop, finish = self.messages.pop, self._finish
-        for msg_id in ids:  # the hot path: plain acknowledgements
+        held = peer.held if peer is not None else set()
+        for msg_id in ids:  # the hot path: plain acknowledgements, mostly from the worker that holds them
             msg = pop(msg_id, None)
             if msg is not None:
-                finish(msg)
+                if msg_id in held:
+                    held.discard(msg_id)
+                    msg.state = _FINISHED
+                else:
+                    finish(msg)
                 finished.append(msg_id)
         for msg_id, (codec, payload) in results.items():
             msg = pop(msg_id, None)

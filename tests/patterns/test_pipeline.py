@@ -270,7 +270,11 @@ def test_poison_message_is_dead_lettered_after_repeated_worker_deaths() -> None:
         deaths = 0
         while producer.stats()["dead"] == 0:
             proc = subprocess.Popen([sys.executable, str(PROCS), "worker", producer.endpoint, "1"])
-            assert proc.wait(30) == 3
+            try:
+                assert proc.wait(30) == 3
+            finally:
+                proc.kill()  # never leave a worker behind, even when the test fails
+                proc.wait()
             deaths += 1
             wait_for(lambda n=deaths: producer.stats()["redelivered"] == n)  # the producer noticed
             assert deaths <= 3

@@ -36,6 +36,7 @@ def test_pull_prints_messages_from_a_producer() -> None:
             out, _ = proc.communicate(timeout=20)
         finally:
             proc.kill()
+            proc.wait()
         producer.join(timeout=10)
     assert out.splitlines() == ["hello", "b'raw'"]
 
