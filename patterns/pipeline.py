@@ -626,7 +626,7 @@ class Worker(_WorkerBase):
 
     def _run_tasks(self, lane: _Lane, proto: WorkerProtocol, tasks: list[Task]) -> None:
         """Run a batch of tasks through the handler, recording each outcome (plain acks on a fast path)."""
-        handler, allow, done = self.handler, self.allow_pickle, 0
+        handler, allow, done = self.handler, self.allow_pickle, []
         for task in tasks:
             try:
                 result = handler(
@@ -636,11 +636,11 @@ class Worker(_WorkerBase):
                 self._outcome(lane, proto, task, None, exc)
                 continue
             if result is None:
-                proto.acked(task.id)
-                done += 1
+                done.append(task.id)
             else:
                 self._outcome(lane, proto, task, result, None)
-        self.processed += done
+        proto.acked(done)
+        self.processed += len(done)
 
     def _lane_plain(self, lane: _Lane) -> None:
         (sock,) = lane.socks

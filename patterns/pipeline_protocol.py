@@ -621,10 +621,10 @@ class WorkerProtocol:
             log.warning("dropped malformed pipeline message from producer: %s", exc)
             return [], []
 
-    def acked(self, msg_id: int) -> None:
-        """Record that message ``msg_id`` ran and returned nothing."""
-        self.held -= 1
-        self._acks.append(msg_id)
+    def acked(self, ids: list[int]) -> None:
+        """Record that messages ``ids`` ran and returned nothing."""
+        self.held -= len(ids)
+        self._acks += ids
 
     def succeeded(self, task: Task, result: Any, codec: Any) -> None:
         """Record that ``task`` ran; a result other than None travels back to the producer."""
@@ -660,13 +660,15 @@ class WorkerProtocol:
 
 def _parse_tasks(blob: bytes) -> list[Task]:
     """Split a TASK frame into tasks: (id u64, attempt u32, codec u8, length u32, payload)..."""
-    tasks, pos, end, unpack_head, size = [], 0, len(blob), _TASK_HEAD.unpack_from, _TASK_HEAD.size
+    tasks: list[Task] = []
+    pos, end, unpack_head, size, new = 0, len(blob), _TASK_HEAD.unpack_from, _TASK_HEAD.size, tuple.__new__
     while pos < end:
         msg_id, attempt, codec, length = unpack_head(blob, pos)
         pos += size
         if pos + length > end:
             raise ProtocolError(f"TASK payload of message {msg_id} runs past the frame ({length} bytes)")
-        tasks.append(Task(msg_id, attempt, codec, blob[pos : pos + length]))
+        # tuple.__new__ skips NamedTuple's Python-level __new__: this loop runs once per message.
+        tasks.append(new(Task, (msg_id, attempt, codec, blob[pos : pos + length])))
         pos += length
     return tasks
 
