@@ -406,6 +406,13 @@ class _Lane:
         self.lock = threading.Lock()
         self.last_hb = 0.0
 
+    def beat(self) -> None:
+        """Send a heartbeat on every socket (the caller holds the lock)."""
+        for sock, proto in zip(self.socks, self.protos, strict=True):
+            if not _send(sock, proto.heartbeat()):
+                proto.unreachable()
+        self.last_hb = time.monotonic()
+
 
 class _WorkerBase:
     """Arguments, sockets and task bookkeeping shared by the blocking and asyncio workers."""
@@ -586,9 +593,7 @@ class Worker(_WorkerBase):
             for lane in self.lanes:
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
                     with lane.lock:
-                        for sock in lane.socks:
-                            _send(sock, WorkerProtocol.heartbeat())
-                        lane.last_hb = time.monotonic()
+                        lane.beat()
 
     def _lane_acked(self, lane: _Lane) -> None:
         poller = zmq.Poller()
@@ -605,7 +610,7 @@ class Worker(_WorkerBase):
                     deadline = time.monotonic() + self.stop_timeout
                     for sock, proto in zip(lane.socks, lane.protos, strict=True):
                         if not _send(sock, proto.bye()):
-                            proto.closed = True  # no producer connected: nothing more can come
+                            proto.unreachable()  # no producer connected: nothing more can come
                 if deadline is not None and (
                     all(p.closed and not p.held for p in lane.protos) or time.monotonic() > deadline
                 ):
@@ -614,9 +619,7 @@ class Worker(_WorkerBase):
                     proto = lane.protos[lane.socks.index(sock)]
                     received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
-                    for sock in lane.socks:
-                        _send(sock, WorkerProtocol.heartbeat())
-                    lane.last_hb = time.monotonic()
+                    lane.beat()
             for sock, proto, frames in received:
                 tasks, replies = proto.feed(frames)
                 self._run_tasks(lane, proto, tasks)

@@ -291,7 +291,7 @@ class Worker(_WorkerBase):
                     deadline = time.monotonic() + self.stop_timeout
                     for sock, proto in zip(lane.socks, lane.protos, strict=True):
                         if not await _asend(sock, proto.bye()):
-                            proto.closed = True
+                            proto.unreachable()
                 if deadline is not None and (all(p.closed for p in lane.protos) or time.monotonic() > deadline):
                     break
                 received: list[tuple[Any, list[bytes]]] = []
@@ -327,8 +327,9 @@ class Worker(_WorkerBase):
     async def _heartbeats(self, lane: _Lane) -> None:
         while True:
             await asyncio.sleep(self.heartbeat)  # a timer, not synchronisation
-            for sock in lane.socks:
-                await _asend(sock, WorkerProtocol.heartbeat())
+            for sock, proto in zip(lane.socks, lane.protos, strict=True):
+                if not await _asend(sock, proto.heartbeat()):
+                    proto.unreachable()
 
 
 class Sink(_SyncSink):

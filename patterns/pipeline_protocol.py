@@ -589,9 +589,14 @@ class WorkerProtocol:
         """READY announcing how many more tasks this worker takes (capacity less what it holds)."""
         return [b"", HDR, READY, pack_u32(max(0, self.credit - self.held))]
 
-    @staticmethod
-    def heartbeat() -> list[bytes]:
-        return [b"", HDR, HB]
+    def heartbeat(self) -> list[bytes]:
+        """HB; while stopping, BYE again instead (the first one may have gone into a pipe that then broke)."""
+        return [b"", HDR, BYE] if self.closing and not self.closed else [b"", HDR, HB]
+
+    def unreachable(self) -> None:
+        """The producer could not be sent to: while stopping, that means nothing more will come from it."""
+        if self.closing:
+            self.closed = True
 
     def bye(self) -> list[bytes]:
         self.closing = True

@@ -288,3 +288,12 @@ def test_a_repeated_ready_does_not_add_credit() -> None:
     assert len(tasks_of(p.dispatch())) == 2
     p.handle(ready(b"w1", 2))  # answered a second HELLO before our TASKs reached it
     assert p.dispatch() == []
+
+
+def test_a_stopping_worker_repeats_bye_until_answered_or_unreachable() -> None:
+    w = WorkerProtocol(credit=1)
+    assert w.heartbeat() == [b"", HDR, b"HB"]
+    w.bye()
+    assert w.heartbeat() == [b"", HDR, b"BYE"]  # the first BYE may have been lost with a breaking pipe
+    w.unreachable()
+    assert w.closed and w.heartbeat() == [b"", HDR, b"HB"]
