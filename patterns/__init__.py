@@ -5,6 +5,13 @@ from zmqkit.errors import RemoteError as RemoteError
 from .fanout import Forwarder as Forwarder
 from .fanout import Publisher as Publisher
 from .fanout import Subscriber as Subscriber
+from .pipeline import Producer as Producer
+from .pipeline import Sink as Sink
+from .pipeline import Worker as Worker
+from .pipeline_protocol import Backoff as Backoff
+from .pipeline_protocol import DeadLetter as DeadLetter
+from .pipeline_protocol import Result as Result
+from .pipeline_protocol import Retry as Retry
 from .presence import Directory as Directory
 from .presence import Presence as Presence
 from .reqrep import Client as Client
@@ -14,7 +21,15 @@ from .rpc import RpcClient as RpcClient
 from .rpc import RpcServer as RpcServer
 
 __all__ = [
-    # fanout
+    # pipeline
+    "Backoff",
+    "DeadLetter",
+    "Producer",
+    "Result",
+    "Retry",
+    "Sink",
+    "Worker",
+    # fanout and presence
     "Directory",
     "Forwarder",
     "Presence",

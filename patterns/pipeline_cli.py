@@ -1,0 +1,210 @@
+"""The pipeline's CLI: ``zmqkit push``, ``zmqkit pull`` and ``zmqkit bench pipeline``."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import click
+
+from ..bench import Row, print_table, raw_pushpull, spawn
+from ..cli import bench, main
+from ..errors import RequestTimeout
+from ..sockets import SocketOptions
+from .pipeline import Producer, Worker
+
+__all__ = ["push", "pull", "bench_pipeline"]
+
+
+@main.command()
+@click.argument("endpoint")
+@click.argument("message", required=False, default="-")
+@click.option("--bind/--connect", default=True, show_default=True, help="Bind ENDPOINT (workers connect) or connect.")
+@click.option("--acks/--no-acks", default=True, show_default=True, help="Wait for acks, or fire and forget.")
+@click.option("--codec", default="str", show_default=True, help="How to encode each message (str, json, bytes...).")
+@click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for workers to finish.")
+def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeout: float) -> None:
+    """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters."""
+    lines = [line.rstrip("\n") for line in sys.stdin] if message == "-" else [message]
+    where = {"bind": endpoint} if bind else {"connect": endpoint}
+    with Producer(**where, acks=acks, codec=codec) as producer:
+        if bind:
+            click.echo(f"producer on {producer.endpoint}", err=True)
+        for line in lines:
+            producer.send(line if codec != "json" else _json(line), timeout=timeout)
+        if not acks:
+            return
+        try:
+            producer.join(timeout=timeout)
+        finally:
+            for result in producer.results(timeout=0):
+                click.echo(f"{result.id}\t{result.value!r}")
+            for letter in producer.dead_letters():
+                click.echo(f"dead {letter.id}\t{letter.value!r}\t{letter.error}", err=True)
+        stats = producer.stats()
+        click.echo(f"acked {stats['acked']}, dead {stats['dead']}, retried {stats['retried']}", err=True)
+        if stats["dead"]:
+            sys.exit(1)
+
+
+def _json(text: str) -> object:
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {text!r} ({exc})") from None
+
+
+@main.command()
+@click.argument("endpoint")
+@click.option("--bind/--connect", default=False, show_default=True, help="Bind ENDPOINT or connect to a producer.")
+@click.option("--acks/--no-acks", default=True, show_default=True, help="Acknowledge (acked producer) or plain PULL.")
+@click.option("--count", default=0, show_default=True, help="Stop after this many messages (0: until Ctrl-C).")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
+def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) -> None:
+    """Take messages from a pipeline and print each one (acknowledging it) until Ctrl-C or --count."""
+    done = threading.Event()
+    seen = 0
+
+    def show(value: object) -> None:
+        nonlocal seen
+        click.echo(value if isinstance(value, str) else repr(value))
+        seen += 1
+        if count and seen >= count:
+            done.set()
+
+    where = {"bind": endpoint} if bind else {"connect": endpoint}
+    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)
+    if bind:
+        click.echo(f"worker on {worker.endpoint}", err=True)
+    with worker:
+        worker.start()
+        try:
+            while not done.wait(0.2):
+                pass
+        except KeyboardInterrupt:
+            pass
+
+
+# -- bench ---------------------------------------------------------------------------------------------------
+
+
+class _Count:
+    """The per-message handler every variant calls: count, and say when ``n`` arrived."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = threading.Event()
+
+    def __call__(self, value: object) -> None:
+        self.seen += 1
+        if self.seen == 1:
+            self.first = time.perf_counter()
+        elif self.seen >= self.n:
+            self.last = time.perf_counter()
+            self.done.set()
+
+    def rate(self) -> float:
+        return (self.n - 1) / (self.last - self.first)
+
+
+def _producer_proc(endpoint: str, n: int, size: int, acks: bool, many: bool) -> None:
+    body = b"x" * size
+    where = {"bind": endpoint} if acks else {"connect": endpoint}
+    with Producer(**where, acks=acks, codec="bytes") as producer:
+        if many:
+            for start in range(0, n, 1000):
+                producer.send_many([body] * min(1000, n - start))
+        else:
+            for _ in range(n):
+                producer.send(body)
+        if acks:
+            producer.join(timeout=120)
+
+
+def _measure(label: str, n: int, run: Callable[[_Count], None]) -> float:
+    count = _Count(n)
+    thread = threading.Thread(target=run, args=(count,), daemon=True)
+    with click.progressbar(length=n, label=f"{label:<22}", file=sys.stderr) as bar:
+        thread.start()
+        shown = 0
+        while not count.done.wait(0.1):
+            if not thread.is_alive():
+                raise RequestTimeout(f"bench {label}: stopped after {count.seen} of {n} messages")
+            bar.update(count.seen - shown)
+            shown = count.seen
+        bar.update(n - shown)
+    thread.join(30)
+    return count.rate()
+
+
+# raw_pushpull's PULL has an unlimited receive queue; the zmqkit worker gets the same, so like is compared with like.
+_LIKE_RAW = SocketOptions(rcvhwm=0)
+
+
+def _zmqkit_run(n: int, size: int, acks: bool, many: bool, credit: int = 100) -> Callable[[_Count], None]:
+    def run(count: _Count) -> None:
+        if acks:
+            from ..testing import free_tcp_endpoint
+
+            endpoint = free_tcp_endpoint()
+            proc = spawn(_producer_proc, endpoint, n, size, True, many)
+            worker = Worker(count, connect=endpoint, credit=credit, options=_LIKE_RAW)
+        else:
+            worker = Worker(count, bind="tcp://127.0.0.1:0", acks=False, options=_LIKE_RAW)
+            proc = spawn(_producer_proc, worker.endpoint, n, size, False, many)
+        with worker:
+            worker.start()
+            if not count.done.wait(120):
+                return
+        proc.join(30)
+
+    return run
+
+
+def _raw_run(n: int, size: int) -> Callable[[_Count], None]:
+    def run(count: _Count) -> None:
+        raw_pushpull(n, size, count)
+        count.last = count.last or time.perf_counter()
+        count.done.set()
+
+    return run
+
+
+@bench.command("pipeline")
+@click.option("-n", "--messages", default=200_000, show_default=True, help="Messages per measurement.")
+@click.option("--size", default=100, show_default=True, help="Payload bytes.")
+@click.option("--credit", default=100, show_default=True, help="Messages in flight per worker (acknowledged run).")
+@click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; the best of each is reported.")
+def bench_pipeline(messages: int, size: int, credit: int, rounds: int) -> None:
+    """Fire-and-forget and acknowledged throughput beside raw pyzmq PUSH/PULL (same handler call)."""
+    if messages < 2:
+        raise click.BadParameter(f"{messages!r}: need at least 2 messages", param_hint="--messages")
+    if rounds < 1:
+        raise click.BadParameter(f"{rounds!r}: need at least 1 round", param_hint="--rounds")
+    variants = [  # (row name, acks, send_many, target)
+        ("fire-and-forget, send()", False, False, ">= 0.80x"),
+        ("fire-and-forget, send_many()", False, True, ">= 0.80x"),
+        (f"acknowledged, send(), credit {credit}", True, False, ">= 0.25x"),
+        (f"acknowledged, send_many(), credit {credit}", True, True, ">= 0.25x"),
+    ]
+    raw = 0.0
+    best = [0.0] * len(variants)
+    for r in range(1, rounds + 1):
+        # Interleaved, so a burst of load from elsewhere on the machine hits every variant alike.
+        raw = max(raw, _measure(f"{r}/{rounds} raw PUSH/PULL", messages, _raw_run(messages, size)))
+        for i, (name, acks, many, _) in enumerate(variants):
+            run = _zmqkit_run(messages, size, acks, many, credit)
+            best[i] = max(best[i], _measure(f"{r}/{rounds} {name.split(',')[0]}", messages, run))
+    print_table(
+        f"zmqkit bench pipeline: {messages:,} messages of {size} bytes, producer in another process, "
+        f"best of {rounds} round(s)",
+        [Row("raw pyzmq PUSH/PULL", raw, "msg/s")]
+        + [Row(name, value, "msg/s", raw, target) for (name, _, _, target), value in zip(variants, best, strict=True)],
+    )
