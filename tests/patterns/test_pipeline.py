@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 import zmq
+
+from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, Unavailable
 from zmqkit.patterns import Backoff, Producer, Retry, Sink, Worker
 from zmqkit.patterns.pipeline_protocol import HDR
 from zmqkit.patterns.spool import Spool
-
-from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, Unavailable
 from zmqkit.wire import pack_u32
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")

@@ -6,10 +6,10 @@ import asyncio
 
 import pytest
 import zmq
-from zmqkit.patterns import Backoff, Retry
 
 from zmqkit import RequestTimeout
 from zmqkit.asyncio import Producer, Sink, Worker
+from zmqkit.patterns import Backoff, Retry
 
 FAST = Backoff(base=0.01, factor=2, maximum=0.05, jitter=0.5)
 

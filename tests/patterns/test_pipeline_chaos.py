@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+
 from zmqkit.patterns import Producer, Worker
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")

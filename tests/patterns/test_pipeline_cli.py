@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from zmqkit.patterns import Producer, Worker
 
 from zmqkit.cli import main
+from zmqkit.patterns import Producer, Worker
 
 ROOT = Path(__file__).resolve().parents[2]
 ZMQKIT = str(Path(sys.executable).parent / "zmqkit")

@@ -8,6 +8,8 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+from zmqkit import ConfigurationError
 from zmqkit.patterns import Backoff, Retry
 from zmqkit.patterns.pipeline_protocol import (
     HDR,
@@ -17,8 +19,6 @@ from zmqkit.patterns.pipeline_protocol import (
     decode_message,
     encode_message,
 )
-
-from zmqkit import ConfigurationError
 from zmqkit.wire import pack_u32
 
 
