@@ -12,9 +12,9 @@ from .patterns.fanout_async import AsyncDirectory as Directory
 from .patterns.fanout_async import AsyncPresence as Presence
 from .patterns.fanout_async import AsyncPublisher as Publisher
 from .patterns.fanout_async import AsyncSubscriber as Subscriber
-from .patterns.pipeline_aio import Producer as Producer
-from .patterns.pipeline_aio import Sink as Sink
-from .patterns.pipeline_aio import Worker as Worker
+from .patterns.pipeline_async import Producer as Producer
+from .patterns.pipeline_async import Sink as Sink
+from .patterns.pipeline_async import Worker as Worker
 from .patterns.reqrep_async import AsyncClient as Client
 from .patterns.reqrep_async import AsyncServer as Server
 from .patterns.rpc import AsyncRpcClient as RpcClient
