@@ -24,6 +24,7 @@ from zmqkit.sockets import connect, make_socket
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
 from .core import ClientCore
+from .protocol import HEAD
 
 __all__ = ["AsyncCacheClient"]
 
@@ -142,7 +143,7 @@ class AsyncCacheClient(ClientCore):
         loop = asyncio.get_running_loop()
         calls = batch.calls
         first = calls[0]
-        if len(calls) == 1 and batch.timeout == self.timeout and first.frames[2][4:] == b"get":
+        if len(calls) == 1 and batch.timeout == self.timeout and first.frames[1][HEAD:] == b"get":
             # A lone get waits for the end of this loop iteration, to travel with the other gets to its node.
             fut: asyncio.Future[Reply | None] = loop.create_future()
             if not self._queued:

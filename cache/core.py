@@ -149,11 +149,11 @@ class ClientCore:
 
     def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
         rid = u32(next(self._rids) & 0xFFFFFFFF)
-        return Call(node, rid, [b"", HEADER, rid + command, *args], items, rejoin)
+        return Call(node, rid, [b"", HEADER + rid + command, *args], items, rejoin)
 
     def merge_gets(self, node: int, calls: list[Call]) -> Call:
         """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
-        return self._call(node, b"get_many", [pack_list([call.frames[3] for call in calls])], [])
+        return self._call(node, b"get_many", [pack_list([call.frames[2] for call in calls])], [])
 
     @staticmethod
     def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:

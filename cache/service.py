@@ -3,8 +3,8 @@
 A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
 
 >>> service = Service(Store())
->>> service.handle([HEADER, b"\\x00\\x00\\x00\\x01ping"])
-[b'ZKC\\x01', b'\\x00\\x00\\x00\\x01\\x00', b'...node id...']
+>>> service.handle([HEADER + b"\\x00\\x00\\x00\\x01ping"])
+[b'ZKC\\x02\\x00\\x00\\x00\\x01\\x00', b'...node id...']
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from collections.abc import Callable
 from zmqkit._version import __version__
 from zmqkit.errors import ProtocolError
 
-from .protocol import Status, decode_request, encode_reply, pack_list, read_u32, read_u64, u64, unpack_list
+from .protocol import (
+    Status,
+    decode_request,
+    encode_reply,
+    pack_list,
+    read_u32,
+    read_u64,
+    request_id,
+    u64,
+    unpack_list,
+)
 from .store import MAX_KEY, NotANumber, Store, TooLarge
 
 __all__ = ["Service"]
@@ -76,7 +86,7 @@ class Service:
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Reply frames for one request; bad input gets an error reply, never an exception."""
         # Echo the request id even when the rest is bad, so a pipelining client can match the error.
-        rid = frames[1][:4] if len(frames) > 1 and len(frames[1]) >= 4 else b"\x00\x00\x00\x00"
+        rid = request_id(frames)
         try:
             rid, command, args = decode_request(frames)
             self.store.commands[command] += 1
