@@ -132,7 +132,8 @@ def decode_request(frames: list[bytes]) -> tuple[bytes, bytes, list[bytes]]:
     if not frames:
         raise ProtocolError("empty request; expected the header, request id and command, then arguments")
     head = frames[0]
-    _check_header(head)
+    if head[:_H] != HEADER:
+        _check_header(head)
     if len(head) <= HEAD:
         raise ProtocolError("request's first frame must be the header, a 4-byte request id, then a command name")
     command = head[HEAD:]

@@ -85,23 +85,29 @@ class Service:
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Reply frames for one request; bad input gets an error reply, never an exception."""
-        # Echo the request id even when the rest is bad, so a pipelining client can match the error.
-        rid = request_id(frames)
+        # Echo the request id even when the rest is bad, so a pipelining client can match the error
+        # (looked for only then: a good request's id comes out of decode_request).
+        rid = b""
         try:
             rid, command, args = decode_request(frames)
             self.store.commands[command] += 1
             status, results = self._handlers[command](args)
-        except ProtocolError as exc:
+        except Exception as exc:
+            return self._error(rid or request_id(frames), exc)
+        return encode_reply(rid, status, results)
+
+    @staticmethod
+    def _error(rid: bytes, exc: Exception) -> list[bytes]:
+        """The error reply for ``exc``: the client's fault, the value's, or the node's."""
+        if isinstance(exc, ProtocolError):
             log.warning("bad request: %s", exc)
             return encode_reply(rid, Status.BAD_REQUEST, [str(exc).encode()])
-        except TooLarge as exc:
+        if isinstance(exc, TooLarge):
             return encode_reply(rid, Status.TOO_LARGE, [str(exc).encode()])
-        except NotANumber as exc:
+        if isinstance(exc, NotANumber):
             return encode_reply(rid, Status.NOT_A_NUMBER, [str(exc).encode()])
-        except Exception as exc:  # a bug must not take the node down; the client sees SERVER_ERROR
-            log.exception("request failed")
-            return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
-        return encode_reply(rid, status, results)
+        log.error("request failed", exc_info=exc)  # a bug must not take the node down; the client sees SERVER_ERROR
+        return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
 
     @staticmethod
     def _store(stored: bool) -> tuple[Status, list[bytes]]:
