@@ -9,7 +9,7 @@ from typing import Any
 
 from zmqkit.errors import ProtocolError
 
-from .protocol import HEADER, decode_reply
+from .protocol import HEAD, HEADER, decode_reply
 
 __all__ = ["Call", "Batch", "Sleep", "Compute", "Reply", "Op", "advance", "parse_reply"]
 
@@ -17,6 +17,10 @@ log = logging.getLogger(__name__)
 
 Reply = tuple[int, list[bytes]]  # (status, result frames)
 Op = Generator[Any, Any, Any]
+
+
+_RID = len(HEADER)
+_REPLY_HEAD = HEAD + 1  # header, request id, status
 
 
 class Call:
@@ -78,9 +82,10 @@ def advance(op: Op, value: Any, error: Exception | None) -> tuple[bool, Any]:
 
 def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
     """``(rid, (status, results))`` from a DEALER's received frames, or None (logged) if malformed."""
-    if len(frames) >= 3 and frames[1] == HEADER and len(frames[2]) == 5:  # the hot path, checked inline
-        head = frames[2]
-        return head[:4], (head[4], frames[3:])
+    if len(frames) >= 2:
+        head = frames[1]
+        if len(head) == _REPLY_HEAD and head.startswith(HEADER):  # the hot path, checked inline
+            return head[_RID:HEAD], (head[HEAD], frames[2:])
     try:
         rid, status, results = decode_reply(frames[1:])
     except ProtocolError as exc:

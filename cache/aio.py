@@ -24,6 +24,7 @@ from zmqkit.sockets import connect, make_socket
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
 from .core import ClientCore
+from .protocol import HEAD
 
 __all__ = ["AsyncCacheClient"]
 
@@ -88,7 +89,12 @@ class AsyncCacheClient(ClientCore):
                 return action
             value, error = None, None
             if type(action) is Batch:
-                value = await self._io(action)
+                lone = self._queue_get(action)
+                if lone is None:
+                    value = await self._io(action)
+                else:  # awaited here, not in one more coroutine: the commonest call stays cheap
+                    reply = await lone
+                    value = {} if reply is None else {action.calls[0].rid: reply}
             elif type(action) is Sleep:
                 await asyncio.sleep(action.seconds)
             else:  # Compute: the memoized function, sync or async
@@ -136,20 +142,32 @@ class AsyncCacheClient(ClientCore):
             if not fut.done():
                 fut.set_result(reply)
 
+    def _queue_get(self, batch: Batch) -> asyncio.Future[Reply | None] | None:
+        """A lone get waits for the end of this loop iteration, to travel with the other gets to its node in one
+        get_many; its future, or None if ``batch`` is not a lone get."""
+        calls = batch.calls
+        first = calls[0]
+        if len(calls) != 1 or batch.timeout != self.timeout or first.frames[1][HEAD:] != b"get":
+            return None
+        if not self._socks:
+            self._open()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Reply | None] = loop.create_future()
+        queued = self._queued
+        if not queued:
+            loop.call_soon(self._flush_gets)
+        entries = queued.get(first.node)
+        if entries is None:
+            queued[first.node] = [(first, fut)]
+        else:
+            entries.append((first, fut))
+        return fut
+
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
         if not self._socks:
             self._open()
         loop = asyncio.get_running_loop()
         calls = batch.calls
-        first = calls[0]
-        if len(calls) == 1 and batch.timeout == self.timeout and first.frames[2][4:] == b"get":
-            # A lone get waits for the end of this loop iteration, to travel with the other gets to its node.
-            fut: asyncio.Future[Reply | None] = loop.create_future()
-            if not self._queued:
-                loop.call_soon(self._flush_gets)
-            self._queued.setdefault(first.node, []).append((first, fut))
-            reply = await fut
-            return {} if reply is None else {first.rid: reply}
         pending = self._pending
         futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
         for call, fut in zip(calls, futures, strict=True):

@@ -25,6 +25,7 @@ from zmqkit.sockets import SocketOptions, connect, make_socket
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
 from .core import ClientCore
+from .frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["CacheClient"]
 
@@ -132,7 +133,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         for call in batch.calls:
             waiting[call.rid] = call
             try:
-                socks[call.node].send_multipart(call.frames, zmq.NOBLOCK)
+                send_frames(socks[call.node], call.frames, NOBLOCK)
             except zmq.Again:  # not connected (yet, or any more): wait for it within the deadline
                 blocked.append(call)
         replies: dict[bytes, Reply] = {}
@@ -142,7 +143,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             sock, items = socks[call.node], state.items[call.node]
             wait_ms = batch.timeout * 1000
             while zmq.zmq_poll(items, int(wait_ms) + 1):
-                parsed = parse_reply(sock.recv_multipart())
+                parsed = parse_reply(recv_frames(sock))
                 if parsed is not None and parsed[0] == call.rid:
                     replies[call.rid] = parsed[1]
                     break
@@ -166,7 +167,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
     def _drain(sock: zmq.Socket, waiting: dict[bytes, Call], replies: dict[bytes, Reply]) -> None:
         while True:
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
             parsed = parse_reply(frames)
@@ -189,7 +190,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         for call in blocked:
             if socks[call.node] is sock:
                 try:
-                    sock.send_multipart(call.frames, zmq.NOBLOCK)
+                    send_frames(sock, call.frames, NOBLOCK)
                     continue
                 except zmq.Again:
                     pass

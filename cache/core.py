@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import struct
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
 from typing import Any
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 _OK, _MISS = Status.OK, Status.NOT_FOUND
 _ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
 _CODEC_BYTE = [bytes([i]) for i in range(256)]
+_pack_rid = struct.Struct(">I").pack
 
 
 def _endpoint_weights(endpoints: Any) -> dict[str, int]:
@@ -148,12 +150,12 @@ class ClientCore:
     # -- routing -------------------------------------------------------------------------------------------
 
     def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
-        rid = u32(next(self._rids) & 0xFFFFFFFF)
-        return Call(node, rid, [b"", HEADER, rid + command, *args], items, rejoin)
+        rid = _pack_rid(next(self._rids) & 0xFFFFFFFF)
+        return Call(node, rid, [b"", HEADER + rid + command, *args], items, rejoin)
 
     def merge_gets(self, node: int, calls: list[Call]) -> Call:
         """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
-        return self._call(node, b"get_many", [pack_list([call.frames[3] for call in calls])], [])
+        return self._call(node, b"get_many", [pack_list([call.frames[2] for call in calls])], [])
 
     @staticmethod
     def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:
@@ -204,7 +206,8 @@ class ClientCore:
                         given_up += [(i, call.node) for i in call.items]
                     pending += call.items
                     continue
-                health.answered(node)
+                if node.failures:
+                    health.answered(node)
                 if split is None:
                     out[call.items[0]] = reply
                 else:

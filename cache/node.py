@@ -20,6 +20,7 @@ import zmq
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, bind, connect, make_socket
 
+from .frames import recv_frames, send_frames
 from .service import Service
 from .store import Store
 
@@ -101,18 +102,17 @@ class CacheNode:
 
     def _loop(self, rep: zmq.Socket, deadline: float | None) -> None:
         handle, token = self.service.handle, self._stop_token
-        recv, send = rep.recv_multipart, rep.send_multipart
         items = [(rep, zmq.POLLIN)]
         while True:
             if deadline is not None:  # only a bounded serve() polls; the usual one blocks in recv
                 wait_ms = int((deadline - time.monotonic()) * 1000)
                 if wait_ms <= 0 or not zmq.zmq_poll(items, wait_ms):
                     return
-            frames = recv()
+            frames = recv_frames(rep)
             if frames[0] == token:  # stop(): a random token only this process knows
-                send([token])
+                send_frames(rep, [token])
                 return
-            send(handle(frames))
+            send_frames(rep, handle(frames))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""

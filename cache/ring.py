@@ -51,6 +51,7 @@ class HashRing:
         points.sort()
         self._hashes = [h for h, _ in points]
         self._owners = [n for _, n in points]
+        self._only = next(iter(self._weights)) if len(self._weights) == 1 else None  # no hashing needed
 
     def add(self, node: str, weight: int = 1) -> None:
         self._check(node, weight)
@@ -75,6 +76,8 @@ class HashRing:
 
     def get_node(self, key: bytes) -> str:
         """The node that owns ``key``."""
+        if self._only is not None:
+            return self._only
         if not self._hashes:
             raise ConfigurationError("the hash ring has no nodes")
         i = bisect(self._hashes, mmh3.hash(key, signed=False))

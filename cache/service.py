@@ -3,8 +3,8 @@
 A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
 
 >>> service = Service(Store())
->>> service.handle([HEADER, b"\\x00\\x00\\x00\\x01ping"])
-[b'ZKC\\x01', b'\\x00\\x00\\x00\\x01\\x00', b'...node id...']
+>>> service.handle([HEADER + b"\\x00\\x00\\x00\\x01ping"])
+[b'ZKC\\x02\\x00\\x00\\x00\\x01\\x00', b'...node id...']
 """
 
 from __future__ import annotations
@@ -16,7 +16,17 @@ from collections.abc import Callable
 from zmqkit._version import __version__
 from zmqkit.errors import ProtocolError
 
-from .protocol import Status, decode_request, encode_reply, pack_list, read_u32, read_u64, u64, unpack_list
+from .protocol import (
+    Status,
+    decode_request,
+    encode_reply,
+    pack_list,
+    read_u32,
+    read_u64,
+    request_id,
+    u64,
+    unpack_list,
+)
 from .store import MAX_KEY, NotANumber, Store, TooLarge
 
 __all__ = ["Service"]
@@ -75,23 +85,29 @@ class Service:
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """Reply frames for one request; bad input gets an error reply, never an exception."""
-        # Echo the request id even when the rest is bad, so a pipelining client can match the error.
-        rid = frames[1][:4] if len(frames) > 1 and len(frames[1]) >= 4 else b"\x00\x00\x00\x00"
+        # Echo the request id even when the rest is bad, so a pipelining client can match the error
+        # (looked for only then: a good request's id comes out of decode_request).
+        rid = b""
         try:
             rid, command, args = decode_request(frames)
             self.store.commands[command] += 1
             status, results = self._handlers[command](args)
-        except ProtocolError as exc:
+        except Exception as exc:
+            return self._error(rid or request_id(frames), exc)
+        return encode_reply(rid, status, results)
+
+    @staticmethod
+    def _error(rid: bytes, exc: Exception) -> list[bytes]:
+        """The error reply for ``exc``: the client's fault, the value's, or the node's."""
+        if isinstance(exc, ProtocolError):
             log.warning("bad request: %s", exc)
             return encode_reply(rid, Status.BAD_REQUEST, [str(exc).encode()])
-        except TooLarge as exc:
+        if isinstance(exc, TooLarge):
             return encode_reply(rid, Status.TOO_LARGE, [str(exc).encode()])
-        except NotANumber as exc:
+        if isinstance(exc, NotANumber):
             return encode_reply(rid, Status.NOT_A_NUMBER, [str(exc).encode()])
-        except Exception as exc:  # a bug must not take the node down; the client sees SERVER_ERROR
-            log.exception("request failed")
-            return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
-        return encode_reply(rid, status, results)
+        log.error("request failed", exc_info=exc)  # a bug must not take the node down; the client sees SERVER_ERROR
+        return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
 
     @staticmethod
     def _store(stored: bool) -> tuple[Status, list[bytes]]:

@@ -33,5 +33,11 @@ def test_bench_cache_against_memcached_runs() -> None:
         [str(exe), "bench", "cache", "--ops", "200", "--vs-memcached"], capture_output=True, text=True, timeout=170
     )
     assert result.returncode == 0, result.stderr
-    for row in ("get, 1 node", "get_many(100), 4 nodes", "async pipelined gets", "pymemcache get"):
+    for row in (
+        "get, 1 node",
+        "get_many(100), 4 nodes",
+        "async gets, 100 tasks",
+        "async gather(1000 gets)",
+        "pymemcache get",
+    ):
         assert row in result.stdout

@@ -22,33 +22,33 @@ RID = b"\x00\x00\x00\x2a"
 
 
 def call(service: Service, command: bytes, *args: bytes) -> tuple[int, list[bytes]]:
-    rid, status, results = decode_reply(service.handle([HEADER, RID + command, *args]))
+    rid, status, results = decode_reply(service.handle([HEADER + RID + command, *args]))
     assert rid == RID
     return status, results
 
 
 def test_request_round_trip() -> None:
     frames = encode_request(42, b"get", [b"k"])
-    assert frames == [b"ZKC\x01", RID + b"get", b"k"]
+    assert frames == [b"ZKC\x02" + RID + b"get", b"k"]
     assert decode_request(frames) == (RID, b"get", [b"k"])
 
 
 def test_reply_round_trip() -> None:
     frames = encode_reply(RID, Status.NOT_FOUND)
-    assert frames == [b"ZKC\x01", RID + b"\x01"]
+    assert frames == [b"ZKC\x02" + RID + b"\x01"]
     assert decode_reply(frames) == (RID, Status.NOT_FOUND, [])
 
 
 @pytest.mark.parametrize(
     ("frames", "match"),
     [
-        ([b"ZKC\x01"], "1 frame"),
-        ([b"ZKC\x02", RID + b"get", b"k"], "unsupported ZKC version 2"),
-        ([b"XYZ\x01", RID + b"get", b"k"], "expected protocol header"),
-        ([HEADER, b"\x00\x00", b"k"], "request id"),
-        ([HEADER, RID + b"frobnicate"], "unknown command"),
-        ([HEADER, RID + b"get"], "takes 1 argument"),
-        ([HEADER, RID + b"set", b"k", b"v"], "takes 3"),
+        ([], "empty request"),
+        ([b"ZKC\x01", RID + b"get", b"k"], "unsupported ZKC version 1"),
+        ([b"XYZ\x02" + RID + b"get", b"k"], "expected protocol header"),
+        ([HEADER + b"\x00\x00", b"k"], "request id"),
+        ([HEADER + RID + b"frobnicate"], "unknown command"),
+        ([HEADER + RID + b"get"], "takes 1 argument"),
+        ([HEADER + RID + b"set", b"k", b"v"], "takes 3"),
     ],
 )
 def test_bad_requests(frames: list[bytes], match: str) -> None:
