@@ -1,7 +1,8 @@
-"""Wire helpers shared by every capability: the protocol header frame, fixed-width numbers, envelopes.
+"""Wire helpers shared by every capability: the protocol id, fixed-width numbers, envelopes.
 
-Every zmqkit message starts with a header frame: a short ASCII protocol tag followed by one version byte
-(``b"ZKC" + b"\\x01"`` is cache protocol version 1). Numbers are fixed-width big-endian.
+Every zmqkit message carries its protocol id in its first frame: a short ASCII tag followed by one version
+byte (``b"ZKC\\x02"`` is cache protocol version 2), either as the whole frame or opening it. Numbers are
+fixed-width big-endian.
 """
 
 from __future__ import annotations
