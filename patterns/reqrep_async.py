@@ -14,12 +14,11 @@ from typing import Any
 
 import zmq
 
-from zmqkit.codecs import unpack
 from zmqkit.errors import Unavailable
 from zmqkit.sockets import make_socket
 
 from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_frames
-from .reqrep_protocol import ERROR, Job, describe_exception, reply_of
+from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
 
 __all__ = ["AsyncClient", "AsyncServer"]
 
@@ -200,7 +199,7 @@ class AsyncServer(ServerCore):
         assert self._slots is not None
         async with self._slots:
             try:
-                value = unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
+                value = decode(job.codec, job.body, self._allow_pickle)
                 result = reply_of(self._codec, await self.handler(value))
             except Exception as exc:
                 result = (ERROR, 0, describe_exception(exc))

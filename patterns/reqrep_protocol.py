@@ -42,6 +42,7 @@ __all__ = [
     "message",
     "kind_of",
     "parse_message",
+    "decode",
     "with_attempt",
     "describe_exception",
     "run_handler",
@@ -88,11 +89,17 @@ def kind_of(frame: bytes) -> int:
 
 def parse_message(frame: bytes) -> tuple[int, int, int, bytes, bytes]:
     """``(kind, attempt, codec, request id, payload)`` from a message frame; ProtocolError if it is malformed."""
-    kind = kind_of(frame)
-    if len(frame) < _FIXED or frame[_FIXED - 1] > MAX_ID or len(frame) < _FIXED + frame[_FIXED - 1]:
+    size = len(frame)
+    if size < _FIXED or frame[:KIND_AT] != HEADER or frame[_FIXED - 1] > MAX_ID or size < _FIXED + frame[_FIXED - 1]:
+        kind_of(frame)  # says what is wrong with the header, if that is it
         raise ProtocolError(f"message frame too short or request id too long: {bytes(frame[:40])!r}")
     n = _FIXED + frame[_FIXED - 1]
-    return kind, frame[KIND_AT + 1], frame[KIND_AT + 2], frame[_FIXED:n], frame[n:]
+    return frame[KIND_AT], frame[KIND_AT + 1], frame[KIND_AT + 2], frame[_FIXED:n], frame[n:]
+
+
+def decode(codec: int, payload: bytes, allow_pickle: bool) -> Any:
+    """A payload's value by its codec id; plain bytes (id 0, the common case) without a codec lookup."""
+    return payload if codec == 0 else unpack(codec, payload, allow_pickle=allow_pickle)
 
 
 def with_attempt(frame: bytes, attempt: int) -> bytes:
@@ -317,7 +324,7 @@ class ClientProtocol:
                 return
             if kind == REPLY:
                 try:
-                    value = unpack(codec, payload, allow_pickle=self.allow_pickle)
+                    value = decode(codec, payload, self.allow_pickle)
                 except ProtocolError as exc:
                     self._finish(p, exc)
                 else:
@@ -452,13 +459,21 @@ class Job:
 
     __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
 
-    def __init__(self, envelope: list[bytes], request_id: bytes, attempt: int, codec: int, body: bytes) -> None:
+    def __init__(
+        self,
+        envelope: list[bytes],
+        request_id: bytes,
+        attempt: int,
+        codec: int,
+        body: bytes,
+        key: tuple[bytes, ...] | None = None,
+    ) -> None:
         self.envelope = envelope
         self.request_id = request_id
         self.attempt = attempt
         self.codec = codec
         self.body = body
-        self.key: tuple[bytes, ...] = (*envelope, request_id)
+        self.key: tuple[bytes, ...] = key if key is not None else (*envelope, request_id)
 
 
 class ServerProtocol:
@@ -555,8 +570,8 @@ class ServerProtocol:
         raise ProtocolError(f"unknown message kind {bytes([kind])!r}")
 
     def _on_request(self, envelope: list[bytes], attempt: int, codec: int, rid: bytes, body: bytes) -> Job | None:
+        key = (*envelope, rid)
         if self.window:
-            key = (*envelope, rid)
             seen = self._recent.get(key)
             if seen is not None:
                 self.duplicates += 1
@@ -569,11 +584,11 @@ class ServerProtocol:
             reason = b"leaving" if self.leaving else b"busy"
             self.outbox.append([*envelope, b"", message(REJECT, attempt, 0, rid, reason)])
             return None
-        job = Job(envelope, rid, attempt, codec, body)
+        job = Job(envelope, rid, attempt, codec, body, key)
         self.held += 1
         if self.window:
             recent = self._recent
-            recent[job.key] = job
+            recent[key] = job
             if len(recent) > self.window:
                 recent.popitem(last=False)
         return job
@@ -589,7 +604,7 @@ class ServerProtocol:
         else:
             answer = [message(kind, job.attempt, codec, rid), *frames]
         if self.window and job.key in self._recent:
-            self._recent[job.key] = answer
+            self._recent[job.key] = answer  # a retry from now on gets this answer without running again
         self.outbox.append([*job.envelope, b"", *answer])
 
     def leave(self) -> None:
@@ -637,6 +652,6 @@ def run_handler(
 ) -> tuple[int, int, list[bytes]]:
     """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
     try:
-        return reply_of(codec, handler(unpack(job.codec, job.body, allow_pickle=allow_pickle)))
+        return reply_of(codec, handler(decode(job.codec, job.body, allow_pickle)))
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)
