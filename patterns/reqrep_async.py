@@ -38,15 +38,21 @@ class AsyncClient(ClientCore):
         self._pump_task: asyncio.Task[None] | None = None
         self._poll: asyncio.Future[Any] | None = None
         self._wake_at = math.inf
+        self._settle_soon = False
 
     async def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable."""
         rid = self._submit(body, timeout)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._futures[rid] = fut
-        self._settle()
+        if not self._settle_soon:
+            # Send once every coroutine that is ready has queued its request: one batch of sends, and one look
+            # at the socket, per turn of the loop rather than per request.
+            self._settle_soon = True
+            loop.call_soon(self._settle)
         if self._pump_task is None:
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
+            self._pump_task = loop.create_task(self._pump())
         elif self._proto.next_deadline() < self._wake_at and self._poll is not None:
             self._poll.cancel()  # the pump sleeps past this request's first timer: wake it
         try:
@@ -62,11 +68,16 @@ class AsyncClient(ClientCore):
         Using the socket directly consumes the edge-triggered wake-up that the pump's asyncio poll waits for;
         leaving nothing unread means the next arrival wakes it again.
         """
+        self._settle_soon = False
+        if self.closed:
+            return
         proto = self._proto
-        self._drain()
-        while proto.outbox:
-            self._flush()
-            self._drain()
+        while True:
+            if proto.outbox:
+                self._flush()
+            self._drain()  # what it reads may queue more to send (acks, requests that waited for a server)
+            if not proto.outbox:
+                break
         if proto.completed:
             self._deliver()
 
