@@ -38,7 +38,6 @@ __all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
-_BATCH = 64  # requests a server reads in a row before it looks at its wake socket again
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
 _MORE = int(zmq.SNDMORE) | NOBLOCK
@@ -471,20 +470,15 @@ class Server(ServerCore, _Background):
                 timeout = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
             events = zmq_poll(items, timeout)
             if events and events[0][0] is router:
-                # Answer each request as soon as it is read, then read on while more wait (a stream of requests
-                # then costs one EVENTS check each, not a poll of both sockets); a bounded batch, so commands
-                # and handler results on the wake socket are not starved.
-                for _ in range(_BATCH):
-                    job = on_message(recv_frames(router))
-                    if job is not None:
-                        if jobs is None:
-                            proto.finish(job, *execute(job))
-                        else:
-                            jobs.put(job)
-                    if proto.outbox:
-                        self._flush(router)
-                    if not router.getsockopt(EVENTS) & POLLIN:
-                        break
+                # One message per poll: asking the socket whether more wait costs as much as polling again.
+                job = on_message(recv_frames(router))
+                if job is not None:
+                    if jobs is None:
+                        proto.finish(job, *execute(job))
+                    else:
+                        jobs.put(job)
+                if proto.outbox:
+                    self._flush(router)
             if events and events[-1][0] is wake:
                 while wake.getsockopt(EVENTS) & POLLIN:
                     wake.recv(NOBLOCK)
