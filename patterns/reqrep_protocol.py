@@ -68,6 +68,8 @@ _GOODBYE_CTL = HEADER + bytes([GOODBYE])
 _REQUEST_HEAD = HEADER + bytes([REQUEST])
 _REPLY_HEAD = HEADER + bytes([REPLY])
 
+# Server choice: a server this request has not tried beats any number of requests in flight on one it has.
+_UNTRIED_FIRST = 1 << 40
 # Peer states, as the client sees a server.
 CONNECTING, READY_, LEAVING, DOWN, SUSPECT = "connecting", "ready", "leaving", "down", "suspect"
 
@@ -119,7 +121,7 @@ def _text(frame: bytes) -> str:
 class _Peer:
     """One server, as a client sees it."""
 
-    __slots__ = ("alias", "capacity", "endpoint", "in_flight", "probe_at", "probe_delay", "state")
+    __slots__ = ("alias", "capacity", "endpoint", "in_flight", "limit", "probe_at", "probe_delay", "state")
 
     def __init__(self, alias: bytes, endpoint: str, now: float) -> None:
         self.alias = alias
@@ -127,6 +129,7 @@ class _Peer:
         self.state = CONNECTING
         self.in_flight = 0
         self.capacity = 0
+        self.limit = 0  # min(capacity, the client's max_in_flight): requests of ours it may hold at once
         self.probe_at = now
         self.probe_delay = 0.0
 
@@ -239,16 +242,17 @@ class ClientProtocol:
         ring = self._ring
         n = len(ring)
         best: _Peer | None = None
-        best_key = (2, 0)
+        best_key = _UNTRIED_FIRST * 2
         start = self._turn
+        tried = p.tried
         for i in range(n):
             peer = ring[(start + i) % n]
-            if peer.state is not READY_ or peer.in_flight >= min(peer.capacity, self.max_in_flight):
+            if peer.state is not READY_ or peer.in_flight >= peer.limit:
                 continue
-            key = (1 if peer.alias in p.tried else 0, peer.in_flight)
+            key = peer.in_flight + (_UNTRIED_FIRST if tried and peer.alias in tried else 0)
             if key < best_key:
                 best, best_key = peer, key
-                if key == (0, 0):
+                if key == 0:
                     break
         self._turn = (start + 1) % n
         return best
@@ -305,7 +309,7 @@ class ClientProtocol:
 
     # ------------------------------------------------------------------ inbound
     def on_message(self, frames: Sequence[bytes]) -> None:
-        """Handle one message from a server: ``[alias, b"", message, ...]``."""
+        """Handle one message from a server: ``[alias, b"", message, ...]``; a malformed one is logged and dropped."""
         try:
             self._on_message(frames)
         except ProtocolError as exc:
@@ -348,6 +352,7 @@ class ClientProtocol:
             if len(msg) != KIND_AT + 5:
                 raise ProtocolError(f"a ready message is the header, W and a u32; got {len(msg)} bytes")
             peer.capacity = max(1, _U32.unpack_from(msg, KIND_AT + 1)[0])
+            peer.limit = min(peer.capacity, self.max_in_flight)
             peer.state = READY_
             peer.probe_delay = 0.0
             self._dispatch(now)
