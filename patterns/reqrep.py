@@ -224,10 +224,10 @@ class ClientCore:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""
         if self.closed:
             raise ConfigurationError(f"client for {self.endpoints!r} is closed")
-        limit = self.timeout if timeout is None else check_timeout(timeout)
+        limit = check_timeout(timeout) or self.timeout
         codec_id, payload = self._codec.pack(body)
         # No look at the socket first: news (a goodbye) read later costs at most a refusal and a resend.
-        return self._proto.submit(codec_id, payload, limit)  # type: ignore[arg-type]
+        return self._proto.submit(codec_id, payload, limit)
 
     def _close_socket(self) -> None:
         if not self.closed:
