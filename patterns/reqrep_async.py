@@ -50,7 +50,7 @@ class AsyncClient(ClientCore):
             # Send once every coroutine that is ready has queued its request: one batch of sends, one look at
             # the socket and one look at the timer per turn of the loop, rather than per request.
             self._settle_soon = True
-            loop.call_soon(self._settle)
+            loop.call_soon(self._settle_safely)
         if self._pump_task is None:
             self._pump_task = loop.create_task(self._pump())
         try:
@@ -93,7 +93,19 @@ class AsyncClient(ClientCore):
         self._timer_at = math.inf
         if not self.closed:
             self._proto.tick()
+            self._settle_safely()
+
+    def _settle_safely(self) -> None:
+        """``_settle`` from a loop callback, where an error would reach no caller: fail the callers instead."""
+        try:
             self._settle()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        log.exception("request-reply client for %r stopped reading", self.endpoints)
+        self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} stopped: {exc}"))
+        self._deliver()
 
     def _deliver(self) -> None:
         futures = self._futures
@@ -111,9 +123,7 @@ class AsyncClient(ClientCore):
         try:
             await self._pump_forever()
         except Exception as exc:
-            log.exception("request-reply client for %r stopped reading", self.endpoints)
-            self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} stopped: {exc}"))
-            self._deliver()
+            self._broken(exc)
             self._pump_task = None
 
     async def _pump_forever(self) -> None:

@@ -246,6 +246,22 @@ async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Serve
 
 
 @pytest.mark.timeout(20)
+async def test_async_short_timeout_fires_while_a_longer_call_waits(servers: Callable[..., Server]) -> None:
+    # The asyncio client sets its loop timer only when the first deadline moves earlier: a later, shorter call
+    # must move it.
+    release = threading.Event()
+    server = servers(lambda body: release.wait(10) and body, concurrency=2)
+    async with zasync.Client(server.endpoints, timeout=10, retries=0) as client:
+        slow = asyncio.ensure_future(client.request(b"slow"))
+        while not server.stats["held"]:
+            await asyncio.sleep(0.01)
+        with pytest.raises(RequestTimeout):  # not asyncio's TimeoutError: the 0.3 s timer fired, not the 10 s one
+            await asyncio.wait_for(client.request(b"quick", timeout=0.3), 5)
+        release.set()
+        assert await slow == b"slow"
+
+
+@pytest.mark.timeout(20)
 async def test_closing_the_async_client_fails_what_is_in_flight(servers: Callable[..., Server]) -> None:
     release = threading.Event()
     server = servers(lambda body: release.wait(5) and body, concurrency=2)
