@@ -14,12 +14,11 @@ from typing import Any
 
 import zmq
 
-from zmqkit.codecs import unpack
 from zmqkit.errors import Unavailable
 from zmqkit.sockets import make_socket
 
 from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_frames
-from .reqrep_protocol import ERROR, Job, describe_exception, reply_of
+from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
 
 __all__ = ["AsyncClient", "AsyncServer"]
 
@@ -37,19 +36,23 @@ class AsyncClient(ClientCore):
         super().__init__(endpoints, asyncio=True, **kwargs)
         self._futures: dict[bytes, asyncio.Future[Any]] = {}
         self._pump_task: asyncio.Task[None] | None = None
-        self._poll: asyncio.Future[Any] | None = None
-        self._wake_at = math.inf
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = math.inf  # the protocol deadline the timer is set for
+        self._settle_soon = False
 
     async def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable."""
         rid = self._submit(body, timeout)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
         self._futures[rid] = fut
-        self._settle()
+        if not self._settle_soon:
+            # Send once every coroutine that is ready has queued its request: one batch of sends, one look at
+            # the socket and one look at the timer per turn of the loop, rather than per request.
+            self._settle_soon = True
+            loop.call_soon(self._settle_safely)
         if self._pump_task is None:
-            self._pump_task = asyncio.get_running_loop().create_task(self._pump())
-        elif self._proto.next_deadline() < self._wake_at and self._poll is not None:
-            self._poll.cancel()  # the pump sleeps past this request's first timer: wake it
+            self._pump_task = loop.create_task(self._pump())
         try:
             return await fut
         finally:
@@ -58,18 +61,51 @@ class AsyncClient(ClientCore):
                 self._proto.cancel(rid)
 
     def _settle(self) -> None:
-        """Read what arrived and send what that produced, until the socket has nothing for us.
+        """Read what arrived and send what that produced, until the socket has nothing for us; set the timer.
 
         Using the socket directly consumes the edge-triggered wake-up that the pump's asyncio poll waits for;
         leaving nothing unread means the next arrival wakes it again.
         """
+        self._settle_soon = False
+        if self.closed:
+            return
         proto = self._proto
-        self._drain()
-        while proto.outbox:
-            self._flush()
-            self._drain()
+        while True:
+            if proto.outbox:
+                self._flush()
+            self._drain()  # what it reads may queue more to send (acks, requests that waited for a server)
+            if not proto.outbox:
+                break
         if proto.completed:
             self._deliver()
+        due = proto.next_deadline()
+        if due < self._timer_at:
+            # Touched only when the first deadline moves earlier; when it moves later the timer fires early,
+            # finds nothing due and is set again.
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = due
+            self._timer = asyncio.get_running_loop().call_later(max(0.0, due - proto.clock()), self._on_timer)
+
+    def _on_timer(self) -> None:
+        """Time out, retry and probe what is due (the protocol's ``tick``), then send what that produced."""
+        self._timer = None
+        self._timer_at = math.inf
+        if not self.closed:
+            self._proto.tick()
+            self._settle_safely()
+
+    def _settle_safely(self) -> None:
+        """``_settle`` from a loop callback, where an error would reach no caller: fail the callers instead."""
+        try:
+            self._settle()
+        except Exception as exc:
+            self._broken(exc)
+
+    def _broken(self, exc: Exception) -> None:
+        log.exception("request-reply client for %r stopped reading", self.endpoints)
+        self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} stopped: {exc}"))
+        self._deliver()
 
     def _deliver(self) -> None:
         futures = self._futures
@@ -87,26 +123,13 @@ class AsyncClient(ClientCore):
         try:
             await self._pump_forever()
         except Exception as exc:
-            log.exception("request-reply client for %r stopped reading", self.endpoints)
-            self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} stopped: {exc}"))
-            self._deliver()
+            self._broken(exc)
             self._pump_task = None
 
     async def _pump_forever(self) -> None:
-        proto = self._proto
-        clock = proto.clock
+        self._settle()
         while True:
-            now = clock()
-            due = proto.next_deadline()
-            if due <= now:
-                proto.tick()
-            else:
-                self._wake_at = due
-                self._poll = self._socket.poll(min(3_600_000, math.ceil((due - now) * 1000)), zmq.POLLIN)
-                # asyncio.wait does not raise when a request cancels the poll to wake us early.
-                await asyncio.wait((self._poll,))
-                self._poll = None
-                self._wake_at = math.inf
+            await self._socket.poll(None, zmq.POLLIN)
             self._settle()
 
     def close(self) -> None:
@@ -116,8 +139,9 @@ class AsyncClient(ClientCore):
         if self._pump_task is not None:
             self._pump_task.cancel()
             self._pump_task = None
-        if self._poll is not None:
-            self._poll.cancel()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} was closed"))
         self._deliver()
         self._close_socket()
@@ -200,7 +224,7 @@ class AsyncServer(ServerCore):
         assert self._slots is not None
         async with self._slots:
             try:
-                value = unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
+                value = decode(job.codec, job.body, self._allow_pickle)
                 result = reply_of(self._codec, await self.handler(value))
             except Exception as exc:
                 result = (ERROR, 0, describe_exception(exc))

@@ -1,4 +1,4 @@
-"""Request-reply protocol (ZKR v1), sans I/O: frames, the client's pending table and server choice, the server's
+"""Request-reply protocol (ZKR v2), sans I/O: frames, the client's pending table and server choice, the server's
 idempotency window and graceful leave.
 
 Nothing here touches a socket. Runners feed received frames in (``on_message``), send what lands in ``outbox``,
@@ -40,7 +40,10 @@ __all__ = [
     "Outcome",
     "error_frames",
     "message",
+    "kind_of",
     "parse_message",
+    "decode",
+    "with_attempt",
     "describe_exception",
     "run_handler",
     "reply_of",
@@ -48,18 +51,25 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ProtocolId(b"ZKR", 1)
+PROTOCOL = ProtocolId(b"ZKR", 2)
 HEADER = PROTOCOL.header
-# Message kinds: the first byte of the control frame.
+# The header opens the message frame (one frame less each way than a header frame of its own); the kind byte
+# follows it.
+KIND_AT = len(HEADER)
 REQUEST, REPLY, ERROR, REJECT = b"Q"[0], b"R"[0], b"E"[0], b"N"[0]
 HELLO, READY, GOODBYE, ACK = b"H"[0], b"W"[0], b"G"[0], b"A"[0]
 MAX_ID = 32
 MAX_ATTEMPT = 255
+_FIXED = KIND_AT + 4  # header, kind, attempt, codec, request id length
 _U32 = struct.Struct(">I")
-_HELLO_CTL = bytes([HELLO])
-_ACK_CTL = bytes([ACK])
-_GOODBYE_CTL = bytes([GOODBYE])
+_HELLO_CTL = HEADER + bytes([HELLO])
+_ACK_CTL = HEADER + bytes([ACK])
+_GOODBYE_CTL = HEADER + bytes([GOODBYE])
+_REQUEST_HEAD = HEADER + bytes([REQUEST])
+_REPLY_HEAD = HEADER + bytes([REPLY])
 
+# Server choice: a server this request has not tried beats any number of requests in flight on one it has.
+_UNTRIED_FIRST = 1 << 40
 # Peer states, as the client sees a server.
 CONNECTING, READY_, LEAVING, DOWN, SUSPECT = "connecting", "ready", "leaving", "down", "suspect"
 
@@ -67,20 +77,40 @@ Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 
 
 def message(kind: int, attempt: int, codec: int, request_id: bytes, payload: bytes = b"") -> bytes:
-    """The message frame of a request, reply, error or reject: 4 fixed bytes, the request id, the payload."""
-    return bytes((kind, attempt, codec, len(request_id))) + request_id + payload
+    """The message frame of a request, reply, error or reject: header, 4 fixed bytes, the request id, payload."""
+    return HEADER + bytes((kind, attempt, codec, len(request_id))) + request_id + payload
+
+
+def kind_of(frame: bytes) -> int:
+    """The kind byte of a message frame; ProtocolError unless it opens with this protocol's header."""
+    if frame[:KIND_AT] != HEADER or len(frame) == KIND_AT:
+        PROTOCOL.check(bytes(frame[:KIND_AT]))
+        raise ProtocolError("message frame has a header but no kind")
+    return frame[KIND_AT]
 
 
 def parse_message(frame: bytes) -> tuple[int, int, int, bytes, bytes]:
     """``(kind, attempt, codec, request id, payload)`` from a message frame; ProtocolError if it is malformed."""
-    if len(frame) < 4 or len(frame) < 4 + frame[3] or frame[3] > MAX_ID:
+    size = len(frame)
+    if size < _FIXED or frame[:KIND_AT] != HEADER or frame[_FIXED - 1] > MAX_ID or size < _FIXED + frame[_FIXED - 1]:
+        kind_of(frame)  # says what is wrong with the header, if that is it
         raise ProtocolError(f"message frame too short or request id too long: {bytes(frame[:40])!r}")
-    n = 4 + frame[3]
-    return frame[0], frame[1], frame[2], frame[4:n], frame[n:]
+    n = _FIXED + frame[_FIXED - 1]
+    return frame[KIND_AT], frame[KIND_AT + 1], frame[KIND_AT + 2], frame[_FIXED:n], frame[n:]
+
+
+def decode(codec: int, payload: bytes, allow_pickle: bool) -> Any:
+    """A payload's value by its codec id; plain bytes (id 0, the common case) without a codec lookup."""
+    return payload if codec == 0 else unpack(codec, payload, allow_pickle=allow_pickle)
+
+
+def with_attempt(frame: bytes, attempt: int) -> bytes:
+    """A remembered answer frame, renumbered for a newer attempt of the same request."""
+    return frame[: KIND_AT + 1] + bytes((attempt,)) + frame[KIND_AT + 2 :]
 
 
 def error_frames(remote_type: str, message: str, tb: str = "") -> list[bytes]:
-    """The three text frames that follow an ERROR control frame."""
+    """The three text frames that follow an ERROR message frame."""
     return [remote_type.encode(), message.encode(errors="replace"), tb.encode(errors="replace")]
 
 
@@ -91,7 +121,7 @@ def _text(frame: bytes) -> str:
 class _Peer:
     """One server, as a client sees it."""
 
-    __slots__ = ("alias", "capacity", "endpoint", "in_flight", "probe_at", "probe_delay", "state")
+    __slots__ = ("alias", "capacity", "endpoint", "in_flight", "limit", "probe_at", "probe_delay", "state")
 
     def __init__(self, alias: bytes, endpoint: str, now: float) -> None:
         self.alias = alias
@@ -99,6 +129,7 @@ class _Peer:
         self.state = CONNECTING
         self.in_flight = 0
         self.capacity = 0
+        self.limit = 0  # min(capacity, the client's max_in_flight): requests of ours it may hold at once
         self.probe_at = now
         self.probe_delay = 0.0
 
@@ -211,16 +242,17 @@ class ClientProtocol:
         ring = self._ring
         n = len(ring)
         best: _Peer | None = None
-        best_key = (2, 0)
+        best_key = _UNTRIED_FIRST * 2
         start = self._turn
+        tried = p.tried
         for i in range(n):
             peer = ring[(start + i) % n]
-            if peer.state is not READY_ or peer.in_flight >= min(peer.capacity, self.max_in_flight):
+            if peer.state is not READY_ or peer.in_flight >= peer.limit:
                 continue
-            key = (1 if peer.alias in p.tried else 0, peer.in_flight)
+            key = peer.in_flight + (_UNTRIED_FIRST if tried and peer.alias in tried else 0)
             if key < best_key:
                 best, best_key = peer, key
-                if key == (0, 0):
+                if key == 0:
                     break
         self._turn = (start + 1) % n
         return best
@@ -241,7 +273,7 @@ class ClientProtocol:
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
         self._arm(p, now + min(per_try, remaining))
-        self.outbox.append([peer.alias, b"", HEADER, bytes((REQUEST, p.attempt, p.codec, 16)) + p.request_id + p.body])
+        self.outbox.append([peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, 16)) + p.request_id + p.body])
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -277,30 +309,26 @@ class ClientProtocol:
 
     # ------------------------------------------------------------------ inbound
     def on_message(self, frames: Sequence[bytes]) -> None:
-        """Handle one message from a server: ``[alias, b"", header, control, ...]``."""
+        """Handle one message from a server: ``[alias, b"", message, ...]``; a malformed one is logged and dropped."""
         try:
             self._on_message(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from %r: %s", bytes(frames[0])[:64] if frames else b"", exc)
 
     def _on_message(self, frames: Sequence[bytes]) -> None:
-        if len(frames) < 4 or frames[1] != b"" or frames[2] != HEADER:
-            if len(frames) >= 3 and frames[1] == b"":
-                PROTOCOL.check(frames[2])
-            raise ProtocolError(f"expected [alias, '', header, message, ...], got {len(frames)} frame(s)")
-        ctl = frames[3]
-        if not ctl:
-            raise ProtocolError("empty message frame")
-        kind = ctl[0]
+        if len(frames) < 3 or frames[1] != b"":
+            raise ProtocolError(f"expected [alias, '', message, ...], got {len(frames)} frame(s)")
+        msg = frames[2]
+        kind = kind_of(msg)
         if kind in (REPLY, ERROR, REJECT):
-            _, attempt, codec, rid, payload = parse_message(ctl)
+            _, attempt, codec, rid, payload = parse_message(msg)
             p = self.pending.get(rid)
             if p is None or attempt != p.attempt:
                 self.late_replies += 1  # an old attempt's answer, or one we gave up on: never mixed up
                 return
             if kind == REPLY:
                 try:
-                    value = unpack(codec, payload, allow_pickle=self.allow_pickle)
+                    value = decode(codec, payload, self.allow_pickle)
                 except ProtocolError as exc:
                     self._finish(p, exc)
                 else:
@@ -308,7 +336,7 @@ class ClientProtocol:
                 if self.waiting:
                     self._dispatch(self.clock())
             elif kind == ERROR:
-                parts = [_text(f) for f in frames[4:7]] + ["", "", ""]
+                parts = [_text(f) for f in frames[3:6]] + ["", "", ""]
                 self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
                 if self.waiting:
                     self._dispatch(self.clock())
@@ -321,9 +349,10 @@ class ClientProtocol:
             raise ProtocolError(f"message from unknown server {bytes(frames[0])[:64]!r}")
         now = self.clock()
         if kind == READY:
-            if len(ctl) != 5:
-                raise ProtocolError(f"ready control frame must be 5 bytes, got {len(ctl)}")
-            peer.capacity = max(1, _U32.unpack(ctl[1:5])[0])
+            if len(msg) != KIND_AT + 5:
+                raise ProtocolError(f"a ready message is the header, W and a u32; got {len(msg)} bytes")
+            peer.capacity = max(1, _U32.unpack_from(msg, KIND_AT + 1)[0])
+            peer.limit = min(peer.capacity, self.max_in_flight)
             peer.state = READY_
             peer.probe_delay = 0.0
             self._dispatch(now)
@@ -332,7 +361,7 @@ class ClientProtocol:
             if peer.state is not DOWN:
                 peer.state = LEAVING
             self._probe_later(peer, now)
-            self.outbox.append([peer.alias, b"", HEADER, _ACK_CTL])
+            self.outbox.append([peer.alias, b"", _ACK_CTL])
         else:
             raise ProtocolError(f"unknown message kind {bytes([kind])!r} from a server")
 
@@ -350,9 +379,9 @@ class ClientProtocol:
                 # Whatever it held is lost with the connection: send it elsewhere now, not after a timeout.
                 for p in [p for p in self.pending.values() if p.peer is peer]:
                     self._requeue(p, now)
-        ctl = frames[3]
-        if ctl[0] == REQUEST:
-            bounced = self.pending.get(parse_message(ctl)[3])
+        msg = frames[2]
+        if msg[KIND_AT] == REQUEST:
+            bounced = self.pending.get(parse_message(msg)[3])
             if bounced is not None and bounced.peer is peer:
                 self._requeue(bounced, now, 0.0 if gone else self._backoff(bounced.attempt))
 
@@ -419,7 +448,7 @@ class ClientProtocol:
             if peer.state is READY_:
                 continue
             if peer.probe_at <= now:
-                self.outbox.append([peer.alias, b"", HEADER, _HELLO_CTL])
+                self.outbox.append([peer.alias, b"", _HELLO_CTL])
                 self._probe_later(peer, now)
             due = min(due, peer.probe_at)
         self._probe_due = due
@@ -435,13 +464,21 @@ class Job:
 
     __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
 
-    def __init__(self, envelope: list[bytes], request_id: bytes, attempt: int, codec: int, body: bytes) -> None:
+    def __init__(
+        self,
+        envelope: list[bytes],
+        request_id: bytes,
+        attempt: int,
+        codec: int,
+        body: bytes,
+        key: tuple[bytes, ...] | None = None,
+    ) -> None:
         self.envelope = envelope
         self.request_id = request_id
         self.attempt = attempt
         self.codec = codec
         self.body = body
-        self.key: tuple[bytes, ...] = (*envelope, request_id)
+        self.key: tuple[bytes, ...] = key if key is not None else (*envelope, request_id)
 
 
 class ServerProtocol:
@@ -480,7 +517,7 @@ class ServerProtocol:
         self._recent: OrderedDict[tuple[bytes, ...], Job | list[bytes]] = OrderedDict()
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
-        self._ready_ctl = bytes([READY]) + _U32.pack(max_queue)
+        self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
 
     def on_message(self, frames: list[bytes]) -> Job | None:
         """Handle one message from the ROUTER; return a Job to run, or None (any answer is in ``outbox``)."""
@@ -499,29 +536,25 @@ class ServerProtocol:
         except ProtocolError as exc:
             log.warning("malformed request from %r: %s", envelope[-1][:64], exc)
             try:
-                kind, attempt, _, rid, _ = parse_message(body[1])
+                kind, attempt, _, rid, _ = parse_message(body[0])
                 if kind != REQUEST:
                     raise ProtocolError("not a request")
             except (ProtocolError, IndexError):
                 attempt, rid = 0, b""  # nothing to match the answer to; the peer sees an id-less error
             self.outbox.append(
-                [*envelope, b"", HEADER, message(ERROR, attempt, 0, rid), *error_frames("ProtocolError", str(exc))]
+                [*envelope, b"", message(ERROR, attempt, 0, rid), *error_frames("ProtocolError", str(exc))]
             )
             return None
 
     def _on_body(self, envelope: list[bytes], body: list[bytes]) -> Job | None:
         if not body:
             raise ProtocolError("no frames after the envelope")
-        if body[0] != HEADER:
-            PROTOCOL.check(body[0])
-        if len(body) < 2 or not body[1]:
-            raise ProtocolError("missing message frame")
-        ctl = body[1]
-        kind = ctl[0]
+        msg = body[0]
+        kind = kind_of(msg)
         if kind == REQUEST:
-            if len(body) != 2:
-                raise ProtocolError(f"a request has 2 frames after the envelope, got {len(body)}")
-            _, attempt, codec, rid, payload = parse_message(ctl)
+            if len(body) != 1:
+                raise ProtocolError(f"a request is 1 frame after the envelope, got {len(body)}")
+            _, attempt, codec, rid, payload = parse_message(msg)
             if not rid:
                 raise ProtocolError("a request needs a request id of 1-32 bytes")
             return self._on_request(envelope, attempt, codec, rid, payload)
@@ -529,12 +562,12 @@ class ServerProtocol:
         if kind == HELLO:
             if self.leaving:
                 self._unacked.add(key)
-                self.outbox.append([*envelope, b"", HEADER, _GOODBYE_CTL])
+                self.outbox.append([*envelope, b"", _GOODBYE_CTL])
             else:
                 if key not in self._clients and len(self._clients) >= self.max_clients:
                     self._clients.pop(next(iter(self._clients)))
                 self._clients[key] = None
-                self.outbox.append([*envelope, b"", HEADER, self._ready_ctl])
+                self.outbox.append([*envelope, b"", self._ready_ctl])
             return None
         if kind == ACK:
             self._unacked.discard(key)
@@ -542,26 +575,25 @@ class ServerProtocol:
         raise ProtocolError(f"unknown message kind {bytes([kind])!r}")
 
     def _on_request(self, envelope: list[bytes], attempt: int, codec: int, rid: bytes, body: bytes) -> Job | None:
+        key = (*envelope, rid)
         if self.window:
-            key = (*envelope, rid)
             seen = self._recent.get(key)
             if seen is not None:
                 self.duplicates += 1
                 if isinstance(seen, Job):
                     seen.attempt = attempt  # still running: answer this newest attempt when it finishes
                 else:
-                    first = seen[0]
-                    self.outbox.append([*envelope, b"", HEADER, bytes((first[0], attempt)) + first[2:], *seen[1:]])
+                    self.outbox.append([*envelope, b"", with_attempt(seen[0], attempt), *seen[1:]])
                 return None
         if self.leaving or self.held >= self.max_queue:
             reason = b"leaving" if self.leaving else b"busy"
-            self.outbox.append([*envelope, b"", HEADER, message(REJECT, attempt, 0, rid, reason)])
+            self.outbox.append([*envelope, b"", message(REJECT, attempt, 0, rid, reason)])
             return None
-        job = Job(envelope, rid, attempt, codec, body)
+        job = Job(envelope, rid, attempt, codec, body, key)
         self.held += 1
         if self.window:
             recent = self._recent
-            recent[job.key] = job
+            recent[key] = job
             if len(recent) > self.window:
                 recent.popitem(last=False)
         return job
@@ -573,12 +605,12 @@ class ServerProtocol:
         self.executed += 1
         rid = job.request_id
         if kind == REPLY:
-            answer = [bytes((REPLY, job.attempt, codec, len(rid))) + rid + frames[0]]
+            answer = [_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0]]
         else:
             answer = [message(kind, job.attempt, codec, rid), *frames]
         if self.window and job.key in self._recent:
-            self._recent[job.key] = answer
-        self.outbox.append([*job.envelope, b"", HEADER, *answer])
+            self._recent[job.key] = answer  # a retry from now on gets this answer without running again
+        self.outbox.append([*job.envelope, b"", *answer])
 
     def leave(self) -> None:
         """Stop taking work: goodbye to every client that said hello; new requests are rejected from now on."""
@@ -588,7 +620,7 @@ class ServerProtocol:
         self.left_at = self.clock()
         for key in self._clients:
             self._unacked.add(key)
-            self.outbox.append([*key, b"", HEADER, _GOODBYE_CTL])
+            self.outbox.append([*key, b"", _GOODBYE_CTL])
 
     def client_gone(self, envelope: Sequence[bytes]) -> None:
         """A message to this client could not be delivered: it left; do not wait for its goodbye ack."""
@@ -625,6 +657,6 @@ def run_handler(
 ) -> tuple[int, int, list[bytes]]:
     """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
     try:
-        return reply_of(codec, handler(unpack(job.codec, job.body, allow_pickle=allow_pickle)))
+        return reply_of(codec, handler(decode(job.codec, job.body, allow_pickle)))
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)

@@ -66,20 +66,20 @@ def test_plain_pyzmq_clients_speak_to_the_server(servers: Callable[..., Server],
     server = servers(lambda body: b"<" + body + b">")
     dealer = raw_socket(zmq.DEALER)
     dealer.connect(server.endpoints[0])
-    dealer.send_multipart([b"", HEADER, bytes([HELLO])])
+    dealer.send_multipart([b"", HEADER + bytes([HELLO])])
     assert dealer.poll(5000)
-    empty, header, ready = dealer.recv_multipart()
-    assert (empty, header, ready[0], len(ready)) == (b"", b"ZKR\x01", READY, 5)
-    dealer.send_multipart([b"", b"ZKR\x01", b"Q\x01\x00\x02id" + b"payload"])  # kind, attempt, codec, id length
+    empty, ready = dealer.recv_multipart()
+    assert (empty, ready[:4], ready[4], len(ready)) == (b"", b"ZKR\x02", READY, 9)
+    dealer.send_multipart([b"", b"ZKR\x02Q\x01\x00\x02id" + b"payload"])  # header, kind, attempt, codec, id length
     assert dealer.poll(5000)
-    _, _, frame = dealer.recv_multipart()
-    assert frame == b"R\x01\x00\x02id<payload>"
+    _, frame = dealer.recv_multipart()
+    assert frame == b"ZKR\x02R\x01\x00\x02id<payload>"
     # A REQ socket works too: it adds and strips the empty delimiter itself.
     req = raw_socket(zmq.REQ)
     req.connect(server.endpoints[0])
-    req.send_multipart([b"ZKR\x01", message(REQUEST, 1, 0, b"r", b"text")])
+    req.send(message(REQUEST, 1, 0, b"r", b"text"))
     assert req.poll(5000)
-    assert req.recv_multipart() == [b"ZKR\x01", message(REPLY, 1, 0, b"r", b"<text>")]
+    assert req.recv_multipart() == [message(REPLY, 1, 0, b"r", b"<text>")]
 
 
 @pytest.mark.timeout(20)
@@ -91,15 +91,15 @@ def test_client_speaks_to_a_plain_pyzmq_server(raw_socket: Any) -> None:
     def serve() -> None:
         answered = 0
         while answered < 2 and router.poll(10_000):
-            who, _empty, header, frame = router.recv_multipart()
-            if frame[0] == HELLO:
-                router.send_multipart([who, b"", header, b"W\x00\x00\x00\x10"])  # ready, capacity 16
+            who, _empty, frame = router.recv_multipart()
+            if frame == b"ZKR\x02H":
+                router.send_multipart([who, b"", b"ZKR\x02W\x00\x00\x00\x10"])  # ready, capacity 16
                 continue
             _kind, attempt, codec, rid, payload = parse_message(frame)
             if payload == b"fail":
-                router.send_multipart([who, b"", header, message(ERROR, attempt, 0, rid), b"KeyError", b"no", b""])
+                router.send_multipart([who, b"", message(ERROR, attempt, 0, rid), b"KeyError", b"no", b""])
             else:
-                router.send_multipart([who, b"", header, message(REPLY, attempt, codec, rid, payload[::-1])])
+                router.send_multipart([who, b"", message(REPLY, attempt, codec, rid, payload[::-1])])
             answered += 1
 
     thread = threading.Thread(target=serve)
@@ -246,6 +246,22 @@ async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Serve
 
 
 @pytest.mark.timeout(20)
+async def test_async_short_timeout_fires_while_a_longer_call_waits(servers: Callable[..., Server]) -> None:
+    # The asyncio client sets its loop timer only when the first deadline moves earlier: a later, shorter call
+    # must move it.
+    release = threading.Event()
+    server = servers(lambda body: release.wait(10) and body, concurrency=2)
+    async with zasync.Client(server.endpoints, timeout=10, retries=0) as client:
+        slow = asyncio.ensure_future(client.request(b"slow"))
+        while not server.stats["held"]:
+            await asyncio.sleep(0.01)
+        with pytest.raises(RequestTimeout):  # not asyncio's TimeoutError: the 0.3 s timer fired, not the 10 s one
+            await asyncio.wait_for(client.request(b"quick", timeout=0.3), 5)
+        release.set()
+        assert await slow == b"slow"
+
+
+@pytest.mark.timeout(20)
 async def test_closing_the_async_client_fails_what_is_in_flight(servers: Callable[..., Server]) -> None:
     release = threading.Event()
     server = servers(lambda body: release.wait(5) and body, concurrency=2)
@@ -264,13 +280,13 @@ def test_malformed_frames_get_an_error_or_are_dropped(servers: Callable[..., Ser
     server = servers()
     dealer = raw_socket(zmq.DEALER)
     dealer.connect(server.endpoints[0])
-    for garbage in ([b"no delimiter"], [b"", b"HTTP/1.1"], [b"", HEADER, b"Q\x01\x00\x7f"], [b"", HEADER]):
+    for garbage in ([b"no delimiter"], [b"", b"HTTP/1.1"], [b"", HEADER + b"Q\x01\x00\x7f"], [b"", HEADER]):
         dealer.send_multipart(garbage)
-    dealer.send_multipart([b"", HEADER, message(REQUEST, 1, 6, b"p", b"\x80\x04pickled")])  # pickle: refused
+    dealer.send_multipart([b"", message(REQUEST, 1, 6, b"p", b"\x80\x04pickled")])  # pickle: refused
     errors = []
     while len(errors) < 4 and dealer.poll(3000):
-        _, _, frame, kind, text, _ = dealer.recv_multipart()
-        assert frame[0] == ERROR
+        _, frame, kind, text, _ = dealer.recv_multipart()
+        assert frame[:5] == HEADER + bytes([ERROR])
         errors.append((kind, text))
     assert len(errors) == 4 and all(k == b"ProtocolError" for k, _ in errors[:3])
     assert b"pickle" in errors[3][1]
