@@ -31,6 +31,7 @@ from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, bind, connect, make_socket
 
+from ._background import Background
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
 
 __all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until_stopped", "send_frames", "recv_frames"]
@@ -501,13 +502,13 @@ class Server(ServerCore, _Background):
                     return
 
 
-class Proxy(_Background):
+class Proxy:
     """A queue device: clients connect to ``frontend`` (ROUTER), servers to ``backend`` (DEALER); libzmq relays.
 
     >>> with Proxy("tcp://*:5555", "tcp://*:5556") as proxy:
     ...     Server(None, handler, connect=proxy.backend).start()
 
-    Runs ``zmq.proxy_steerable`` in a background thread, stopped with TERMINATE over an inproc PAIR.
+    Runs ``zmq.proxy_steerable`` in a background thread (the same runner as the fanout Forwarder).
     """
 
     def __init__(
@@ -517,47 +518,39 @@ class Proxy(_Background):
         self._back_ep = parse_endpoints(backend, for_bind=True)
         # A reply to a client that left must be dropped: with ROUTER_MANDATORY libzmq's proxy would stop on it.
         self._options = socket_options(options, curve, router_mandatory=False)
-        self._control_ep = f"inproc://zmqkit-reqrep-proxy-{next(_ids)}"
+        self._background: Background | None = None
         self.frontend = ""
         self.backend = ""
 
-    def start(self, timeout: float = 10.0) -> Proxy:
-        """Bind both sides and start relaying in a background thread."""
-        self._launch("zmqkit-proxy", "proxy", timeout)
+    def start(self) -> Proxy:
+        """Bind both sides (errors raise here) and start relaying in a background thread."""
+        if self._background is not None:
+            return self
+        front = make_socket("router", self._options)
+        back = make_socket("dealer", self._options)
+        try:
+            self.frontend = ", ".join(bind(front, ep) for ep in self._front_ep)
+            self.backend = ", ".join(bind(back, ep) for ep in self._back_ep)
+        except BaseException:
+            front.close(linger=0)
+            back.close(linger=0)
+            raise
+
+        def relay(control: zmq.Socket) -> None:
+            zmq.proxy_steerable(front, back, None, control)
+
+        self._background = Background("proxy", {}, run=relay, owned=(front, back))
         return self
 
-    def _run(self) -> None:
-        socks: list[zmq.Socket] = []
-        try:
-            try:
-                front = make_socket("router", self._options)
-                socks.append(front)
-                back = make_socket("dealer", self._options)
-                socks.append(back)
-                control = make_socket("pair")
-                socks.append(control)
-                bind(control, self._control_ep)
-                self.frontend = ", ".join(bind(front, ep) for ep in self._front_ep)
-                self.backend = ", ".join(bind(back, ep) for ep in self._back_ep)
-            except BaseException as exc:
-                self._error = exc
-                return
-            finally:
-                self._started.set()
-            zmq.proxy_steerable(front, back, None, control)
-        except zmq.ZMQError as exc:
-            log.error("proxy stopped: %s", exc)
-        finally:
-            for sock in socks:
-                sock.close(linger=0)
+    def join(self, timeout: float | None = None) -> None:
+        """Block until the proxy stops (``close()`` from another thread, or Ctrl-C)."""
+        if self._background is not None:
+            self._background.join(timeout)
 
     def close(self, timeout: float = 10.0) -> None:
-        """Stop relaying and close both sides."""
-        thread = self._thread
-        if thread is None or not thread.is_alive():
-            return
-        if not nudge_until_stopped(thread, "pair", self._control_ep, b"TERMINATE", timeout):
-            raise RequestTimeout(f"proxy did not stop within {timeout}s")
+        """Stop relaying; the thread closes both sides."""
+        if self._background is not None:
+            self._background.stop(timeout)
 
     def __enter__(self) -> Proxy:
         return self.start()
