@@ -8,13 +8,11 @@ zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
 from __future__ import annotations
 
 import json
-import signal
-import threading
 from typing import Any
 
 import click
 
-from zmqkit.cli import ZmqkitGroup, bench, main
+from zmqkit.cli import ZmqkitGroup, bench, main, wait_until_stopped
 from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError
 
@@ -77,20 +75,15 @@ def serve(bind: str, count: int, memory: str, max_item: str) -> None:
     """Run cache nodes until Ctrl-C or SIGTERM."""
     endpoints = node_endpoints(str(count), bind)
     nodes = [CacheNode(ep, memory=memory, max_item=max_item) for ep in endpoints]
-    done = threading.Event()
-    previous = {sig: signal.signal(sig, lambda *_: done.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         for node in nodes:
             click.echo(f"cache node listening on {node.start()} (memory {memory}, max item {max_item})")
         click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
-        while not done.wait(1.0):
-            pass
+        wait_until_stopped()
         click.echo("stopping", err=True)
     finally:
         for node in nodes:
             node.stop()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
 
 
 @cache.command()

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from zmqkit.bench import Row, print_table, raw_pubsub, spawn
-from zmqkit.cli import bench, main
+from zmqkit.cli import bench, main, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
 from .fanout import Forwarder, Publisher, Subscriber
@@ -78,11 +78,10 @@ def sub(
 @click.option("--xpub", required=True, help="Endpoint subscribers connect to, e.g. tcp://*:5558.")
 @click.option("--last-value-cache", default=0, show_default=True, type=click.IntRange(min=0), help="Topics to cache.")
 def forwarder(xsub: str, xpub: str, last_value_cache: int) -> None:
-    """Run an XSUB/XPUB forwarder until Ctrl-C."""
+    """Run an XSUB/XPUB forwarder until Ctrl-C or SIGTERM."""
     with Forwarder(xsub, xpub, last_value_cache=last_value_cache) as fwd:
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
-        while True:
-            fwd.join(0.5)
+        wait_until_stopped()
 
 
 @main.command()

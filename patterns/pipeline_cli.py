@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from ..bench import Row, print_table, raw_pushpull, spawn
-from ..cli import bench, main
+from ..cli import bench, main, wait_until_stopped
 from ..errors import RequestTimeout
 from ..sockets import SocketOptions
 from .pipeline import Producer, Worker
@@ -82,11 +82,7 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) 
         click.echo(f"worker on {worker.endpoint}", err=True)
     with worker:
         worker.start()
-        try:
-            while not done.wait(0.2):
-                pass
-        except KeyboardInterrupt:
-            pass
+        wait_until_stopped(done)
 
 
 # -- bench ---------------------------------------------------------------------------------------------------

@@ -6,31 +6,19 @@ import asyncio
 import json
 import multiprocessing as mp
 import os
-import threading
 import time
 from typing import Any
 
 import click
 
 from zmqkit.bench import Row, print_table, raw_dealer, raw_reqrep, spawn
-from zmqkit.cli import bench, main
+from zmqkit.cli import bench, main, wait_until_stopped
 
 from .reqrep import Client, Proxy, Server
 from .reqrep_async import AsyncClient
 from .rpc import RpcClient
 
 __all__ = ["req", "rep", "rpc", "proxy", "bench_reqrep"]
-
-
-def _wait_for_interrupt(stop: Any) -> None:
-    """Block until Ctrl-C; then ``stop()``."""
-    forever = threading.Event()
-    try:
-        while not forever.wait(3600):
-            pass
-    except KeyboardInterrupt:
-        click.echo("leaving...", err=True)
-        stop()
 
 
 @main.command()
@@ -57,7 +45,9 @@ def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:
     )
     server.start()
     click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
-    _wait_for_interrupt(server.leave)
+    wait_until_stopped()
+    click.echo("leaving...", err=True)
+    server.leave()
 
 
 @main.command()
@@ -88,7 +78,7 @@ def proxy(frontend: str, backend: str) -> None:
     """A queue device between clients and servers, so clients know one address."""
     with Proxy(frontend, backend) as device:
         click.echo(f"proxy: clients -> {device.frontend}, servers -> {device.backend}", err=True)
-        _wait_for_interrupt(lambda: None)
+        wait_until_stopped()
 
 
 def _echo_server(endpoints: Any) -> None:

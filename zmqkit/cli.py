@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
+import threading
 from typing import Any
 
 import click
@@ -12,7 +14,7 @@ from ._version import __version__
 from .errors import ZmqkitError
 from .security import generate_keys
 
-__all__ = ["main", "bench", "ZmqkitGroup"]
+__all__ = ["main", "bench", "ZmqkitGroup", "wait_until_stopped"]
 
 
 class ZmqkitGroup(click.Group):
@@ -26,6 +28,22 @@ class ZmqkitGroup(click.Group):
         except KeyboardInterrupt:
             click.echo("interrupted", err=True)
             sys.exit(130)
+
+
+def wait_until_stopped(done: threading.Event | None = None) -> None:
+    """Block a long-running command until Ctrl-C, SIGTERM or ``done`` is set; signal handlers are restored after.
+
+    Both signals just set an event, so the command shuts down in order (a service manager's SIGTERM is as clean
+    as Ctrl-C) instead of unwinding from wherever KeyboardInterrupt happened to land.
+    """
+    stop = done or threading.Event()
+    handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals
+            pass
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
 
 
 @click.group(cls=ZmqkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
