@@ -270,7 +270,8 @@ class AsyncCacheClient(ClientCore):
         for send in self._blocked:
             send.cancel()
         pending, self._pending = self._pending, {}
-        for settle in pending.values():
+        queued, self._queued = self._queued, {}
+        for settle in [*pending.values(), *(s for entries in queued.values() for _, s in entries)]:
             settle(None)
 
     async def __aenter__(self) -> AsyncCacheClient:
