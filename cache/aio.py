@@ -1,7 +1,9 @@
 """The asyncio runner of the cache client core: ``zmqkit.asyncio.CacheClient``.
 
-Every coroutine in flight shares one DEALER per node (pipelining): requests go out at once, a reader task per
-node hands each reply to the call waiting for its request id.
+Every call in flight shares one DEALER per node (pipelining): requests go out at once, a reader task per
+node hands each reply to the call waiting for its request id. Commands run their generator from ``core.py``;
+a plain ``get()`` (the hot path) skips it while all goes well: it returns a Future, and the gets of one loop
+iteration go to each node as one get_many; any outcome but a hit or a miss resumes ``_get`` with that reply.
 
 >>> async with CacheClient(["tcp://127.0.0.1:11311"]) as cache:
 ...     await cache.set("user:42", {"name": "Ada"})

@@ -56,8 +56,7 @@ def _mean_seconds(fn: Any, n: int) -> float:
 
 async def _pipelined(endpoints: list[str], keys: list[str], rounds: int, tasks: int = 0) -> float:
     """Gets/s from one process: ``tasks`` long-lived tasks each getting its share of ``keys`` one after another
-    (how an asyncio server's handlers use a cache), or with ``tasks=0`` one ``gather`` of every key per round
-    (which also pays for creating a Task per get)."""
+    (how an asyncio server's handlers use a cache), or with ``tasks=0`` one ``gather`` of every key per round."""
     from zmqkit.asyncio import CacheClient as AsyncCacheClient
 
     async with AsyncCacheClient(endpoints) as client:
