@@ -1,7 +1,9 @@
 """The asyncio runner of the cache client core: ``zmqkit.asyncio.CacheClient``.
 
-Every coroutine in flight shares one DEALER per node (pipelining): requests go out at once, a reader task per
-node hands each reply to the call waiting for its request id.
+Every call in flight shares one DEALER per node (pipelining): requests go out at once, a reader task per
+node hands each reply to the call waiting for its request id. Commands run their generator from ``core.py``;
+a plain ``get()`` (the hot path) skips it while all goes well: it returns a Future, and the gets of one loop
+iteration go to each node as one get_many; any outcome but a hit or a miss resumes ``_get`` with that reply.
 
 >>> async with CacheClient(["tcp://127.0.0.1:11311"]) as cache:
 ...     await cache.set("user:42", {"name": "Ada"})
@@ -14,6 +16,7 @@ import asyncio
 import functools
 import inspect
 import logging
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
 
@@ -24,11 +27,16 @@ from zmqkit.sockets import connect, make_socket
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
 from .core import ClientCore
-from .protocol import HEAD
+from .protocol import HEAD, Status
 
 __all__ = ["AsyncCacheClient"]
 
 log = logging.getLogger(__name__)
+
+_OK, _MISS = Status.OK, Status.NOT_FOUND
+
+
+Settle = Callable[["Reply | None"], None]  # hands one request's reply (None: no answer) to whoever waits
 
 
 def _expire(futures: list[asyncio.Future[Reply | None]]) -> None:
@@ -37,18 +45,42 @@ def _expire(futures: list[asyncio.Future[Reply | None]]) -> None:
             fut.set_result(None)
 
 
-class AsyncCacheClient(ClientCore):
-    """The cache client for asyncio: the same methods as :class:`zmqkit.cache.CacheClient`, as coroutines.
+def _set_reply(fut: asyncio.Future[Reply | None], reply: Reply | None) -> None:
+    if not fut.done():
+        fut.set_result(reply)
 
-    Use it from one event loop; ``async with`` (or ``close()``) releases its sockets.
+
+def _cancel_then(timer: asyncio.TimerHandle, settle: Settle, reply: Reply | None) -> None:
+    timer.cancel()
+    settle(reply)
+
+
+def _chain(target: asyncio.Future[Any], task: asyncio.Future[Any]) -> None:
+    """Copy ``task``'s outcome to ``target`` (the future a caller awaits)."""
+    if target.done():
+        return
+    if task.cancelled():
+        target.cancel()
+    elif task.exception() is not None:
+        target.set_exception(cast(BaseException, task.exception()))
+    else:
+        target.set_result(task.result())
+
+
+class AsyncCacheClient(ClientCore):
+    """The cache client for asyncio: the same methods as :class:`zmqkit.cache.CacheClient`, returning awaitables.
+
+    ``get()`` returns a Future (as pyzmq's asyncio sockets do), so ``gather`` over many gets makes no Task per
+    get; the other commands are coroutines. Use it from one event loop; ``async with`` (or ``close()``)
+    releases its sockets.
     """
 
     def __init__(self, endpoints: Any, **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
         self._socks: list[zmq.asyncio.Socket] = []
         self._readers: list[asyncio.Task[None]] = []
-        self._pending: dict[bytes, asyncio.Future[Reply | None]] = {}
-        self._queued: dict[int, list[tuple[Call, asyncio.Future[Reply | None]]]] = {}
+        self._pending: dict[bytes, Settle] = {}
+        self._queued: dict[int, list[tuple[bytes, Settle]]] = {}  # gets to send at the end of this iteration
         self._blocked: list[asyncio.Future[Any]] = []  # sends waiting for a node to connect
         self._closed = False
 
@@ -76,11 +108,89 @@ class AsyncCacheClient(ClientCore):
             frames = await sock.recv_multipart()
             parsed = parse_reply(frames)
             if parsed is not None:
-                fut = pending.pop(parsed[0], None)
-                if fut is not None and not fut.done():
-                    fut.set_result(parsed[1])
+                settle = pending.pop(parsed[0], None)
+                if settle is not None:
+                    settle(parsed[1])
 
-    async def _run(self, op: Op) -> Any:
+    # -- the fast get: no generator, no Task ----------------------------------------------------------------
+
+    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
+        """An awaitable of the value of ``key``, or ``default`` on a miss."""
+        if timeout is not None or self.replicas != 1 or not self.health.healthy:
+            return self._run(self._get(key, default, timeout))
+        k = self.key_bytes(key)
+        node = self.health.by_endpoint[self.ring.get_node(k)].index
+        if not self._socks:
+            self._open()
+        fut = asyncio.get_running_loop().create_future()
+        self._enqueue(node, k, functools.partial(self._settle_get, fut, node, key, default))
+        return fut
+
+    def _settle_get(self, fut: asyncio.Future[Any], node: int, key: Any, default: Any, reply: Reply | None) -> None:
+        """Resolve a fast get. Anything but a hit or a miss (no answer, an error status) goes to the one
+        implementation, ``_get``, resumed as if its first request had had this reply: failover, dead nodes,
+        rejoin hints and errors are handled there."""
+        if fut.done():  # cancelled by its caller
+            return
+        if reply is not None:
+            status = reply[0]
+            if status in (_OK, _MISS):
+                health = self.health.nodes[node]
+                if health.failures:
+                    self.health.answered(health)
+                if status == _MISS:
+                    fut.set_result(default)
+                    return
+                try:
+                    fut.set_result(self.decode_value(reply[1][0]))
+                except Exception as exc:
+                    fut.set_exception(exc)
+                return
+        if self._closed:  # what the generator would find out on its retry
+            fut.set_exception(RuntimeError("CacheClient is closed"))
+            return
+        task = asyncio.ensure_future(self._run(self._get(key, default, None), (node, reply)))
+        task.add_done_callback(functools.partial(_chain, fut))
+        fut.add_done_callback(lambda f: task.cancel() if f.cancelled() else None)
+
+    def _enqueue(self, node: int, key: bytes, settle: Settle) -> None:
+        """Queue a get of ``key`` to ``node`` till the end of this loop iteration, to travel with the other gets
+        to that node in one get_many (auto-pipelining)."""
+        queued = self._queued
+        if not queued:
+            asyncio.get_running_loop().call_soon(self._flush_gets)
+        entries = queued.get(node)
+        if entries is None:
+            queued[node] = [(key, settle)]
+        else:
+            entries.append((key, settle))
+
+    def _flush_gets(self) -> None:
+        """Send the gets queued in this loop iteration: one get_many per node."""
+        queued, self._queued = self._queued, {}
+        loop = asyncio.get_running_loop()
+        for node, entries in queued.items():
+            call = self.merge_gets(node, [key for key, _ in entries])
+            settle = entries[0][1] if len(entries) == 1 else functools.partial(self._split, [s for _, s in entries])
+            # One timer for the whole group: every get in it has the client's timeout.
+            timer = loop.call_later(self.timeout, self._expire_call, call.rid)
+            self._pending[call.rid] = functools.partial(_cancel_then, timer, settle)
+            self._send(call, self._blocked)
+
+    def _expire_call(self, rid: bytes) -> None:
+        settle = self._pending.pop(rid, None)
+        if settle is not None:
+            settle(None)
+
+    def _split(self, settles: list[Settle], reply: Reply | None) -> None:
+        for settle, own in zip(settles, self.unmerge_gets(reply, len(settles)), strict=True):
+            settle(own)
+
+    # -- every other command: its generator, run here --------------------------------------------------------
+
+    async def _run(self, op: Op, first: tuple[int, Reply | None] | None = None) -> Any:
+        """Drive ``op``; ``first`` = (node, reply) answers its first request if that goes to ``node`` (a fast
+        get handing over)."""
         value: Any = None
         error: Exception | None = None
         while True:
@@ -89,12 +199,16 @@ class AsyncCacheClient(ClientCore):
                 return action
             value, error = None, None
             if type(action) is Batch:
-                lone = self._queue_get(action)
-                if lone is None:
-                    value = await self._io(action)
-                else:  # awaited here, not in one more coroutine: the commonest call stays cheap
-                    reply = await lone
+                if first is not None and len(action.calls) == 1 and action.calls[0].node == first[0]:
+                    value = {} if first[1] is None else {action.calls[0].rid: first[1]}
+                elif self._lone_get(action):
+                    fut: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
+                    self._enqueue(action.calls[0].node, action.calls[0].frames[2], functools.partial(_set_reply, fut))
+                    reply = await fut  # awaited here, not in one more coroutine
                     value = {} if reply is None else {action.calls[0].rid: reply}
+                else:
+                    value = await self._io(action)
+                first = None
             elif type(action) is Sleep:
                 await asyncio.sleep(action.seconds)
             else:  # Compute: the memoized function, sync or async
@@ -105,6 +219,15 @@ class AsyncCacheClient(ClientCore):
                     except Exception as exc:
                         value, error = None, exc
 
+    def _lone_get(self, batch: Batch) -> bool:
+        """Whether ``batch`` is one plain get with the client's timeout (so it may join the coalesced gets)."""
+        calls = batch.calls
+        if len(calls) != 1 or batch.timeout != self.timeout or calls[0].frames[1][HEAD:] != b"get":
+            return False
+        if not self._socks:
+            self._open()
+        return True
+
     def _send(self, call: Call, blocked: list[asyncio.Future[Any]]) -> None:
         sock = self._socks[call.node]
         sent = cast("asyncio.Future[Any]", sock.send_multipart(call.frames, flags=zmq.NOBLOCK))
@@ -112,56 +235,6 @@ class AsyncCacheClient(ClientCore):
             blocked.append(sent)
         elif sent.exception() is not None:  # not connected (yet, or any more): wait, until the call times out
             blocked.append(asyncio.ensure_future(sock.send_multipart(call.frames)))
-
-    def _flush_gets(self) -> None:
-        """Send the gets queued in this loop iteration: one get_many per node (auto-pipelining)."""
-        queued, self._queued = self._queued, {}
-        loop = asyncio.get_running_loop()
-        for node, entries in queued.items():
-            futures = [fut for _, fut in entries]
-            if len(entries) == 1:
-                call, target = entries[0][0], futures[0]
-            else:
-                call, target = self.merge_gets(node, [c for c, _ in entries]), loop.create_future()
-                target.add_done_callback(functools.partial(self._split, futures))
-            self._pending[call.rid] = target
-            # One timer for the whole group: every get in it has the client's timeout (lone gets only).
-            timer = loop.call_later(self.timeout, self._expire, call.rid, target, futures)
-            target.add_done_callback(lambda _f, t=timer: t.cancel())  # type: ignore[misc]
-            self._send(call, self._blocked)
-
-    def _expire(
-        self, rid: bytes, target: asyncio.Future[Reply | None], futures: list[asyncio.Future[Reply | None]]
-    ) -> None:
-        self._pending.pop(rid, None)
-        _expire([target, *futures])
-
-    def _split(self, futures: list[asyncio.Future[Reply | None]], merged: asyncio.Future[Reply | None]) -> None:
-        replies = self.unmerge_gets(None if merged.cancelled() else merged.result(), len(futures))
-        for fut, reply in zip(futures, replies, strict=True):
-            if not fut.done():
-                fut.set_result(reply)
-
-    def _queue_get(self, batch: Batch) -> asyncio.Future[Reply | None] | None:
-        """A lone get waits for the end of this loop iteration, to travel with the other gets to its node in one
-        get_many; its future, or None if ``batch`` is not a lone get."""
-        calls = batch.calls
-        first = calls[0]
-        if len(calls) != 1 or batch.timeout != self.timeout or first.frames[1][HEAD:] != b"get":
-            return None
-        if not self._socks:
-            self._open()
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Reply | None] = loop.create_future()
-        queued = self._queued
-        if not queued:
-            loop.call_soon(self._flush_gets)
-        entries = queued.get(first.node)
-        if entries is None:
-            queued[first.node] = [(first, fut)]
-        else:
-            entries.append((first, fut))
-        return fut
 
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
         if not self._socks:
@@ -171,7 +244,7 @@ class AsyncCacheClient(ClientCore):
         pending = self._pending
         futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
         for call, fut in zip(calls, futures, strict=True):
-            pending[call.rid] = fut
+            pending[call.rid] = functools.partial(_set_reply, fut)
             self._send(call, self._blocked)
         timer = loop.call_later(batch.timeout, _expire, futures)
         try:
@@ -198,10 +271,10 @@ class AsyncCacheClient(ClientCore):
         self._socks = []  # a later call raises "closed" instead of using a closed socket
         for send in self._blocked:
             send.cancel()
-        for fut in self._pending.values():
-            if not fut.done():
-                fut.set_result(None)
-        self._pending.clear()
+        pending, self._pending = self._pending, {}
+        queued, self._queued = self._queued, {}
+        for settle in [*pending.values(), *(s for entries in queued.values() for _, s in entries)]:
+            settle(None)
 
     async def __aenter__(self) -> AsyncCacheClient:
         return self

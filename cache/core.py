@@ -153,16 +153,24 @@ class ClientCore:
         rid = _pack_rid(next(self._rids) & 0xFFFFFFFF)
         return Call(node, rid, [b"", HEADER + rid + command, *args], items, rejoin)
 
-    def merge_gets(self, node: int, calls: list[Call]) -> Call:
-        """One get_many to ``node`` carrying the keys of several single-key gets (auto-pipelining)."""
-        return self._call(node, b"get_many", [pack_list([call.frames[2] for call in calls])], [])
+    def merge_gets(self, node: int, keys: list[bytes]) -> Call:
+        """One request to ``node`` for several single-key gets (auto-pipelining): a get_many, or a get if alone."""
+        if len(keys) == 1:
+            return self._call(node, b"get", keys, [])
+        return self._call(node, b"get_many", [pack_list(keys)], [])
 
     @staticmethod
     def unmerge_gets(reply: Reply | None, count: int) -> list[Reply | None]:
-        """Each get's own reply out of a merged get_many's reply."""
+        """Each get's own reply out of the reply to ``merge_gets`` for ``count`` keys."""
+        if count == 1:
+            return [reply]
         if reply is None or reply[0] != _OK or len(reply[1]) != 1:
             return [reply] * count
-        values = unpack_list(reply[1][0], "get_many reply")
+        try:
+            values = unpack_list(reply[1][0], "get_many reply")
+        except ProtocolError as exc:
+            log.warning("dropped a malformed get_many reply: %s", exc)
+            return [None] * count
         if len(values) != count:
             return [None] * count  # a node that answers for other keys than asked is not answering
         return [(_OK, [f]) if f else (_MISS, []) for f in values]

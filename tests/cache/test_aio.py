@@ -5,6 +5,7 @@ import asyncio
 import pytest
 
 from zmqkit.asyncio import CacheClient
+from zmqkit.errors import NodeUnavailable, ProtocolError
 from zmqkit.testing import CacheCluster
 
 from .conftest import FakeClock
@@ -37,10 +38,16 @@ async def test_failover_while_many_calls_are_in_flight(clock: FakeClock) -> None
         async with CacheClient(cluster.endpoints, timeout=0.3, retries=1, dead_timeout=30, clock=clock) as cache:
             keys = [f"k{i}" for i in range(60)]
             await cache.set_many(dict.fromkeys(keys, "v1"))
+            gone = cluster.endpoints[2]
             cluster.nodes[2].stop()
+            # Plain gets (the fast path) fail over: the stopped node's keys are misses on the next node.
+            got = await asyncio.gather(*(cache.get(k, "miss") for k in keys))
+            owners = [cache.ring.get_node(cache.key_bytes(k)) for k in keys]
+            assert got == ["miss" if owner == gone else "v1" for owner in owners]
+            assert "miss" in got and "v1" in got
+            assert cache.node_state()[gone] == "dead"
             await asyncio.gather(*(cache.set(k, "v2") for k in keys))
             assert await asyncio.gather(*(cache.get(k) for k in keys)) == ["v2"] * len(keys)
-            assert cache.node_state()[cluster.endpoints[2]] == "dead"
     finally:
         cluster.close()
 
@@ -68,8 +75,46 @@ async def test_closed_client_says_so() -> None:
     try:
         cache = CacheClient(cluster.endpoints)
         await cache.set("k", 1)
+        in_flight = cache.get("k")
         cache.close()
         with pytest.raises(RuntimeError, match="closed"):
+            await in_flight
+        with pytest.raises(RuntimeError, match="closed"):
             await cache.get("k")
+    finally:
+        cluster.close()
+
+
+async def test_get_is_a_future_and_gather_makes_no_task() -> None:
+    cluster = CacheCluster(2)
+    try:
+        async with CacheClient(cluster.endpoints) as cache:
+            await cache.set("k", 1)
+            tasks = len(asyncio.all_tasks())
+            futures = [cache.get("k") for _ in range(50)] + [cache.get("missing", "d")]
+            assert all(asyncio.isfuture(f) for f in futures)
+            assert len(asyncio.all_tasks()) == tasks  # resolved by the reader tasks, no Task per get
+            assert await asyncio.gather(*futures) == [1] * 50 + ["d"]
+            cancelled, kept = cache.get("k"), cache.get("k")
+            cancelled.cancel()
+            assert await kept == 1
+    finally:
+        cluster.close()
+
+
+async def test_fast_get_errors_reach_their_own_awaiter() -> None:
+    cluster = CacheCluster(1)
+    try:
+        async with (
+            CacheClient(cluster.endpoints, codec="pickle") as trusting,
+            CacheClient(cluster.endpoints, timeout=0.2, retries=0) as cache,
+        ):
+            await trusting.set("pickled", {1, 2})
+            await cache.set("plain", "v")
+            got = await asyncio.gather(cache.get("pickled"), cache.get("plain"), return_exceptions=True)
+            assert isinstance(got[0], ProtocolError) and got[1] == "v"
+            cluster.nodes[0].stop()
+            with pytest.raises(NodeUnavailable):
+                await cache.get("plain")
     finally:
         cluster.close()
