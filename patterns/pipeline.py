@@ -282,9 +282,9 @@ class Producer(_ProducerBase):
         """Accept every one of ``objs``, in order; return their ids (0s without acks). Cheaper per message
         than :meth:`send`: one lock and one wake-up per batch. Backpressure as for :meth:`send`."""
         if self.protocol is None:
-            if timeout is not None or not self._bare_bytes:
+            if timeout is not None or self._bare_send is None:
                 return [self.send(obj, timeout) for obj in objs]
-            send, count = self._sock.send, 0
+            send, count = self._bare_send, 0
             for obj in objs:
                 if type(obj) is bytes and obj[:4] != HDR:
                     send(obj)
@@ -414,9 +414,9 @@ class _Lane:
     to move between threads behind a full memory barrier, which the lock gives).
     """
 
-    def __init__(self, socks: list[Any], credit: int, sink: Any) -> None:
+    def __init__(self, socks: list[Any], credit: int, most: int, sink: Any) -> None:
         self.socks = socks
-        self.protos = [WorkerProtocol(credit) for _ in socks]
+        self.protos = [WorkerProtocol(credit, most) for _ in socks]
         self.sink = sink
         self.lock = threading.Lock()
         self.last_hb = 0.0
@@ -458,6 +458,10 @@ class _WorkerBase:
             raise ConfigurationError(f"bad concurrency {concurrency!r}: expected an integer >= 1")
         if binds and concurrency > 1 and not self._ASYNC:
             raise ConfigurationError(f"bind={bind!r} with concurrency={concurrency}: connect workers to the producer")
+        # By default a worker asks for 100 messages and lets the producer go up to 1000 while it keeps up (see
+        # pipeline_protocol._Peer): fast handlers are not held back by round trips, slow ones hoard no more
+        # than 100. An explicit credit is a fixed bound.
+        most = 1000 if credit is None else credit
         credit = 100 if credit is None else credit
         if not isinstance(credit, int) or isinstance(credit, bool) or credit < 1:
             raise ConfigurationError(f"bad credit {credit!r}: expected an integer >= 1")
@@ -491,7 +495,7 @@ class _WorkerBase:
                 if sink is not None:
                     sink_sock = make_socket("push", opts, asyncio=self._ASYNC)
                     _attach(sink_sock, [], [sink])
-                self.lanes.append(_Lane(socks, credit, sink_sock))
+                self.lanes.append(_Lane(socks, credit, most, sink_sock))
         except BaseException:
             self._close_sockets()
             raise
