@@ -118,7 +118,7 @@ class _ProducerBase:
         worker_timeout: float = 5.0,
         max_queued: int = 10_000,
         on_full: str = "block",
-        batch: int = 64,
+        batch: int = 256,  # messages per TASK frame at most (never more than the worker's credit)
         spool: str | None = None,
         allow_pickle: bool = False,
         curve: Curve | None = None,
@@ -162,7 +162,8 @@ class _ProducerBase:
             self._wake_tx = make_socket("pair", asyncio=self._ASYNC)
             _connect(self._wake_tx, name)
         self._woken = False
-        self._bare_bytes = on_full == "block" and self._codec.name in ("bytes", "auto")
+        self._raw_bytes = self._codec.name in ("bytes", "auto")  # these codecs send bytes as they are (id 0)
+        self._bare_bytes = on_full == "block" and self._raw_bytes
 
     @property
     def endpoint(self) -> str:
@@ -269,7 +270,7 @@ class Producer(_ProducerBase):
                 self._bare_send(obj)  # the fast path of fire-and-forget: bare bytes, block while the pipe is full
                 return 0
             return self._push(encode_message(*self._codec.pack(obj)), timeout)
-        codec, payload = self._codec.pack(obj)
+        codec, payload = (0, obj) if type(obj) is bytes and self._raw_bytes else self._codec.pack(obj)
         with self._lock:  # the plain lock (the condition's own): no waiting unless the queue is full
             if not self._closed and not proto.full():
                 msg_id = proto.accept(codec, payload)

@@ -254,7 +254,7 @@ class ProducerProtocol:
         backoff: Backoff | None = None,
         worker_timeout: float = 5.0,
         max_queued: int = 10_000,
-        batch: int = 64,
+        batch: int = 256,
         max_results: int = 100_000,
         spool: SpoolLike | None = None,
         allow_pickle: bool = False,
