@@ -7,6 +7,7 @@ PAIR). Fire-and-forget mode (``acks=False``) is plain PUSH/PULL.
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import random as _random
@@ -47,6 +48,7 @@ log = logging.getLogger(__name__)
 _DRAIN = 256  # messages taken from a socket per wake-up before other work gets a turn
 _MALFORMED = object()
 _NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq ORs flags per frame, and enum arithmetic is slow
+_BACKEND_SEND = zmq.backend.Socket.send  # see Producer._bare_send
 
 
 def _endpoints(bind_: str | Sequence[str] | None, connect_: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -116,7 +118,7 @@ class _ProducerBase:
         worker_timeout: float = 5.0,
         max_queued: int = 10_000,
         on_full: str = "block",
-        batch: int = 64,
+        batch: int = 256,  # messages per TASK frame at most (never more than the worker's credit)
         spool: str | None = None,
         allow_pickle: bool = False,
         curve: Curve | None = None,
@@ -160,7 +162,8 @@ class _ProducerBase:
             self._wake_tx = make_socket("pair", asyncio=self._ASYNC)
             _connect(self._wake_tx, name)
         self._woken = False
-        self._bare_bytes = on_full == "block" and self._codec.name in ("bytes", "auto")
+        self._raw_bytes = self._codec.name in ("bytes", "auto")  # these codecs send bytes as they are (id 0)
+        self._bare_bytes = on_full == "block" and self._raw_bytes
 
     @property
     def endpoint(self) -> str:
@@ -243,6 +246,11 @@ class Producer(_ProducerBase):
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._thread: threading.Thread | None = None
+        # Fire-and-forget of bare bytes calls the socket's backend send straight away: pyzmq's Python wrapper
+        # only adds routing_id/group handling, and its frame is a fair part of the cost of a 100-byte message.
+        self._bare_send: Callable[[bytes], Any] | None = None
+        if not self.acks and self._bare_bytes:
+            self._bare_send = functools.partial(_BACKEND_SEND, self._sock)
         if self.acks:
             self._thread = threading.Thread(target=self._loop, name="zmqkit-producer", daemon=True)
             self._thread.start()
@@ -256,20 +264,28 @@ class Producer(_ProducerBase):
     def send(self, obj: Any, timeout: float | None = None) -> int:
         """Accept ``obj`` for delivery; return its id (0 without acks). Blocks while the queue is full
         (RequestTimeout after ``timeout``), or raises Unavailable at once with ``on_full="raise"``."""
-        if self.protocol is None:
-            if timeout is None and self._bare_bytes and type(obj) is bytes and obj[:4] != HDR:
-                self._sock.send(obj)  # the fast path of fire-and-forget: bare bytes, block while the pipe is full
+        proto = self.protocol
+        if proto is None:
+            if self._bare_send is not None and timeout is None and type(obj) is bytes and obj[:4] != HDR:
+                self._bare_send(obj)  # the fast path of fire-and-forget: bare bytes, block while the pipe is full
                 return 0
             return self._push(encode_message(*self._codec.pack(obj)), timeout)
-        return self.send_many([obj], timeout)[0]
+        codec, payload = (0, obj) if type(obj) is bytes and self._raw_bytes else self._codec.pack(obj)
+        with self._lock:  # the plain lock (the condition's own): no waiting unless the queue is full
+            if not self._closed and not proto.full():
+                msg_id = proto.accept(codec, payload)
+                if proto.hungry:  # else the I/O thread dispatches when acks return credit
+                    self._wake()
+                return msg_id
+        return self.send_many([obj], timeout)[0]  # closed or full: raise, or wait for room
 
     def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
         """Accept every one of ``objs``, in order; return their ids (0s without acks). Cheaper per message
         than :meth:`send`: one lock and one wake-up per batch. Backpressure as for :meth:`send`."""
         if self.protocol is None:
-            if timeout is not None or not self._bare_bytes:
+            if timeout is not None or self._bare_send is None:
                 return [self.send(obj, timeout) for obj in objs]
-            send, count = self._sock.send, 0
+            send, count = self._bare_send, 0
             for obj in objs:
                 if type(obj) is bytes and obj[:4] != HDR:
                     send(obj)
@@ -399,9 +415,9 @@ class _Lane:
     to move between threads behind a full memory barrier, which the lock gives).
     """
 
-    def __init__(self, socks: list[Any], credit: int, sink: Any) -> None:
+    def __init__(self, socks: list[Any], credit: int, most: int, sink: Any) -> None:
         self.socks = socks
-        self.protos = [WorkerProtocol(credit) for _ in socks]
+        self.protos = [WorkerProtocol(credit, most) for _ in socks]
         self.sink = sink
         self.lock = threading.Lock()
         self.last_hb = 0.0
@@ -443,6 +459,10 @@ class _WorkerBase:
             raise ConfigurationError(f"bad concurrency {concurrency!r}: expected an integer >= 1")
         if binds and concurrency > 1 and not self._ASYNC:
             raise ConfigurationError(f"bind={bind!r} with concurrency={concurrency}: connect workers to the producer")
+        # By default a worker asks for 100 messages and lets the producer go up to 1000 while it keeps up (see
+        # pipeline_protocol._Peer): fast handlers are not held back by round trips, slow ones hoard no more
+        # than 100. An explicit credit is a fixed bound.
+        most = 1000 if credit is None else credit
         credit = 100 if credit is None else credit
         if not isinstance(credit, int) or isinstance(credit, bool) or credit < 1:
             raise ConfigurationError(f"bad credit {credit!r}: expected an integer >= 1")
@@ -476,7 +496,7 @@ class _WorkerBase:
                 if sink is not None:
                     sink_sock = make_socket("push", opts, asyncio=self._ASYNC)
                     _attach(sink_sock, [], [sink])
-                self.lanes.append(_Lane(socks, credit, sink_sock))
+                self.lanes.append(_Lane(socks, credit, most, sink_sock))
         except BaseException:
             self._close_sockets()
             raise

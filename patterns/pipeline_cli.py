@@ -144,7 +144,7 @@ def _measure(label: str, n: int, run: Callable[[_Count], None]) -> float:
 _LIKE_RAW = SocketOptions(rcvhwm=0)
 
 
-def _zmqkit_run(n: int, size: int, acks: bool, many: bool, credit: int = 100) -> Callable[[_Count], None]:
+def _zmqkit_run(n: int, size: int, acks: bool, many: bool, credit: int | None = None) -> Callable[[_Count], None]:
     def run(count: _Count) -> None:
         if acks:
             from ..testing import free_tcp_endpoint
@@ -176,19 +176,22 @@ def _raw_run(n: int, size: int) -> Callable[[_Count], None]:
 @bench.command("pipeline")
 @click.option("-n", "--messages", default=200_000, show_default=True, help="Messages per measurement.")
 @click.option("--size", default=100, show_default=True, help="Payload bytes.")
-@click.option("--credit", default=100, show_default=True, help="Messages in flight per worker (acknowledged run).")
+@click.option(
+    "--credit", type=int, default=None, help="Fixed messages in flight per worker (default: the Worker's default)."
+)
 @click.option("--rounds", default=3, show_default=True, help="Interleaved rounds; the best of each is reported.")
-def bench_pipeline(messages: int, size: int, credit: int, rounds: int) -> None:
+def bench_pipeline(messages: int, size: int, credit: int | None, rounds: int) -> None:
     """Fire-and-forget and acknowledged throughput beside raw pyzmq PUSH/PULL (same handler call)."""
     if messages < 2:
         raise click.BadParameter(f"{messages!r}: need at least 2 messages", param_hint="--messages")
     if rounds < 1:
         raise click.BadParameter(f"{rounds!r}: need at least 1 round", param_hint="--rounds")
+    credit_name = "default credit" if credit is None else f"credit {credit}"
     variants = [  # (row name, acks, send_many, target)
         ("fire-and-forget, send()", False, False, ">= 0.80x"),
         ("fire-and-forget, send_many()", False, True, ">= 0.80x"),
-        (f"acknowledged, send(), credit {credit}", True, False, ">= 0.25x"),
-        (f"acknowledged, send_many(), credit {credit}", True, True, ">= 0.25x"),
+        (f"acknowledged, send(), {credit_name}", True, False, ">= 0.25x"),
+        (f"acknowledged, send_many(), {credit_name}", True, True, ">= 0.25x"),
     ]
     raw = 0.0
     best = [0.0] * len(variants)

@@ -6,7 +6,7 @@ redelivery and dead-lettering are tested without sleeping.
 
 Acknowledged mode (ROUTER at the producer, one DEALER per producer at each worker)::
 
-    worker -> producer   READY credit | HB | DONE ids [id+codec, payload]... | FAIL id delay type text | BYE
+    worker -> producer   READY credit [most] | HB | DONE ids [id+codec, payload]... | FAIL id delay type text | BYE
     producer -> worker   TASK (id attempt codec length payload)... | HELLO | BYE
 
 Fire-and-forget mode is plain PUSH/PULL, one frame per message: bare bytes, or ``ZKP1`` + codec + payload.
@@ -196,16 +196,30 @@ class _Msg:
 
 
 class _Peer:
-    """A worker connection as the producer sees it."""
+    """A worker connection as the producer sees it.
 
-    __slots__ = ("capacity", "credit", "held", "last_seen", "leaving")
+    ``capacity`` starts at the credit the worker announced (``floor``) and, when it also announced a ``most``,
+    doubles up to ``most`` each time the worker finishes everything it holds while work waits here (the round
+    trip, not the worker, was the limit); it falls back to ``floor`` once the worker holds work and finishes
+    none for ``_SLOW`` seconds, so a worker that turns slow stops taking more than its announced credit.
+    """
 
-    def __init__(self, credit: int, now: float) -> None:
-        self.capacity = credit
-        self.credit = credit
+    __slots__ = ("capacity", "credit", "floor", "held", "last_done", "last_seen", "leaving", "most")
+
+    def __init__(self, credit: int, most: int, now: float) -> None:
+        self.floor = self.capacity = self.credit = credit
+        self.most = max(most, credit)
         self.held: set[int] = set()
-        self.last_seen = now
+        self.last_seen = self.last_done = now
         self.leaving = False
+
+    def resize(self, capacity: int) -> None:
+        """Change the capacity; credit follows (below zero while the worker holds more than the new one)."""
+        self.credit += capacity - self.capacity
+        self.capacity = capacity
+
+
+_SLOW = 0.25  # seconds a grown worker may hold work without finishing any before it is back to its floor
 
 
 @dataclass
@@ -240,7 +254,7 @@ class ProducerProtocol:
         backoff: Backoff | None = None,
         worker_timeout: float = 5.0,
         max_queued: int = 10_000,
-        batch: int = 64,
+        batch: int = 256,
         max_results: int = 100_000,
         spool: SpoolLike | None = None,
         allow_pickle: bool = False,
@@ -332,11 +346,12 @@ class ProducerProtocol:
         now = self.clock()
         peer = self.peers.get(ident)
         if command == READY:
-            credit = unpack_u32(frames[4], "credit") if len(frames) == 5 else -1
-            if credit < 0:
-                raise ProtocolError("READY must carry one u32 credit frame")
+            if len(frames) not in (5, 6):
+                raise ProtocolError("READY must carry a u32 credit frame and optionally a u32 most frame")
+            credit = unpack_u32(frames[4], "credit")
+            most = unpack_u32(frames[5], "most") if len(frames) == 6 else credit
             if peer is None:
-                self.peers[ident] = _Peer(credit, now)
+                self.peers[ident] = _Peer(credit, most, now)
             else:
                 # A second READY answers a repeated HELLO; its credit was counted before our TASKs arrived.
                 peer.last_seen = now
@@ -350,8 +365,12 @@ class ProducerProtocol:
         reply = []
         if command == DONE:
             peer.credit += self._done(peer, frames)
+            peer.last_done = now
+            if not peer.held and self.queued and peer.capacity < peer.most and not peer.leaving:
+                peer.resize(min(peer.most, 2 * peer.capacity))  # it ran dry while work waited: send more at once
         elif command == FAIL:
             self._fail(ident, peer, frames)
+            peer.last_done = now
         elif command == BYE:
             peer.leaving = True
             peer.credit = 0
@@ -454,6 +473,8 @@ class ProducerProtocol:
                 self.queue.appendleft(msg)
                 self.queued += 1
         for ident, peer in list(self.peers.items()):
+            if peer.capacity > peer.floor and peer.held and now - peer.last_done > _SLOW:
+                peer.resize(peer.floor)  # it stopped keeping up: no more than it asked for at first
             if now - peer.last_seen > self.worker_timeout:
                 log.warning("worker %r silent for %.1fs: redelivering what it held", ident, now - peer.last_seen)
                 self.lose(ident)
@@ -482,6 +503,7 @@ class ProducerProtocol:
             due.append(self.waiting[0][0])
         if self.peers:
             due.append(min(p.last_seen for p in self.peers.values()) + self.worker_timeout)
+            due += [p.last_done + _SLOW for p in self.peers.values() if p.capacity > p.floor and p.held]
         return max(0.0, min(due) - self.clock()) if due else None
 
     # -- outgoing
@@ -578,6 +600,7 @@ class WorkerProtocol:
     """
 
     credit: int
+    most: int = 0  # more than ``credit``: the producer may raise this worker's credit up to it while it keeps up
     held: int = 0
     closing: bool = False  # we sent BYE
     closed: bool = False  # the producer answered BYE: nothing more will come
@@ -586,8 +609,11 @@ class WorkerProtocol:
     _fails: list[list[bytes]] = field(default_factory=list)
 
     def ready(self) -> list[bytes]:
-        """READY announcing how many more tasks this worker takes (capacity less what it holds)."""
-        return [b"", HDR, READY, pack_u32(max(0, self.credit - self.held))]
+        """READY announcing how many more tasks this worker takes (capacity less what it holds), and at most."""
+        frames = [b"", HDR, READY, pack_u32(max(0, self.credit - self.held))]
+        if self.most > self.credit:
+            frames.append(pack_u32(max(0, self.most - self.held)))
+        return frames
 
     def heartbeat(self) -> list[bytes]:
         """HB; while stopping, BYE again instead (the first one may have gone into a pipe that then broke)."""

@@ -172,6 +172,23 @@ def test_flow_control_bounds_messages_per_worker() -> None:
 
 
 @pytest.mark.timeout(30)
+def test_a_slow_worker_with_the_default_credit_holds_no_more_than_100() -> None:
+    gate = threading.Event()
+    with (
+        Producer(bind="tcp://127.0.0.1:0") as producer,
+        Worker(lambda v: gate.wait(10), connect=producer.endpoint) as w,
+    ):
+        w.start()
+        producer.send_many(range(500))
+        wait_for(lambda: producer.stats()["delivered"] == 100)
+        # Busy on its first message, it never ran dry: its credit stays at 100 (1000 is only for keeping up).
+        assert producer.stats()["queued"] == 400
+        gate.set()
+        producer.join(timeout=20)
+        assert producer.stats()["acked"] == 500
+
+
+@pytest.mark.timeout(30)
 def test_send_backpressure_blocks_or_raises() -> None:
     with Producer(bind="tcp://127.0.0.1:0", max_queued=2) as producer:
         producer.send(1)

@@ -297,3 +297,64 @@ def test_a_stopping_worker_repeats_bye_until_answered_or_unreachable() -> None:
     assert w.heartbeat() == [b"", HDR, b"BYE"]  # the first BYE may have been lost with a breaking pipe
     w.unreachable()
     assert w.closed and w.heartbeat() == [b"", HDR, b"HB"]
+
+
+def run_dry(p: ProducerProtocol, w: WorkerProtocol, ident: bytes = b"w1") -> int:
+    """Dispatch, have ``w`` finish every task, hand back its DONE; return how many tasks it got."""
+    got = 0
+    for frames in p.dispatch():
+        got += len(tasks_of([frames]))
+        for reply in worker_reply(w, frames, None):
+            p.handle([ident, *reply])
+    return got
+
+
+@pytest.mark.timeout(10)
+def test_a_worker_that_keeps_up_gets_more_credit_up_to_its_most() -> None:
+    p = make(Clock(), batch=10_000)
+    w = WorkerProtocol(credit=10, most=40)
+    assert len(w.ready()) == 5  # READY credit most
+    p.handle([b"w1", *w.ready()])
+    for i in range(500):
+        p.accept(0, b"%d" % i)
+    # Each time it runs dry while work waits here, the producer doubles what it may hold, up to ``most``.
+    assert [run_dry(p, w) for _ in range(4)] == [10, 20, 40, 40]
+    assert w.held == 0 and p.stats()["acked"] == 110
+
+
+@pytest.mark.timeout(10)
+def test_a_grown_worker_that_turns_slow_is_back_to_its_announced_credit() -> None:
+    clock = Clock()
+    p = make(clock, batch=10_000)
+    w = WorkerProtocol(credit=10, most=40)
+    p.handle([b"w1", *w.ready()])
+    for i in range(500):
+        p.accept(0, b"%d" % i)
+    run_dry(p, w)
+    run_dry(p, w)
+    assert len(tasks_of(p.dispatch())) == 40  # grown; now it holds 40 and finishes none
+    clock.now += 0.2
+    p.tick()
+    assert p.peers[b"w1"].capacity == 40
+    assert p.next_timer() == pytest.approx(0.05)  # when it will have been slow long enough
+    clock.now += 0.1
+    p.tick()
+    assert p.peers[b"w1"].capacity == 10
+    # Credit is now 10 less the 40 it holds: after 35 acks it has 5 back (half its capacity) and gets 5 more,
+    # so it holds 10 at most from then on.
+    p.handle([b"w1", b"", HDR, b"DONE", struct.pack(">34Q", *sorted(p.peers[b"w1"].held)[:34])])
+    assert p.dispatch() == []
+    p.handle([b"w1", b"", HDR, b"DONE", struct.pack(">Q", min(p.peers[b"w1"].held))])
+    assert len(tasks_of(p.dispatch())) == 5
+    assert len(p.peers[b"w1"].held) == 10
+
+
+@pytest.mark.timeout(10)
+def test_a_fixed_credit_never_grows() -> None:
+    p = make(Clock(), batch=10_000)
+    w = WorkerProtocol(credit=10)
+    assert len(w.ready()) == 4  # no ``most``: the READY of a worker with a fixed credit, as before
+    p.handle([b"w1", *w.ready()])
+    for i in range(100):
+        p.accept(0, b"%d" % i)
+    assert [run_dry(p, w) for _ in range(3)] == [10, 10, 10]
