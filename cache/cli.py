@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from zmqkit.cli import ZmqkitGroup, bench, main, wait_until_stopped
+from zmqkit.cli import ZmqkitGroup, bench, main, stop_signals, wait_until_stopped
 from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError
 
@@ -75,15 +75,16 @@ def serve(bind: str, count: int, memory: str, max_item: str) -> None:
     """Run cache nodes until Ctrl-C or SIGTERM."""
     endpoints = node_endpoints(str(count), bind)
     nodes = [CacheNode(ep, memory=memory, max_item=max_item) for ep in endpoints]
-    try:
-        for node in nodes:
-            click.echo(f"cache node listening on {node.start()} (memory {memory}, max item {max_item})")
-        click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
-        wait_until_stopped()
-        click.echo("stopping", err=True)
-    finally:
-        for node in nodes:
-            node.stop()
+    with stop_signals() as stop:
+        try:
+            for node in nodes:
+                click.echo(f"cache node listening on {node.start()} (memory {memory}, max item {max_item})")
+            click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
+            wait_until_stopped(stop)
+            click.echo("stopping", err=True)
+        finally:
+            for node in nodes:
+                node.stop()
 
 
 @cache.command()

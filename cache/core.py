@@ -28,7 +28,7 @@ from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions
+from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
 from .health import Health
@@ -100,7 +100,7 @@ class ClientCore:
         fallback = self.codec.fallback if isinstance(self.codec, AutoCodec) else self.codec
         self.allow_pickle = isinstance(fallback, PickleCodec)
         self.clock = clock
-        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self.options = resolve_options(options, curve)
         self._rids = itertools.count(1)
 
     def _run(self, op: Op) -> Any:

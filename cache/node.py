@@ -18,7 +18,7 @@ from types import TracebackType
 import zmq
 
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket, resolve_options
 
 from .frames import recv_frames, send_frames
 from .service import Service
@@ -49,7 +49,7 @@ class CacheNode:
     ) -> None:
         self.store = Store(memory, max_item, clock=clock)
         self.service = Service(self.store)
-        self.options = (options or SocketOptions()).with_(curve=curve) if curve else options
+        self.options = resolve_options(options, curve)
         self._bind = bind
         self._control = f"inproc://zmqkit-cache-node-{next(_ids)}"
         self._stop_token = b"zmqkit-stop:" + os.urandom(16)

@@ -15,10 +15,9 @@ import zmq
 from cachetools import LRUCache
 
 from zmqkit.codecs import Codec
-from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
 from ._background import Background
 from .fanout_protocol import (
@@ -31,31 +30,10 @@ from .fanout_protocol import (
     new_id,
 )
 
-__all__ = ["Publisher", "Subscriber", "Forwarder", "Message", "socket_options", "attach", "check_timeout", "timeout_ms"]
+__all__ = ["Publisher", "Subscriber", "Forwarder", "Message", "check_timeout", "timeout_ms"]
 
 log = logging.getLogger(__name__)
 Endpoints = str | list[str] | tuple[str, ...] | None
-
-
-def socket_options(options: SocketOptions | None, curve: Curve | None) -> SocketOptions:
-    """``options`` (or the defaults) with ``curve`` applied."""
-    if options is not None and not isinstance(options, SocketOptions):
-        raise ConfigurationError(f"bad options {options!r}: expected zmqkit.SocketOptions")
-    opts = options or SocketOptions()
-    return opts.with_(curve=curve) if curve is not None else opts
-
-
-def attach(sock: Any, binds: Endpoints, connects: Endpoints, what: str) -> list[str]:
-    """Bind and connect ``sock``; return the real bound endpoints followed by the connected ones."""
-    if not binds and not connects:
-        sock.close(linger=0)
-        raise ConfigurationError(f"{what} needs at least one endpoint to bind or connect, got none")
-    try:
-        bound = [bind(sock, ep) for ep in parse_endpoints(binds, for_bind=True)] if binds else []
-        return bound + ([connect(sock, ep) for ep in parse_endpoints(connects)] if connects else [])
-    except BaseException:
-        sock.close(linger=0)
-        raise
 
 
 def timeout_ms(deadline: float) -> int:
@@ -80,7 +58,7 @@ class _PublisherBase:
         self._state = PublisherState(codec)
         self._counter = SubscriberCounter()
         self.id = self._state.id
-        self._sock = make_socket("xpub", socket_options(options, curve), asyncio=self._asyncio)
+        self._sock = make_socket("xpub", resolve_options(options, curve), asyncio=self._asyncio)
         self.endpoints = attach(self._sock, bind, connect, "Publisher")
         self._encode = self._state.encode
         # Notices are read without blocking through a plain view of the socket (the same socket, same thread).
@@ -193,7 +171,7 @@ class _SubscriberBase:
         self._feed = self._state.feed
         self._feed_pair = self._state.feed_pair
         self.id = new_id()
-        self._sock = make_socket("sub", socket_options(options, curve), asyncio=self._asyncio)
+        self._sock = make_socket("sub", resolve_options(options, curve), asyncio=self._asyncio)
         for prefix in sorted(self._state.filter.prefixes):
             self._sock.subscribe(prefix)
         # Last, so a publisher that sees it knows the topics above are already in effect.
@@ -345,7 +323,7 @@ class Forwarder:
     ) -> None:
         if not isinstance(last_value_cache, int) or isinstance(last_value_cache, bool) or last_value_cache < 0:
             raise ConfigurationError(f"bad last_value_cache {last_value_cache!r}: expected a topic count >= 0")
-        opts = socket_options(options, curve)
+        opts = resolve_options(options, curve)
         self._xsub = make_socket("xsub", opts)
         self.xsub_endpoint = attach(self._xsub, xsub, None, "Forwarder")[0]
         self._xpub = make_socket("xpub", opts)

@@ -9,7 +9,7 @@ from typing import Any
 import click
 
 from zmqkit.bench import Row, print_table, raw_pubsub, spawn
-from zmqkit.cli import bench, main, wait_until_stopped
+from zmqkit.cli import bench, main, stop_signals, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
 from .fanout import Forwarder, Publisher, Subscriber
@@ -79,9 +79,9 @@ def sub(
 @click.option("--last-value-cache", default=0, show_default=True, type=click.IntRange(min=0), help="Topics to cache.")
 def forwarder(xsub: str, xpub: str, last_value_cache: int) -> None:
     """Run an XSUB/XPUB forwarder until Ctrl-C or SIGTERM."""
-    with Forwarder(xsub, xpub, last_value_cache=last_value_cache) as fwd:
+    with stop_signals() as stop, Forwarder(xsub, xpub, last_value_cache=last_value_cache) as fwd:
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
-        wait_until_stopped()
+        wait_until_stopped(stop)
 
 
 @main.command()

@@ -23,8 +23,8 @@ import zmq
 from ..codecs import Codec, get_codec, unpack
 from ..errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
 from ..security import Curve
-from ..sockets import SocketOptions, make_socket
-from ..sockets import bind as _bind
+from ..sockets import SocketOptions, attach, make_socket, resolve_options
+from ..sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
 from ..sockets import connect as _connect
 from .pipeline_protocol import (
     HDR,
@@ -57,22 +57,6 @@ def _endpoints(bind_: str | Sequence[str] | None, connect_: str | Sequence[str] 
     if not binds and not connects:
         raise ConfigurationError("give bind=ENDPOINT or connect=ENDPOINT(S), e.g. bind='tcp://127.0.0.1:5555'")
     return binds, connects
-
-
-def _options(options: SocketOptions | None, curve: Curve | None) -> SocketOptions:
-    opts = options or SocketOptions()
-    if not isinstance(opts, SocketOptions):
-        raise ConfigurationError(f"bad options {opts!r}: expected zmqkit.SocketOptions")
-    return opts.with_(curve=curve) if curve is not None else opts
-
-
-def _attach(sock: Any, binds: list[str], connects: list[str]) -> list[str]:
-    """Bind and connect ``sock``; return the real endpoints."""
-    try:
-        return [_bind(sock, ep) for ep in binds] + [_connect(sock, ep) for ep in connects]
-    except BaseException:
-        sock.close(linger=0)
-        raise
 
 
 def _send(sock: Any, frames: list[bytes]) -> bool:
@@ -150,9 +134,9 @@ class _ProducerBase:
                 clock=clock,
                 random=random,
             )
-        opts = _options(options, curve)
+        opts = resolve_options(options, curve)
         self._sock = make_socket("router" if acks else "push", opts, asyncio=self._ASYNC)
-        self.endpoints = _attach(self._sock, binds, connects)
+        self.endpoints = attach(self._sock, binds, connects)
         self._wake_rx = self._wake_tx = None
         if acks:
             # The I/O loop sleeps in poll(); a byte on this inproc pair wakes it when work is accepted.
@@ -478,7 +462,7 @@ class _WorkerBase:
         self._closed = False
         self.processed = 0
         self.failed = 0
-        opts = _options(options, curve)
+        opts = resolve_options(options, curve)
         lanes = 1 if self._ASYNC else concurrency
         self.concurrency = concurrency
         self.lanes: list[_Lane] = []
@@ -488,14 +472,14 @@ class _WorkerBase:
                 if acks:
                     socks = [make_socket("dealer", opts, asyncio=self._ASYNC) for _ in binds + connects]
                     for s, ep in zip(socks, binds + connects, strict=True):
-                        self.endpoints += _attach(s, [ep] if ep in binds else [], [ep] if ep in connects else [])
+                        self.endpoints += attach(s, [ep] if ep in binds else [], [ep] if ep in connects else [])
                 else:
                     socks = [make_socket("pull", opts, asyncio=self._ASYNC)]
-                    self.endpoints += _attach(socks[0], binds, connects)
+                    self.endpoints += attach(socks[0], binds, connects)
                 sink_sock = None
                 if sink is not None:
                     sink_sock = make_socket("push", opts, asyncio=self._ASYNC)
-                    _attach(sink_sock, [], [sink])
+                    attach(sink_sock, [], [sink])
                 self.lanes.append(_Lane(socks, credit, most, sink_sock))
         except BaseException:
             self._close_sockets()
@@ -714,8 +698,8 @@ class Sink:
     ) -> None:
         binds, connects = _endpoints(bind, connect)
         self.allow_pickle = allow_pickle
-        self._sock = make_socket("pull", _options(options, curve), asyncio=self._ASYNC)
-        self.endpoints = _attach(self._sock, binds, connects)
+        self._sock = make_socket("pull", resolve_options(options, curve), asyncio=self._ASYNC)
+        self.endpoints = attach(self._sock, binds, connects)
 
     @property
     def endpoint(self) -> str:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from ..bench import Row, print_table, raw_pushpull, spawn
-from ..cli import bench, main, wait_until_stopped
+from ..cli import bench, main, stop_signals, wait_until_stopped
 from ..errors import RequestTimeout
 from ..sockets import SocketOptions
 from .pipeline import Producer, Worker
@@ -80,7 +80,7 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) 
     worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
-    with worker:
+    with stop_signals(done), worker:
         worker.start()
         wait_until_stopped(done)
 

@@ -29,7 +29,7 @@ from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket, resolve_options
 
 from ._background import Background
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
@@ -68,16 +68,6 @@ def recv_frames(sock: zmq.Socket) -> list[bytes]:
         frame = _recv(sock, NOBLOCK, False)
         parts.append(frame.bytes)
     return parts
-
-
-def socket_options(options: SocketOptions | None, curve: Curve | None, **changes: Any) -> SocketOptions:
-    """``options`` (or the defaults) with ``curve`` and ``changes`` applied."""
-    opts = options if options is not None else SocketOptions()
-    if not isinstance(opts, SocketOptions):
-        raise ConfigurationError(f"bad options {opts!r}: expected zmqkit.SocketOptions")
-    if curve is not None:
-        changes["curve"] = curve
-    return opts.with_(**changes) if changes else opts
 
 
 def check_timeout(value: float | None, what: str = "timeout") -> float | None:
@@ -158,7 +148,7 @@ class ClientCore:
         clock: Callable[[], float] = time.monotonic,
         asyncio: bool = False,
     ) -> None:
-        eps = parse_endpoints(endpoints)  # type: ignore[arg-type]
+        eps = parse_endpoints(endpoints)
         self.timeout = check_timeout(timeout) or 5.0
         self._codec = get_codec(codec)
         peers = {_alias(ep, i): ep for i, ep in enumerate(eps)}
@@ -172,7 +162,7 @@ class ClientCore:
             clock=clock,
         )
         self.endpoints = list(peers.values())
-        self._socket = make_socket("router", socket_options(options, curve), asyncio=asyncio)
+        self._socket = make_socket("router", resolve_options(options, curve), asyncio=asyncio)
         # The asyncio runner does its non-blocking sends and receives through a plain view of the same socket.
         self._sock: zmq.Socket = zmq.Socket.shadow(self._socket.underlying) if asyncio else self._socket
         self.closed = False
@@ -312,8 +302,8 @@ class ServerCore:
             raise ConfigurationError(f"bad handler {handler!r}: expected a callable taking the request body")
         if isinstance(concurrency, bool) or not isinstance(concurrency, int) or concurrency < 1:
             raise ConfigurationError(f"bad concurrency={concurrency!r}: expected a positive integer")
-        self._binds = parse_endpoints(endpoints, for_bind=True) if endpoints else []  # type: ignore[arg-type]
-        self._connects = parse_endpoints(connect) if connect else []  # type: ignore[arg-type]
+        self._binds = parse_endpoints(endpoints, for_bind=True) if endpoints else []
+        self._connects = parse_endpoints(connect) if connect else []
         if not self._binds and not self._connects:
             raise ConfigurationError(f"bad endpoints {endpoints!r}: give endpoints to bind or connect=")
         self.handler = handler
@@ -321,7 +311,7 @@ class ServerCore:
         self._codec = get_codec(codec)
         self._allow_pickle = allow_pickle or self._codec.name == "pickle"
         self._proto = ServerProtocol(max_queue=max_queue, window=idempotency_window, clock=clock)
-        self._options = socket_options(options, curve)
+        self._options = resolve_options(options, curve)
         self._clock = clock
         self.endpoints: list[str] = []
         self._left_cleanly = False
@@ -517,7 +507,7 @@ class Proxy:
         self._front_ep = parse_endpoints(frontend, for_bind=True)
         self._back_ep = parse_endpoints(backend, for_bind=True)
         # A reply to a client that left must be dropped: with ROUTER_MANDATORY libzmq's proxy would stop on it.
-        self._options = socket_options(options, curve, router_mandatory=False)
+        self._options = resolve_options(options, curve, router_mandatory=False)
         self._background: Background | None = None
         self.frontend = ""
         self.backend = ""

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from zmqkit.bench import Row, print_table, raw_dealer, raw_reqrep, spawn
-from zmqkit.cli import bench, main, wait_until_stopped
+from zmqkit.cli import bench, main, stop_signals, wait_until_stopped
 
 from .reqrep import Client, Proxy, Server
 from .reqrep_async import AsyncClient
@@ -43,11 +43,12 @@ def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:
     server = Server(
         None if connect else endpoint, lambda body: body, concurrency=concurrency, connect=endpoint if connect else ()
     )
-    server.start()
-    click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
-    wait_until_stopped()
-    click.echo("leaving...", err=True)
-    server.leave()
+    with stop_signals() as stop:
+        server.start()
+        click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
+        wait_until_stopped(stop)
+        click.echo("leaving...", err=True)
+        server.leave()
 
 
 @main.command()
@@ -76,9 +77,9 @@ def rpc(endpoint: str, method: str | None, args: tuple[str, ...], timeout: float
 @click.option("--backend", required=True, help="Endpoint servers connect to (DEALER).")
 def proxy(frontend: str, backend: str) -> None:
     """A queue device between clients and servers, so clients know one address."""
-    with Proxy(frontend, backend) as device:
+    with stop_signals() as stop, Proxy(frontend, backend) as device:
         click.echo(f"proxy: clients -> {device.frontend}, servers -> {device.backend}", err=True)
-        wait_until_stopped()
+        wait_until_stopped(stop)
 
 
 def _echo_server(endpoints: Any) -> None:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import signal
 import sys
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 import click
@@ -14,7 +16,7 @@ from ._version import __version__
 from .errors import ZmqkitError
 from .security import generate_keys
 
-__all__ = ["main", "bench", "ZmqkitGroup", "wait_until_stopped"]
+__all__ = ["main", "bench", "ZmqkitGroup", "stop_signals", "wait_until_stopped"]
 
 
 class ZmqkitGroup(click.Group):
@@ -30,20 +32,26 @@ class ZmqkitGroup(click.Group):
             sys.exit(130)
 
 
-def wait_until_stopped(done: threading.Event | None = None) -> None:
-    """Block a long-running command until Ctrl-C, SIGTERM or ``done`` is set; signal handlers are restored after.
+@contextlib.contextmanager
+def stop_signals(done: threading.Event | None = None) -> Iterator[threading.Event]:
+    """Within the block, Ctrl-C and SIGTERM set the yielded event instead of interrupting; handlers restored after.
 
-    Both signals just set an event, so the command shuts down in order (a service manager's SIGTERM is as clean
-    as Ctrl-C) instead of unwinding from wherever KeyboardInterrupt happened to land.
+    Enter it before a long-running command starts anything, so a signal that arrives early is not lost; then
+    shut down in order (a service manager's SIGTERM is as clean as Ctrl-C).
     """
     stop = done or threading.Event()
     handlers = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals
-            pass
+        yield stop
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+
+
+def wait_until_stopped(stop: threading.Event) -> None:
+    """Block until ``stop`` is set (by :func:`stop_signals` or the command itself)."""
+    while not stop.wait(0.5):  # a bounded wait keeps the main thread responsive to signals
+        pass
 
 
 @click.group(cls=ZmqkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
@@ -59,7 +60,7 @@ def parse_endpoint(text: str, *, for_bind: bool = False) -> Endpoint:
     return Endpoint("tcp", f"{shown}:{'*' if port is None else port}", host, port)
 
 
-def parse_endpoints(value: str | Endpoint | list[str] | tuple[str, ...], *, for_bind: bool = False) -> list[str]:
+def parse_endpoints(value: str | Endpoint | Sequence[str], *, for_bind: bool = False) -> list[str]:
     """Accept one endpoint or a sequence (or a comma-separated string); return them checked, as strings."""
     if isinstance(value, Endpoint):
         return [str(value)]

@@ -8,19 +8,30 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any
 
 import zmq
 import zmq.asyncio
 
-from .endpoints import parse_endpoint
+from .endpoints import parse_endpoint, parse_endpoints
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
     from .security import Curve
 
-__all__ = ["ROLES", "SocketOptions", "context", "async_context", "make_socket", "bind", "connect"]
+__all__ = [
+    "ROLES",
+    "SocketOptions",
+    "context",
+    "async_context",
+    "make_socket",
+    "resolve_options",
+    "bind",
+    "connect",
+    "attach",
+]
 
 ROLES: dict[str, int] = {
     "push": zmq.PUSH,
@@ -178,6 +189,16 @@ def make_socket(
     return sock
 
 
+def resolve_options(options: SocketOptions | None, curve: Curve | None = None, **changes: Any) -> SocketOptions:
+    """What every class does with its ``options=`` and ``curve=``: the options (or defaults) with both applied."""
+    opts = options if options is not None else DEFAULT_OPTIONS
+    if not isinstance(opts, SocketOptions):
+        raise ConfigurationError(f"bad options {opts!r}: expected zmqkit.SocketOptions")
+    if curve is not None:
+        changes["curve"] = curve
+    return opts.with_(**changes) if changes else opts
+
+
 def bind(sock: zmq.Socket, endpoint: str) -> str:
     """Bind ``sock`` and return the real endpoint (port 0 or ``*`` picks a free port)."""
     ep = parse_endpoint(endpoint, for_bind=True)
@@ -206,6 +227,26 @@ def connect(sock: zmq.Socket, endpoint: str, *, routing_id: bytes | None = None)
     except zmq.ZMQError as exc:
         raise ConfigurationError(f"cannot connect to {endpoint!r}: {exc.strerror}") from None
     return target
+
+
+def attach(
+    sock: zmq.Socket,
+    binds: str | Sequence[str] | None,
+    connects: str | Sequence[str] | None,
+    what: str = "socket",
+) -> list[str]:
+    """Bind and connect ``sock``; return the real bound endpoints, then the connected ones.
+
+    On any error the socket is closed, so a constructor that fails half-way leaks nothing.
+    """
+    try:
+        if not binds and not connects:
+            raise ConfigurationError(f"{what} needs at least one endpoint to bind or connect, got none")
+        bound = [bind(sock, ep) for ep in parse_endpoints(binds, for_bind=True)] if binds else []
+        return bound + ([connect(sock, ep) for ep in parse_endpoints(connects)] if connects else [])
+    except BaseException:
+        sock.close(linger=0)
+        raise
 
 
 def open_sockets() -> list[zmq.Socket]:
