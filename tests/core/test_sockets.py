@@ -110,3 +110,39 @@ def test_numbers_and_envelopes() -> None:
     assert split_envelope([b"id1", b"id2", b"", b"a", b"b"]) == ([b"id1", b"id2"], [b"a", b"b"])
     with pytest.raises(ProtocolError, match="delimiter"):
         split_envelope([b"id", b"body"])
+
+
+def test_resolve_options_applies_curve_and_checks_type() -> None:
+    from zmqkit import Curve, KeyPair
+    from zmqkit.sockets import resolve_options
+
+    curve = Curve.client(KeyPair.generate().public)
+    opts = resolve_options(SocketOptions(sndhwm=7), curve, linger_ms=0)
+    assert (opts.sndhwm, opts.linger_ms, opts.curve) == (7, 0, curve)
+    assert resolve_options(None) == SocketOptions()
+    with pytest.raises(ConfigurationError, match="bad options"):
+        resolve_options({"sndhwm": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(10)
+def test_attach_binds_then_connects_and_closes_on_error() -> None:
+    from zmqkit.sockets import attach
+
+    pull = make_socket("pull")
+    push = make_socket("push")
+    try:
+        (bound,) = attach(pull, "tcp://127.0.0.1:0", None, "Worker")
+        assert attach(push, None, [bound]) == [bound]
+        push.send(b"x")
+        assert pull.poll(5000) and pull.recv() == b"x"
+    finally:
+        pull.close(linger=0)
+        push.close(linger=0)
+    lonely = make_socket("pull")
+    with pytest.raises(ConfigurationError, match="Worker needs at least one endpoint"):
+        attach(lonely, None, None, "Worker")
+    assert lonely.closed
+    bad = make_socket("pull")
+    with pytest.raises(ConfigurationError, match="tcp//x"):
+        attach(bad, ["tcp//x"], None)
+    assert bad.closed
