@@ -21,11 +21,10 @@ from typing import Any
 
 import zmq
 
-from zmqkit.sockets import SocketOptions, connect, make_socket
+from zmqkit.sockets import NOBLOCK, SocketOptions, connect, make_socket, recv_frames, send_frames
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
 from .core import ClientCore
-from .frames import NOBLOCK, recv_frames, send_frames
 
 __all__ = ["CacheClient"]
 

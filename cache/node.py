@@ -18,9 +18,8 @@ from types import TracebackType
 import zmq
 
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket, resolve_options
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket, recv_frames, resolve_options, send_frames
 
-from .frames import recv_frames, send_frames
 from .service import Service
 from .store import Store
 

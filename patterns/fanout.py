@@ -18,6 +18,7 @@ from zmqkit.codecs import Codec
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
+from zmqkit.sockets import check_timeout as _check_timeout
 
 from ._background import Background
 from .fanout_protocol import (
@@ -127,8 +128,8 @@ class _PublisherBase:
 
 
 def check_timeout(timeout: float | None) -> None:
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout < 0):
-        raise ConfigurationError(f"bad timeout {timeout!r}: expected seconds >= 0 or None")
+    """Fanout waits take 0 too: look once, do not wait."""
+    _check_timeout(timeout, allow_zero=True)
 
 
 class Publisher(_PublisherBase):

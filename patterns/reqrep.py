@@ -29,54 +29,27 @@ from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket, resolve_options
+from zmqkit.sockets import (
+    SocketOptions,
+    bind,
+    check_timeout,
+    connect,
+    make_socket,
+    recv_frames,
+    resolve_options,
+    send_frames,
+)
 
 from ._background import Background
 from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until_stopped", "send_frames", "recv_frames"]
+__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until_stopped"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
-_MORE = int(zmq.SNDMORE) | NOBLOCK
-# pyzmq's compiled send and recv: the Python wrapper ``zmq.Socket.send`` adds about as much again per frame.
-_send = zmq.backend.Socket.send
-_recv = zmq.backend.Socket.recv
-
-
-def send_frames(sock: zmq.Socket, frames: list[bytes]) -> None:
-    """``send_multipart(frames, NOBLOCK)`` without its per-frame type checks and enum arithmetic."""
-    last = len(frames) - 1
-    for i in range(last):
-        _send(sock, frames[i], _MORE)
-    _send(sock, frames[last], NOBLOCK)
-
-
-def recv_frames(sock: zmq.Socket) -> list[bytes]:
-    """One whole message that poll said is waiting on a ROUTER.
-
-    A ROUTER always puts the sender's routing id before at least one frame, so that frame is read as plain bytes
-    (cheap); the others are read as frames whose ``.more`` ends the message (cheaper than asking RCVMORE).
-    """
-    parts = [_recv(sock, NOBLOCK)]
-    frame = _recv(sock, NOBLOCK, False)
-    parts.append(frame.bytes)
-    while frame.more:
-        frame = _recv(sock, NOBLOCK, False)
-        parts.append(frame.bytes)
-    return parts
-
-
-def check_timeout(value: float | None, what: str = "timeout") -> float | None:
-    """Seconds > 0, or None; anything else is a ConfigurationError."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or math.isinf(value):
-        raise ConfigurationError(f"bad {what}={value!r}: expected seconds > 0")
-    return float(value)
 
 
 def _ms(seconds: float) -> int:
@@ -189,7 +162,7 @@ class ClientCore:
             frames = out[i]
             i += 1
             try:
-                send_frames(sock, frames)
+                send_frames(sock, frames, NOBLOCK)
             except zmq.ZMQError as exc:
                 if exc.errno == zmq.EHOSTUNREACH:
                     proto.undeliverable(frames, gone=True)
@@ -209,7 +182,7 @@ class ClientCore:
         on_message = self._proto.on_message
         with contextlib.suppress(zmq.Again):
             while True:
-                on_message(recv_frames(sock))
+                on_message(recv_frames(sock, NOBLOCK))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""
@@ -254,7 +227,7 @@ class Client(ClientCore):
                 if due <= now:
                     proto.tick()
                 elif zmq_poll(items, _ms(due - now)):
-                    on_message(recv_frames(sock))
+                    on_message(recv_frames(sock, NOBLOCK))
                 if proto.outbox:
                     self._flush()
         finally:
@@ -336,7 +309,7 @@ class ServerCore:
         proto = self._proto
         for frames in proto.outbox:
             try:
-                send_frames(router, frames)
+                send_frames(router, frames, NOBLOCK)
             except zmq.ZMQError as exc:
                 # The client left (or stopped reading): its reply has nowhere to go.
                 log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
@@ -462,7 +435,7 @@ class Server(ServerCore, _Background):
             events = zmq_poll(items, timeout)
             if events and events[0][0] is router:
                 # One message per poll: asking the socket whether more wait costs as much as polling again.
-                job = on_message(recv_frames(router))
+                job = on_message(recv_frames(router, NOBLOCK))
                 if job is not None:
                     if jobs is None:
                         proto.finish(job, *execute(job))

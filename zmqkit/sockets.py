@@ -5,6 +5,7 @@ Patterns ask for a socket by role (``make_socket("dealer", options)``) and never
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 import weakref
@@ -31,6 +32,10 @@ __all__ = [
     "bind",
     "connect",
     "attach",
+    "send_frames",
+    "recv_frames",
+    "NOBLOCK",
+    "check_timeout",
 ]
 
 ROLES: dict[str, int] = {
@@ -189,6 +194,17 @@ def make_socket(
     return sock
 
 
+def check_timeout(value: float | None, what: str = "timeout", *, allow_zero: bool = False) -> float | None:
+    """A blocking call's ``timeout=``: seconds (> 0, or >= 0 with ``allow_zero``: poll once) or None (no limit)."""
+    if value is None:
+        return None
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not (value >= 0 if allow_zero else value > 0) or math.isinf(value):
+        bound = ">= 0" if allow_zero else "> 0"
+        raise ConfigurationError(f"bad {what}={value!r}: expected seconds {bound}, or None for no limit")
+    return float(value)
+
+
 def resolve_options(options: SocketOptions | None, curve: Curve | None = None, **changes: Any) -> SocketOptions:
     """What every class does with its ``options=`` and ``curve=``: the options (or defaults) with both applied."""
     opts = options if options is not None else DEFAULT_OPTIONS
@@ -247,6 +263,33 @@ def attach(
     except BaseException:
         sock.close(linger=0)
         raise
+
+
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost microseconds per frame on a hot path
+_SNDMORE = int(zmq.SNDMORE)
+# pyzmq's compiled send and recv: the Python wrapper ``zmq.Socket.send`` adds about as much again per frame.
+_send = zmq.backend.Socket.send
+_recv = zmq.backend.Socket.recv
+
+
+def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:
+    """``send_multipart`` for hot paths (``flags=NOBLOCK`` raises zmq.Again from the first frame only:
+    libzmq takes the rest of a message once its first frame is in)."""
+    more = flags | _SNDMORE
+    last = len(frames) - 1
+    for i in range(last):
+        _send(sock, frames[i], more)
+    _send(sock, frames[last], flags)
+
+
+def recv_frames(sock: zmq.Socket, flags: int = 0) -> list[bytes]:
+    """``recv_multipart`` for hot paths; frames read without copy let ``.more`` replace a RCVMORE query."""
+    frame = _recv(sock, flags, False)
+    parts = [frame.bytes]
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes)
+    return parts
 
 
 def open_sockets() -> list[zmq.Socket]:
