@@ -23,7 +23,7 @@ import zmq
 from ..codecs import Codec, get_codec, unpack
 from ..errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
 from ..security import Curve
-from ..sockets import SocketOptions, attach, make_socket, resolve_options
+from ..sockets import NOBLOCK, SocketOptions, attach, make_socket, resolve_options
 from ..sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
 from ..sockets import connect as _connect
 from .pipeline_protocol import (
@@ -47,7 +47,6 @@ __all__ = ["Producer", "Worker", "Sink", "Retry", "Backoff", "DeadLetter", "Resu
 log = logging.getLogger(__name__)
 _DRAIN = 256  # messages taken from a socket per wake-up before other work gets a turn
 _MALFORMED = object()
-_NOBLOCK = int(zmq.NOBLOCK)  # a plain int: pyzmq ORs flags per frame, and enum arithmetic is slow
 _BACKEND_SEND = zmq.backend.Socket.send  # see Producer._bare_send
 
 
@@ -62,7 +61,7 @@ def _endpoints(bind_: str | Sequence[str] | None, connect_: str | Sequence[str] 
 def _send(sock: Any, frames: list[bytes]) -> bool:
     """Send without blocking; False when the peer is not there (IMMEDIATE) or not reading."""
     try:
-        sock.send_multipart(frames, _NOBLOCK)
+        sock.send_multipart(frames, NOBLOCK)
         return True
     except zmq.Again:
         return False
@@ -75,7 +74,7 @@ def _recv_ready(sock: Any, into: list[list[bytes]]) -> list[list[bytes]]:
     than a message.
     """
     for _ in range(_DRAIN):
-        into.append(sock.recv_multipart(_NOBLOCK))
+        into.append(sock.recv_multipart(NOBLOCK))
         if not sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
             break
     return into
@@ -309,13 +308,13 @@ class Producer(_ProducerBase):
             send(msg)  # wait inside libzmq: no wake-up per message while the pipe is full
             return 0
         try:
-            send(msg, _NOBLOCK)
+            send(msg, NOBLOCK)
         except zmq.Again:
             if self.on_full == "raise":
                 raise Unavailable(f"no worker is taking messages from {self.endpoint} (queue full)") from None
             if not self._sock.poll(_ms(timeout), zmq.POLLOUT):
                 raise RequestTimeout(f"no worker took the message within {timeout}s on {self.endpoint}") from None
-            send(msg, _NOBLOCK)
+            send(msg, NOBLOCK)
         return 0
 
     def _loop(self) -> None:
@@ -341,7 +340,7 @@ class Producer(_ProducerBase):
                 self._cond.notify_all()
             for frames in out:
                 try:
-                    sock.send_multipart(frames, _NOBLOCK)
+                    sock.send_multipart(frames, NOBLOCK)
                 except zmq.ZMQError as exc:  # the worker left (ROUTER_MANDATORY) or is not reading
                     log.info("worker %r unreachable (%s): its messages go to others", frames[0], exc.strerror)
                     with self._lock:
@@ -659,7 +658,7 @@ class Worker(_WorkerBase):
             try:
                 # The hot loop of fire-and-forget: one recv per bare-bytes message, nothing else in between.
                 for _ in range(_DRAIN):  # then look at the stop flag again
-                    value = recv(_NOBLOCK)
+                    value = recv(NOBLOCK)
                     if value[:4] == HDR:  # anything but bare bytes (checking RCVMORE would cost more than this)
                         value = self._fire_and_forget(value)
                         if value is _MALFORMED:

@@ -20,7 +20,8 @@ import zmq
 import zmq.asyncio
 
 from ..errors import ConfigurationError, RequestTimeout, Unavailable
-from .pipeline import _DRAIN, _MALFORMED, _NOBLOCK, _Lane, _ms, _ProducerBase, _WorkerBase
+from ..sockets import NOBLOCK
+from .pipeline import _DRAIN, _MALFORMED, _Lane, _ms, _ProducerBase, _WorkerBase
 from .pipeline import Sink as _SyncSink
 from .pipeline_protocol import Result, Task, WorkerProtocol, encode_message
 
@@ -32,7 +33,7 @@ log = logging.getLogger(__name__)
 async def _asend(sock: Any, frames: list[bytes]) -> bool:
     """Send without blocking; False when the peer is not there (IMMEDIATE) or not reading."""
     try:
-        await sock.send_multipart(frames, _NOBLOCK)
+        await sock.send_multipart(frames, NOBLOCK)
         return True
     except zmq.Again:
         return False
@@ -41,7 +42,7 @@ async def _asend(sock: Any, frames: list[bytes]) -> bool:
 async def _drain(sock: Any, into: list[Any], tag: Any = None) -> None:
     with contextlib.suppress(zmq.Again):
         for _ in range(_DRAIN):
-            frames = await sock.recv_multipart(_NOBLOCK)
+            frames = await sock.recv_multipart(NOBLOCK)
             into.append(frames if tag is None else (tag, frames))
 
 
@@ -127,7 +128,7 @@ class Producer(_ProducerBase):
             raise Unavailable(f"no worker is taking messages from {self.endpoint} (queue full)")
         if not await self._sock.poll(_ms(timeout), zmq.POLLOUT):
             raise RequestTimeout(f"no worker took the message within {timeout}s on {self.endpoint}")
-        await self._sock.send_multipart(frames, _NOBLOCK)
+        await self._sock.send_multipart(frames, NOBLOCK)
         return 0
 
     async def _loop(self) -> None:
@@ -147,7 +148,7 @@ class Producer(_ProducerBase):
             self._woken = False
             for frames in self._pump(batch):
                 try:
-                    await sock.send_multipart(frames, _NOBLOCK)
+                    await sock.send_multipart(frames, NOBLOCK)
                 except zmq.ZMQError as exc:
                     log.info("worker %r unreachable (%s): its messages go to others", frames[0], exc.strerror)
                     proto.lose(frames[0])

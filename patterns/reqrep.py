@@ -30,6 +30,7 @@ from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import (
+    NOBLOCK,
     SocketOptions,
     bind,
     check_timeout,
@@ -49,7 +50,7 @@ log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
-NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)
+EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 
 
 def _ms(seconds: float) -> int:
