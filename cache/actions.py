@@ -1,5 +1,5 @@
 """The I/O actions a cache command (a generator in ``core.py``) yields, and the helpers both runners use to
-drive it: ``advance`` resumes a command, ``parse_reply`` reads a node's reply off a DEALER."""
+drive it: ``advance`` resumes a command, ``parse_reply`` reads a node's reply."""
 
 from __future__ import annotations
 
@@ -11,27 +11,37 @@ from zmqkit.errors import ProtocolError
 
 from .protocol import HEAD, HEADER, decode_reply
 
-__all__ = ["Call", "Batch", "Sleep", "Compute", "Reply", "Op", "advance", "parse_reply"]
+__all__ = [
+    "Call",
+    "Batch",
+    "Sleep",
+    "Compute",
+    "Reply",
+    "Op",
+    "advance",
+    "first_reply",
+    "parse_reply",
+    "parse_dealer_reply",
+]
 
 log = logging.getLogger(__name__)
 
-Reply = tuple[int, list[bytes]]  # (status, result frames)
+Reply = tuple[int, bytes]  # (status, body)
 Op = Generator[Any, Any, Any]
 
 
 _RID = len(HEADER)
-_REPLY_HEAD = HEAD + 1  # header, request id, status
 
 
 class Call:
-    """One request to one node: DEALER frames (empty delimiter first) and the request id to match the reply."""
+    """One request to one node: its frame, and the request id to match the reply."""
 
-    __slots__ = ("frames", "items", "node", "rejoin", "rid")
+    __slots__ = ("frame", "items", "node", "rejoin", "rid")
 
-    def __init__(self, node: int, rid: bytes, frames: list[bytes], items: list[int], rejoin: bool = False) -> None:
+    def __init__(self, node: int, rid: bytes, frame: bytes, items: list[int], rejoin: bool = False) -> None:
         self.node = node
         self.rid = rid
-        self.frames = frames
+        self.frame = frame
         self.items = items
         self.rejoin = rejoin
 
@@ -80,15 +90,29 @@ def advance(op: Op, value: Any, error: Exception | None) -> tuple[bool, Any]:
         return True, stop.value
 
 
-def parse_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
-    """``(rid, (status, results))`` from a DEALER's received frames, or None (logged) if malformed."""
-    if len(frames) >= 2:
-        head = frames[1]
-        if len(head) == _REPLY_HEAD and head.startswith(HEADER):  # the hot path, checked inline
-            return head[_RID:HEAD], (head[HEAD], frames[2:])
+def first_reply(batch: Batch, first: tuple[int, Reply | None] | None) -> dict[bytes, Reply] | None:
+    """The answer to ``batch`` when it is the one request a fast get already made to node ``first[0]`` (with
+    ``first[1]`` its reply, or None for no answer); None when the batch must go out."""
+    if first is None or len(batch.calls) != 1 or batch.calls[0].node != first[0]:
+        return None
+    return {} if first[1] is None else {batch.calls[0].rid: first[1]}
+
+
+def parse_reply(frame: bytes) -> tuple[bytes, Reply] | None:
+    """``(rid, (status, body))`` from a reply frame, or None (logged) if malformed."""
+    if frame.startswith(HEADER) and len(frame) > HEAD:  # the hot path, checked inline
+        return frame[_RID:HEAD], (frame[HEAD], frame[HEAD + 1 :])
     try:
-        rid, status, results = decode_reply(frames[1:])
+        rid, status, body = decode_reply(frame)
     except ProtocolError as exc:
         log.warning("dropped a malformed reply: %s", exc)
         return None
-    return rid, (status, results)
+    return rid, (status, body)
+
+
+def parse_dealer_reply(frames: list[bytes]) -> tuple[bytes, Reply] | None:
+    """:func:`parse_reply` of a message read off a DEALER: the empty delimiter, then the reply frame."""
+    if len(frames) == 2 and not frames[0]:
+        return parse_reply(frames[1])
+    log.warning("dropped a reply of %d frame(s); expected the empty delimiter and one frame", len(frames))
+    return None

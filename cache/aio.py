@@ -25,15 +25,16 @@ import zmq.asyncio
 
 from zmqkit.sockets import connect, make_socket
 
-from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
-from .core import ClientCore
-from .protocol import HEAD, Status
+from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply
+from .core import RESUME, ClientCore
+from .protocol import COMMANDS, HEAD, Status
 
 __all__ = ["AsyncCacheClient"]
 
 log = logging.getLogger(__name__)
 
 _OK, _MISS = Status.OK, Status.NOT_FOUND
+_GET = COMMANDS[b"get"][0]  # the opcode
 
 
 Settle = Callable[["Reply | None"], None]  # hands one request's reply (None: no answer) to whoever waits
@@ -106,7 +107,7 @@ class AsyncCacheClient(ClientCore):
         pending = self._pending
         while True:
             frames = await sock.recv_multipart()
-            parsed = parse_reply(frames)
+            parsed = parse_dealer_reply(frames)
             if parsed is not None:
                 settle = pending.pop(parsed[0], None)
                 if settle is not None:
@@ -116,10 +117,10 @@ class AsyncCacheClient(ClientCore):
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
         """An awaitable of the value of ``key``, or ``default`` on a miss."""
-        if timeout is not None or self.replicas != 1 or not self.health.healthy:
+        target = self.fast_get_node(key, timeout)
+        if target is None:
             return self._run(self._get(key, default, timeout))
-        k = self.key_bytes(key)
-        node = self.health.by_endpoint[self.ring.get_node(k)].index
+        k, node = target
         if not self._socks:
             self._open()
         fut = asyncio.get_running_loop().create_future()
@@ -127,25 +128,17 @@ class AsyncCacheClient(ClientCore):
         return fut
 
     def _settle_get(self, fut: asyncio.Future[Any], node: int, key: Any, default: Any, reply: Reply | None) -> None:
-        """Resolve a fast get. Anything but a hit or a miss (no answer, an error status) goes to the one
-        implementation, ``_get``, resumed as if its first request had had this reply: failover, dead nodes,
-        rejoin hints and errors are handled there."""
+        """Resolve a fast get, or hand its reply to ``_get`` (see ``fast_get_result``)."""
         if fut.done():  # cancelled by its caller
             return
-        if reply is not None:
-            status = reply[0]
-            if status in (_OK, _MISS):
-                health = self.health.nodes[node]
-                if health.failures:
-                    self.health.answered(health)
-                if status == _MISS:
-                    fut.set_result(default)
-                    return
-                try:
-                    fut.set_result(self.decode_value(reply[1][0]))
-                except Exception as exc:
-                    fut.set_exception(exc)
-                return
+        try:
+            value = self.fast_get_result(node, reply, default)
+        except Exception as exc:
+            fut.set_exception(exc)
+            return
+        if value is not RESUME:
+            fut.set_result(value)
+            return
         if self._closed:  # what the generator would find out on its retry
             fut.set_exception(RuntimeError("CacheClient is closed"))
             return
@@ -199,16 +192,15 @@ class AsyncCacheClient(ClientCore):
                 return action
             value, error = None, None
             if type(action) is Batch:
-                if first is not None and len(action.calls) == 1 and action.calls[0].node == first[0]:
-                    value = {} if first[1] is None else {action.calls[0].rid: first[1]}
-                elif self._lone_get(action):
+                value, first = first_reply(action, first), None
+                if value is None and self._lone_get(action):
                     fut: asyncio.Future[Reply | None] = asyncio.get_running_loop().create_future()
-                    self._enqueue(action.calls[0].node, action.calls[0].frames[2], functools.partial(_set_reply, fut))
+                    call = action.calls[0]
+                    self._enqueue(call.node, call.frame[HEAD + 1 :], functools.partial(_set_reply, fut))
                     reply = await fut  # awaited here, not in one more coroutine
-                    value = {} if reply is None else {action.calls[0].rid: reply}
-                else:
+                    value = {} if reply is None else {call.rid: reply}
+                elif value is None:
                     value = await self._io(action)
-                first = None
             elif type(action) is Sleep:
                 await asyncio.sleep(action.seconds)
             else:  # Compute: the memoized function, sync or async
@@ -222,7 +214,7 @@ class AsyncCacheClient(ClientCore):
     def _lone_get(self, batch: Batch) -> bool:
         """Whether ``batch`` is one plain get with the client's timeout (so it may join the coalesced gets)."""
         calls = batch.calls
-        if len(calls) != 1 or batch.timeout != self.timeout or calls[0].frames[1][HEAD:] != b"get":
+        if len(calls) != 1 or batch.timeout != self.timeout or calls[0].frame[HEAD] != _GET:
             return False
         if not self._socks:
             self._open()
@@ -230,11 +222,12 @@ class AsyncCacheClient(ClientCore):
 
     def _send(self, call: Call, blocked: list[asyncio.Future[Any]]) -> None:
         sock = self._socks[call.node]
-        sent = cast("asyncio.Future[Any]", sock.send_multipart(call.frames, flags=zmq.NOBLOCK))
+        frames = [b"", call.frame]
+        sent = cast("asyncio.Future[Any]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
         if not sent.done():  # queued behind an earlier blocked send
             blocked.append(sent)
         elif sent.exception() is not None:  # not connected (yet, or any more): wait, until the call times out
-            blocked.append(asyncio.ensure_future(sock.send_multipart(call.frames)))
+            blocked.append(asyncio.ensure_future(sock.send_multipart(frames)))
 
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
         if not self._socks:

@@ -147,14 +147,17 @@ def measure_memory(memory: str = "64M", times: int = 10) -> tuple[int, int]:
         return _rss_bytes(procs[0].pid), limit
 
 
-def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False) -> None:
-    """Print the cache benchmark table."""
+def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False, rounds: int = 5) -> None:
+    """Print the cache benchmark table. Latencies: raw REQ/REP and zmqkit take turns for ``rounds`` rounds of
+    ``ops`` each, and the best round of each is shown, so a noisy neighbour hits both alike."""
     have_memcached = vs_memcached and shutil.which("memcached") is not None
     if vs_memcached and not have_memcached:
         click.echo("memcached is not installed: skipping the memcached rows", err=True)
     keys = [f"key:{i}" for i in range(100)]
     rows: list[Row] = []
-    raw_rtt = raw_reqrep(ops, 100)
+    raw_rtts: list[float] = []
+    gets: list[float] = []
+    sets: list[float] = []
     raw_pipe = raw_dealer(ops * 10, 100)
     mc = _memcached_rows(ops, keys) if have_memcached else {}
     with node_processes(4) as (endpoints, _procs), CacheClient(endpoints) as client:
@@ -163,12 +166,15 @@ def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False
         one = CacheClient(endpoints[:1])
         try:
             one.set("k", _VALUE)
-            rows.append(
-                Row("get, 1 node", _mean_seconds(lambda: one.get("k"), ops), "s", raw_rtt, "≤ 1.2x raw REQ/REP")
-            )
-            rows.append(Row("set, 1 node", _mean_seconds(lambda: one.set("k", _VALUE), ops), "s", raw_rtt))
+            for _ in range(max(1, rounds)):
+                raw_rtts.append(raw_reqrep(ops, 100))
+                gets.append(_mean_seconds(lambda: one.get("k"), ops))
+                sets.append(_mean_seconds(lambda: one.set("k", _VALUE), ops))
         finally:
             one.close()
+        raw_rtt = min(raw_rtts)
+        rows.append(Row(f"get, 1 node (best of {len(gets)})", min(gets), "s", raw_rtt, "≤ 1.2x raw REQ/REP"))
+        rows.append(Row("set, 1 node", min(sets), "s", raw_rtt))
         get_many = _mean_seconds(lambda: client.get_many(keys), max(ops // 20, 20))
         pipelined = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3), tasks=100))
         gathered = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3)))

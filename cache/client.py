@@ -5,7 +5,7 @@
 ...     cache.get_many(["user:42", "user:43"])    # both nodes asked at once
 {'user:42': {'name': 'Ada'}}
 
-Thread-safe: each thread gets its own DEALER socket per node (a socket belongs to one thread); node health and
+Thread-safe: each thread gets its own sockets per node (a socket belongs to one thread); node health and
 the rejoin hints are shared under a lock. The commands themselves are in ``core.py``.
 """
 
@@ -21,10 +21,20 @@ from typing import Any
 
 import zmq
 
-from zmqkit.sockets import NOBLOCK, SocketOptions, connect, make_socket, recv_frames, send_frames
+from zmqkit.sockets import (
+    NOBLOCK,
+    SocketOptions,
+    connect,
+    make_socket,
+    recv_frame,
+    recv_frames,
+    send_frame,
+    send_frames,
+)
 
-from .actions import Batch, Call, Op, Reply, Sleep, advance, parse_reply
-from .core import ClientCore
+from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply, parse_reply
+from .core import RESUME, ClientCore
+from .protocol import encode_request
 
 __all__ = ["CacheClient"]
 
@@ -45,26 +55,39 @@ if hasattr(os, "register_at_fork"):
 
 
 class _ThreadSockets:
-    """One thread's DEALER per node, and a poller over them made once."""
+    """One thread's sockets: a REQ per node for one request at a time (the cheapest round trip: one frame each
+    way, and libzmq matches the reply), and, made on first use, a DEALER per node for batches in parallel."""
 
     def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
-        self.socks: list[zmq.Socket] = []
+        self.endpoints = endpoints
+        self.options = options
+        self.reqs: list[zmq.Socket] = []
+        self.recv_ms: list[int] = []  # each REQ's RCVTIMEO, set only when a call needs another
+        self.dealers: list[zmq.Socket] = []
         self.poller = zmq.Poller()
-        self.items: list[list[tuple[zmq.Socket, int]]] = []  # per node, for a one-socket zmq_poll
+        self.thread = threading.current_thread()
+        self._open(self.reqs, "req")
+        self.recv_ms = [-1] * len(self.reqs)
+
+    def _open(self, socks: list[zmq.Socket], role: str) -> None:
         try:
-            for endpoint in endpoints:
-                sock = make_socket("dealer", options)
-                self.socks.append(sock)
+            for endpoint in self.endpoints:
+                sock = make_socket(role, self.options)
+                socks.append(sock)
                 connect(sock, endpoint)
-                self.poller.register(sock, zmq.POLLIN)
-                self.items.append([(sock, zmq.POLLIN)])
         except BaseException:
             self.close()
             raise
-        self.thread = threading.current_thread()
+
+    def dealer_poller(self) -> zmq.Poller:
+        if not self.dealers:
+            self._open(self.dealers, "dealer")
+            for sock in self.dealers:
+                self.poller.register(sock, zmq.POLLIN)
+        return self.poller
 
     def close(self) -> None:
-        for sock in self.socks:
+        for sock in [*self.reqs, *self.dealers]:
             sock.close(linger=0)
 
 
@@ -107,7 +130,23 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._local.sockets = state
         return state
 
-    def _run(self, op: Op) -> Any:
+    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
+        """The value of ``key``, or ``default`` on a miss."""
+        # The hottest call skips the generator while all goes well (see ClientCore.fast_get_result).
+        target = self.fast_get_node(key, timeout)
+        if target is None:
+            return self._run(self._get(key, default, timeout))
+        k, node = target
+        rid = self.next_rid()
+        reply = self._request(node, rid, encode_request(rid, b"get", [k]), self.timeout)
+        value = self.fast_get_result(node, reply, default)
+        if value is RESUME:
+            return self._run(self._get(key, default, None), (node, reply))
+        return value
+
+    def _run(self, op: Op, first: tuple[int, Reply | None] | None = None) -> Any:
+        """Drive ``op``; ``first`` = (node, reply) answers its first request if that goes to ``node`` (a fast
+        get handing over)."""
         value: Any = None
         error: Exception | None = None
         while True:
@@ -116,7 +155,9 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                 return action
             value, error = None, None
             if type(action) is Batch:
-                value = self._io(action)
+                value, first = first_reply(action, first), None
+                if value is None:
+                    value = self._io(action)
             elif type(action) is Sleep:
                 time.sleep(action.seconds)
             else:  # Compute: the memoized function
@@ -124,43 +165,57 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     def _io(self, batch: Batch) -> dict[bytes, Reply]:
         """Send every call, then gather replies until all are in or the batch's timeout passes."""
+        if len(batch.calls) == 1:
+            call = batch.calls[0]
+            reply = self._request(call.node, call.rid, call.frame, batch.timeout)
+            return {} if reply is None else {call.rid: reply}
         state = self._sockets()
-        socks = state.socks
+        poller = state.dealer_poller()
+        socks = state.dealers
         deadline = time.monotonic() + batch.timeout
         waiting: dict[bytes, Call] = {}
         blocked: list[Call] = []
         for call in batch.calls:
             waiting[call.rid] = call
             try:
-                send_frames(socks[call.node], call.frames, NOBLOCK)
+                send_frames(socks[call.node], [b"", call.frame], NOBLOCK)
             except zmq.Again:  # not connected (yet, or any more): wait for it within the deadline
                 blocked.append(call)
         replies: dict[bytes, Reply] = {}
-        if len(waiting) == 1 and not blocked:
-            # One request on one socket: poll it alone and read whole messages (no NOBLOCK probing).
-            call = batch.calls[0]
-            sock, items = socks[call.node], state.items[call.node]
-            wait_ms = batch.timeout * 1000
-            while zmq.zmq_poll(items, int(wait_ms) + 1):
-                parsed = parse_reply(recv_frames(sock))
-                if parsed is not None and parsed[0] == call.rid:
-                    replies[call.rid] = parsed[1]
-                    break
-                wait_ms = (deadline - time.monotonic()) * 1000
-                if wait_ms <= 0:
-                    break
-            return replies
         while waiting:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 break
-            poller = state.poller if not blocked else self._send_poller(socks, blocked)
-            for sock, events in poller.poll(int(remaining * 1000) + 1):
+            ready = (poller if not blocked else self._send_poller(socks, blocked)).poll(int(remaining * 1000) + 1)
+            for sock, events in ready:
                 if events & zmq.POLLOUT:
                     blocked = self._send_blocked(socks, sock, blocked)
                 if events & zmq.POLLIN:
                     self._drain(sock, waiting, replies)
         return replies
+
+    def _request(self, node: int, rid: bytes, frame: bytes, timeout: float) -> Reply | None:
+        """One request on this thread's REQ to ``node``: send, then a receive bounded by RCVTIMEO (no poll call)."""
+        state = self._sockets()
+        sock = state.reqs[node]
+        wait_ms = int(timeout * 1000) + 1
+        try:
+            send_frame(sock, frame, NOBLOCK)
+        except zmq.Again:  # not connected (yet, or any more): wait for it within the timeout
+            deadline = time.monotonic() + timeout
+            if not zmq.zmq_poll([(sock, zmq.POLLOUT)], wait_ms):
+                return None
+            send_frame(sock, frame, NOBLOCK)
+            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+        if state.recv_ms[node] != wait_ms:
+            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            state.recv_ms[node] = wait_ms
+        try:
+            reply = recv_frame(sock)
+        except zmq.Again:  # timed out; the socket may send again, and libzmq drops the late reply
+            return None
+        parsed = parse_reply(reply)
+        return parsed[1] if parsed is not None and parsed[0] == rid else None
 
     @staticmethod
     def _drain(sock: zmq.Socket, waiting: dict[bytes, Call], replies: dict[bytes, Reply]) -> None:
@@ -169,7 +224,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                 frames = recv_frames(sock, NOBLOCK)
             except zmq.Again:
                 return
-            parsed = parse_reply(frames)
+            parsed = parse_dealer_reply(frames)
             # A late reply to a request that already timed out is dropped here.
             if parsed is not None and waiting.pop(parsed[0], None) is not None:
                 replies[parsed[0]] = parsed[1]
@@ -189,7 +244,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         for call in blocked:
             if socks[call.node] is sock:
                 try:
-                    send_frames(sock, call.frames, NOBLOCK)
+                    send_frames(sock, [b"", call.frame], NOBLOCK)
                     continue
                 except zmq.Again:
                     pass

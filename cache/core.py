@@ -32,11 +32,11 @@ from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
 from .health import Health
-from .protocol import HEADER, Status, pack_list, u32, u64, unpack_list
+from .protocol import Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
-__all__ = ["ClientCore"]
+__all__ = ["ClientCore", "RESUME"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,7 @@ _OK, _MISS = Status.OK, Status.NOT_FOUND
 _ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
 _CODEC_BYTE = [bytes([i]) for i in range(256)]
 _pack_rid = struct.Struct(">I").pack
+RESUME = object()  # fast_get_result: this reply needs the full _get
 
 
 def _endpoint_weights(endpoints: Any) -> dict[str, int]:
@@ -149,9 +150,13 @@ class ClientCore:
 
     # -- routing -------------------------------------------------------------------------------------------
 
+    def next_rid(self) -> bytes:
+        """A new request id (4 bytes)."""
+        return _pack_rid(next(self._rids) & 0xFFFFFFFF)
+
     def _call(self, node: int, command: bytes, args: list[bytes], items: list[int], rejoin: bool = False) -> Call:
-        rid = _pack_rid(next(self._rids) & 0xFFFFFFFF)
-        return Call(node, rid, [b"", HEADER + rid + command, *args], items, rejoin)
+        rid = self.next_rid()
+        return Call(node, rid, encode_request(rid, command, args), items, rejoin)
 
     def merge_gets(self, node: int, keys: list[bytes]) -> Call:
         """One request to ``node`` for several single-key gets (auto-pipelining): a get_many, or a get if alone."""
@@ -164,16 +169,16 @@ class ClientCore:
         """Each get's own reply out of the reply to ``merge_gets`` for ``count`` keys."""
         if count == 1:
             return [reply]
-        if reply is None or reply[0] != _OK or len(reply[1]) != 1:
+        if reply is None or reply[0] != _OK:
             return [reply] * count
         try:
-            values = unpack_list(reply[1][0], "get_many reply")
+            values = unpack_list(reply[1], "get_many reply")
         except ProtocolError as exc:
             log.warning("dropped a malformed get_many reply: %s", exc)
             return [None] * count
         if len(values) != count:
             return [None] * count  # a node that answers for other keys than asked is not answering
-        return [(_OK, [f]) if f else (_MISS, []) for f in values]
+        return [(_OK, f) if f else (_MISS, b"") for f in values]
 
     def _route(
         self,
@@ -300,10 +305,10 @@ class ClientCore:
     def _one(
         self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None
     ) -> Op:
-        """One key, one command: ``(status, results)``, errors raised."""
+        """One key, one command: ``(status, body)``, errors raised."""
         k = self.key_bytes(key)
-        frames = args(k)
-        out = yield from self._route([k], lambda _items: (command, frames), None, write=write, timeout=timeout)
+        arguments = args(k)
+        out = yield from self._route([k], lambda _items: (command, arguments), None, write=write, timeout=timeout)
         reply = out[0]
         self._raise_for(reply, k)
         return reply
@@ -312,11 +317,34 @@ class ClientCore:
     def _raise_for(reply: Reply, key: bytes) -> None:
         status = reply[0]
         if status in _ERRORS:
-            message = reply[1][0].decode(errors="replace") if reply[1] else "no message"
+            message = reply[1].decode(errors="replace") or "no message"
             if status == Status.TOO_LARGE:
                 raise ConfigurationError(message)
             name = Status(status).name if status in Status.__members__.values() else str(status)
             raise RemoteError(name, message)
+
+    # -- the fast get: what both runners do before (and instead of) the generator --------------------------
+
+    def fast_get_node(self, key: Any, timeout: float | None) -> tuple[bytes, int] | None:
+        """``(key bytes, node index)`` when a get may skip its generator (no timeout of its own, one copy per
+        key, every node alive), else None."""
+        if timeout is not None or self.replicas != 1 or not self.health.healthy:
+            return None
+        k = self.key_bytes(key)
+        return k, self.health.by_endpoint[self.ring.get_node(k)].index
+
+    def fast_get_result(self, node: int, reply: Reply | None, default: Any) -> Any:
+        """A fast get's value from its reply, or :data:`RESUME` for anything but a hit or a miss (no answer, an
+        error status): the runner then resumes ``_get`` with that reply, where failover and errors are handled."""
+        if reply is None:
+            return RESUME
+        status = reply[0]
+        if status != _OK and status != _MISS:
+            return RESUME
+        health = self.health.nodes[node]
+        if health.failures:
+            self.health.answered(health)
+        return default if status == _MISS else self.decode_value(reply[1])
 
     # -- commands: generators ------------------------------------------------------------------------------
 
@@ -325,18 +353,18 @@ class ClientCore:
         k = self.key_bytes(key)
         args = [k]
         out = yield from self._route([k], lambda _items: (b"get", args), None, write=False, timeout=timeout)
-        status, results = out[0]
+        status, body = out[0]
         if status == _OK:
-            return self.decode_value(results[0])
+            return self.decode_value(body)
         if status != _MISS:
             self._raise_for(out[0], k)
         return default
 
     def _gets(self, key: Any, timeout: float | None) -> Op:
-        status, results = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
+        status, body = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
         if status != _OK:
             return None, None
-        return self.decode_value(results[0]), int.from_bytes(results[1], "big")
+        return self.decode_value(body[8:]), int.from_bytes(body[:8], "big")
 
     def _store(self, command: bytes, key: Any, value: Any, ttl: float, timeout: float | None, extra: list[bytes]) -> Op:
         ttl_frame = self._ttl(ttl)
@@ -358,8 +386,8 @@ class ClientCore:
             timeout=timeout,
         )
         decode = self.decode_value
-        hits = [(i, out[i][1][0]) for i in range(len(raw)) if out[i][0] == _OK]
-        return {originals[i]: decode(frame) for i, frame in hits}
+        hits = [(i, out[i][1]) for i in range(len(raw)) if out[i][0] == _OK]
+        return {originals[i]: decode(value) for i, value in hits}
 
     def _set_many(self, mapping: Mapping[Any, Any], ttl: float, timeout: float | None) -> Op:
         ttl_frame = self._ttl(ttl)
@@ -390,8 +418,8 @@ class ClientCore:
     def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Op:
         if not isinstance(delta, int) or isinstance(delta, bool) or not 0 <= delta < 2**64:
             raise ConfigurationError(f"bad delta {delta!r}: expected an integer from 0 to 2**64-1")
-        status, results = yield from self._one(key, command, lambda k: [k, u64(delta)], True, timeout)
-        return int.from_bytes(results[0], "big") if status == _OK else None
+        status, body = yield from self._one(key, command, lambda k: [k, u64(delta)], True, timeout)
+        return int.from_bytes(body, "big") if status == _OK else None
 
     def _broadcast(self, command: bytes, timeout: float | None) -> Op:
         """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
@@ -417,11 +445,12 @@ class ClientCore:
 
     def _stats(self, timeout: float | None) -> Op:
         out = yield from self._broadcast(b"stats", timeout)
-        return {ep: {r[1][i].decode(): int(r[1][i + 1]) for i in range(0, len(r[1]) - 1, 2)} for ep, r in out.items()}
+        pairs = {ep: unpack_list(r[1], "stats reply") for ep, r in out.items()}
+        return {ep: {p[i].decode(): int(p[i + 1]) for i in range(0, len(p) - 1, 2)} for ep, p in pairs.items()}
 
     def _version(self, timeout: float | None) -> Op:
         out = yield from self._broadcast(b"version", timeout)
-        return {ep: r[1][0].decode() for ep, r in out.items() if r[1]}
+        return {ep: r[1].decode() for ep, r in out.items() if r[1]}
 
     def _memoized(
         self,
@@ -439,11 +468,11 @@ class ClientCore:
         delay = 0.002
         give_up = self.clock() + lease + (self.timeout if timeout is None else timeout)
         while True:
-            status, results = yield from self._one(key, b"lease_get", lambda k: [k, lease_frame], False, timeout)
+            status, body = yield from self._one(key, b"lease_get", lambda k: [k, lease_frame], False, timeout)
             if status == _OK:
-                return self.decode_value(results[0])
+                return self.decode_value(body)
             if status == Status.LEASED or self.clock() >= give_up:
-                token = results[0] if status == Status.LEASED else None
+                token = body if status == Status.LEASED else None
                 try:
                     value = yield Compute(fn, args, kwargs)
                 except Exception:
@@ -460,7 +489,7 @@ class ClientCore:
     # -- public commands (sync values or coroutines, as the runner makes them) ------------------------------
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
-        """The value of ``key``, or ``default`` on a miss."""
+        """The value of ``key``, or ``default`` on a miss (the runners try a fast get first)."""
         return self._run(self._get(key, default, timeout))
 
     def gets(self, key: Any, *, timeout: float | None = None) -> Any:
@@ -539,7 +568,7 @@ class ClientCore:
 
     def ping(self, *, timeout: float | None = None) -> Any:
         """``{endpoint: node id}`` for every node that answered (the id changes when a node restarts)."""
-        return self._run(_map(self._broadcast(b"ping", timeout), lambda out: {ep: r[1][0] for ep, r in out.items()}))
+        return self._run(_map(self._broadcast(b"ping", timeout), lambda out: {ep: r[1] for ep, r in out.items()}))
 
     def memoize(self, ttl: float = 0, *, lease: float = 10.0, timeout: float | None = None) -> Callable[..., Any]:
         """Decorator: cache a function's results by its arguments, computing each one once across processes.
@@ -571,9 +600,9 @@ class ClientCore:
         return self.health.state()
 
 
-def _after_key(*frames: bytes) -> Callable[[bytes], list[bytes]]:
-    """Argument frames: the key, then ``frames``."""
-    return lambda key: [key, *frames]
+def _after_key(*args: bytes) -> Callable[[bytes], list[bytes]]:
+    """Arguments: the key, then ``args``."""
+    return lambda key: [key, *args]
 
 
 def _map(op: Op, fn: Callable[[Any], Any]) -> Op:
@@ -591,12 +620,12 @@ def _reply_ok(reply: Reply) -> bool:
 
 
 def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
-    """get_many: one frame per key, empty on a miss."""
-    status, frames = reply
-    values = unpack_list(frames[0], "get_many reply") if status == _OK and len(frames) == 1 else []
+    """get_many: a list with one item per key, empty on a miss."""
+    status, body = reply
+    values = unpack_list(body, "get_many reply") if status == _OK else []
     if len(values) != len(items):
         raise ProtocolError(f"get_many reply has {len(values)} values for {len(items)} keys (status {status})")
-    return [(i, (_OK, [f]) if f else (_MISS, [])) for i, f in zip(items, values, strict=True)]
+    return [(i, (_OK, f) if f else (_MISS, b"")) for i, f in zip(items, values, strict=True)]
 
 
 def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
@@ -605,7 +634,7 @@ def _split_same(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
 
 def _split_flags(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
     """delete_many: one byte per key, 0 deleted and 1 not found."""
-    status, frames = reply
-    if status != _OK or not frames or len(frames[0]) != len(items):
+    status, flags = reply
+    if status != _OK or len(flags) != len(items):
         return _split_same(reply, items)
-    return [(i, (flag, [])) for i, flag in zip(items, frames[0], strict=True)]
+    return [(i, (flag, b"")) for i, flag in zip(items, flags, strict=True)]

@@ -18,7 +18,7 @@ from types import TracebackType
 import zmq
 
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, bind, connect, make_socket, recv_frames, resolve_options, send_frames
+from zmqkit.sockets import SocketOptions, bind, connect, make_socket, recv_frames, resolve_options, send_frame
 
 from .service import Service
 from .store import Store
@@ -109,9 +109,9 @@ class CacheNode:
                     return
             frames = recv_frames(rep)
             if frames[0] == token:  # stop(): a random token only this process knows
-                send_frames(rep, [token])
+                send_frame(rep, token)
                 return
-            send_frames(rep, handle(frames))
+            send_frame(rep, handle(frames))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""

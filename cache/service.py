@@ -1,10 +1,10 @@
-"""The node's request handler, sans-I/O: request frames in, reply frames out, run against a Store.
+"""The node's request handler, sans-I/O: a request message in, the reply frame out, run against a Store.
 
 A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
 
 >>> service = Service(Store())
->>> service.handle([HEADER + b"\\x00\\x00\\x00\\x01ping"])
-[b'ZKC\\x02\\x00\\x00\\x00\\x01\\x00', b'...node id...']
+>>> service.handle([HEADER + b"\\x00\\x00\\x00\\x01\\x13"])  # ping
+b'ZKC\\x03\\x00\\x00\\x00\\x01\\x00...node id...'
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from zmqkit._version import __version__
 from zmqkit.errors import ProtocolError
 
 from .protocol import (
+    COMMANDS,
+    HEAD,
+    HEADER,
     Status,
     decode_request,
     encode_reply,
@@ -33,7 +36,10 @@ __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 _OK = Status.OK
-_Handler = Callable[[list[bytes]], tuple[Status, list[bytes]]]
+_GET = bytes([COMMANDS[b"get"][0]])
+_HIT_BYTE, _MISS_BYTE = bytes([Status.OK]), bytes([Status.NOT_FOUND])
+_H = len(HEADER)
+_Handler = Callable[[list[bytes]], tuple[Status, bytes]]
 
 
 def _key(frame: bytes) -> bytes:
@@ -60,104 +66,105 @@ class Service:
         self.node_id = os.urandom(8)  # changes on every start: a client can tell a restarted node
         s = store
         self._handlers: dict[bytes, _Handler] = {
-            b"get": self._get,
             b"gets": self._gets,
-            b"get_many": lambda a: (_OK, [pack_list(s.get_many(_keys(a[0])))]),
+            b"get_many": lambda a: (_OK, pack_list(s.get_many(_keys(a[0])))),
             b"set": lambda a: self._store(s.set(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl")) >= 0),
             b"add": lambda a: self._store(s.add(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
             b"replace": lambda a: self._store(s.replace(_key(a[0]), _value(a[1]), read_u32(a[2], "ttl"))),
             b"append": lambda a: self._store(s.append(_key(a[0]), a[1])),
             b"prepend": lambda a: self._store(s.prepend(_key(a[0]), a[1])),
             b"cas": self._cas,
-            b"delete": lambda a: (_OK if s.delete(_key(a[0])) else Status.NOT_FOUND, []),
-            b"delete_many": lambda a: (_OK, [bytes(0 if s.delete(k) else 1 for k in _keys(a[0]))]),
+            b"delete": lambda a: (_OK if s.delete(_key(a[0])) else Status.NOT_FOUND, b""),
+            b"delete_many": lambda a: (_OK, bytes(0 if s.delete(k) else 1 for k in _keys(a[0]))),
             b"set_many": self._set_many,
             b"incr": lambda a: self._number(s.incr(_key(a[0]), read_u64(a[1], "delta"))),
             b"decr": lambda a: self._number(s.decr(_key(a[0]), read_u64(a[1], "delta"))),
-            b"touch": lambda a: (_OK if s.touch(_key(a[0]), read_u32(a[1], "ttl")) else Status.NOT_FOUND, []),
+            b"touch": lambda a: (_OK if s.touch(_key(a[0]), read_u32(a[1], "ttl")) else Status.NOT_FOUND, b""),
             b"flush_all": self._flush_all,
             b"stats": self._stats,
-            b"version": lambda a: (_OK, [__version__.encode()]),
-            b"ping": lambda a: (_OK, [self.node_id]),
+            b"version": lambda a: (_OK, __version__.encode()),
+            b"ping": lambda a: (_OK, self.node_id),
             b"lease_get": self._lease_get,
             b"lease_set": self._lease_set,
         }
 
-    def handle(self, frames: list[bytes]) -> list[bytes]:
-        """Reply frames for one request; bad input gets an error reply, never an exception."""
-        # Echo the request id even when the rest is bad, so a pipelining client can match the error
-        # (looked for only then: a good request's id comes out of decode_request).
-        rid = b""
+    def handle(self, frames: list[bytes]) -> bytes:
+        """The reply frame for one request message; bad input gets an error reply, never an exception."""
+        frame = frames[0] if frames else b""
         try:
-            rid, command, args = decode_request(frames)
+            if len(frames) != 1:
+                raise ProtocolError(f"a request is one frame, got {len(frames)}")
+            if frame[HEAD : HEAD + 1] == _GET and frame[:_H] == HEADER:
+                # The hottest command, served inline: a reply is the request's header and id, then the outcome.
+                self.store.commands[b"get"] += 1
+                value = self.store.get(_key(frame[HEAD + 1 :]))
+                return frame[:HEAD] + (_MISS_BYTE if value is None else _HIT_BYTE + value)
+            rid, command, args = decode_request(frame)
             self.store.commands[command] += 1
-            status, results = self._handlers[command](args)
+            status, body = self._handlers[command](args)
         except Exception as exc:
-            return self._error(rid or request_id(frames), exc)
-        return encode_reply(rid, status, results)
+            # The request id is echoed even when the rest is bad, so a pipelining client can match the error.
+            return self._error(request_id(frame), exc)
+        return encode_reply(rid, status, body)
 
     @staticmethod
-    def _error(rid: bytes, exc: Exception) -> list[bytes]:
+    def _error(rid: bytes, exc: Exception) -> bytes:
         """The error reply for ``exc``: the client's fault, the value's, or the node's."""
         if isinstance(exc, ProtocolError):
             log.warning("bad request: %s", exc)
-            return encode_reply(rid, Status.BAD_REQUEST, [str(exc).encode()])
+            return encode_reply(rid, Status.BAD_REQUEST, str(exc).encode())
         if isinstance(exc, TooLarge):
-            return encode_reply(rid, Status.TOO_LARGE, [str(exc).encode()])
+            return encode_reply(rid, Status.TOO_LARGE, str(exc).encode())
         if isinstance(exc, NotANumber):
-            return encode_reply(rid, Status.NOT_A_NUMBER, [str(exc).encode()])
+            return encode_reply(rid, Status.NOT_A_NUMBER, str(exc).encode())
         log.error("request failed", exc_info=exc)  # a bug must not take the node down; the client sees SERVER_ERROR
-        return encode_reply(rid, Status.SERVER_ERROR, [f"{type(exc).__name__}: {exc}".encode()])
+        return encode_reply(rid, Status.SERVER_ERROR, f"{type(exc).__name__}: {exc}".encode())
 
     @staticmethod
-    def _store(stored: bool) -> tuple[Status, list[bytes]]:
-        return (_OK if stored else Status.NOT_STORED), []
+    def _store(stored: bool) -> tuple[Status, bytes]:
+        return (_OK if stored else Status.NOT_STORED), b""
 
     @staticmethod
-    def _number(value: int | None) -> tuple[Status, list[bytes]]:
-        return (Status.NOT_FOUND, []) if value is None else (_OK, [u64(value)])
+    def _number(value: int | None) -> tuple[Status, bytes]:
+        return (Status.NOT_FOUND, b"") if value is None else (_OK, u64(value))
 
-    def _get(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
-        value = self.store.get(_key(args[0]))
-        return (Status.NOT_FOUND, []) if value is None else (_OK, [value])
-
-    def _gets(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _gets(self, args: list[bytes]) -> tuple[Status, bytes]:
         found = self.store.gets(_key(args[0]))
-        return (Status.NOT_FOUND, []) if found is None else (_OK, [found[0], u64(found[1])])
+        return (Status.NOT_FOUND, b"") if found is None else (_OK, u64(found[1]) + found[0])
 
-    def _cas(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _cas(self, args: list[bytes]) -> tuple[Status, bytes]:
         done = self.store.cas(_key(args[0]), _value(args[1]), read_u32(args[2], "ttl"), read_u64(args[3], "cas"))
-        return {True: _OK, False: Status.EXISTS, None: Status.NOT_FOUND}[done], []
+        return {True: _OK, False: Status.EXISTS, None: Status.NOT_FOUND}[done], b""
 
-    def _set_many(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _set_many(self, args: list[bytes]) -> tuple[Status, bytes]:
         ttl = read_u32(args[0], "ttl")
         pairs = unpack_list(args[1], "set_many items")
         if len(pairs) % 2:
-            raise ProtocolError("set_many's items frame must hold key, value pairs; got an odd number of items")
+            raise ProtocolError("set_many's items must be key, value pairs; got an odd number of items")
         items = [(_key(pairs[i]), _value(pairs[i + 1])) for i in range(0, len(pairs), 2)]
         too_big = [k for k, v in items if len(v) > self.store.max_item]
         if too_big:  # all or nothing, so the client can report the offending key without a partial write
             raise TooLarge(f"item {too_big[0][:60]!r} is above the max item size {self.store.max_item}")
         for key, value in items:
             self.store.set(key, value, ttl)
-        return _OK, []
+        return _OK, b""
 
-    def _flush_all(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _flush_all(self, args: list[bytes]) -> tuple[Status, bytes]:
         self.store.flush_all()
-        return _OK, []
+        return _OK, b""
 
-    def _stats(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _stats(self, args: list[bytes]) -> tuple[Status, bytes]:
         out: list[bytes] = []
         for name, value in self.store.stats().items():
             out += [name.encode(), b"%d" % value]
-        return _OK, out
+        return _OK, pack_list(out)
 
-    def _lease_get(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _lease_get(self, args: list[bytes]) -> tuple[Status, bytes]:
         value, token, wait = self.store.lease_get(_key(args[0]), read_u32(args[1], "lease ms") / 1000)
         if value is not None:
-            return _OK, [value]
-        return (Status.WAIT, []) if wait else (Status.LEASED, [u64(token)])
+            return _OK, value
+        return (Status.WAIT, b"") if wait else (Status.LEASED, u64(token))
 
-    def _lease_set(self, args: list[bytes]) -> tuple[Status, list[bytes]]:
+    def _lease_set(self, args: list[bytes]) -> tuple[Status, bytes]:
         key, value = _key(args[0]), _value(args[1])
         return self._store(self.store.lease_set(key, value, read_u32(args[2], "ttl"), read_u64(args[3], "lease")))

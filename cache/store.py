@@ -169,12 +169,13 @@ class Store:
     # -- memcached commands --------------------------------------------------------------------------------
 
     def get(self, key: bytes) -> bytes | None:
-        entry = self._entry(key)
-        if entry is None:
+        try:
+            value = self._lru[key].value
+        except KeyError:
             self.misses += 1
             return None
         self.hits += 1
-        return entry.value
+        return value
 
     def get_many(self, keys: list[bytes]) -> list[bytes]:
         """Each key's value, or ``b""`` for a miss (a stored value is never empty: it has its codec byte)."""

@@ -32,6 +32,8 @@ __all__ = [
     "bind",
     "connect",
     "attach",
+    "send_frame",
+    "recv_frame",
     "send_frames",
     "recv_frames",
     "NOBLOCK",
@@ -51,9 +53,9 @@ ROLES: dict[str, int] = {
     "rep": zmq.REP,
     "pair": zmq.PAIR,
 }
-# IMMEDIATE keeps a PUSH/DEALER from queueing messages for peers that are not connected yet (or any more),
+# IMMEDIATE keeps a PUSH/DEALER/REQ from queueing messages for peers that are not connected yet (or any more),
 # so work goes to live peers instead of waiting in a pipe to a dead one.
-_IMMEDIATE_ROLES = {"push", "dealer"}
+_IMMEDIATE_ROLES = {"push", "dealer", "req"}
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,11 @@ def make_socket(
             # Fail loudly on a reply to a peer that left, instead of dropping it in silence.
             mandatory = opts.router_mandatory if opts.router_mandatory is not None else True
             sock.setsockopt(zmq.ROUTER_MANDATORY, int(mandatory))
+        if role == "req":
+            # Lazy Pirate in libzmq: after a timeout the socket may send again (RELAXED), and a late reply to
+            # the request it gave up on is dropped rather than taken for the next one's (CORRELATE).
+            sock.setsockopt(zmq.REQ_RELAXED, 1)
+            sock.setsockopt(zmq.REQ_CORRELATE, 1)
         if role == "xpub" and opts.xpub_verbose is not False:
             sock.setsockopt(zmq.XPUB_VERBOSER, 1)
         if opts.curve is not None:
@@ -268,8 +275,10 @@ def attach(
 NOBLOCK = int(zmq.NOBLOCK)  # plain ints: pyzmq's flag enums cost microseconds per frame on a hot path
 _SNDMORE = int(zmq.SNDMORE)
 # pyzmq's compiled send and recv: the Python wrapper ``zmq.Socket.send`` adds about as much again per frame.
-_send = zmq.backend.Socket.send
-_recv = zmq.backend.Socket.recv
+# ``send_frame(sock, data, flags=0)`` and ``recv_frame(sock, flags=0) -> bytes`` are the one-frame hot path;
+# a one-frame message is the cheapest round trip libzmq makes.
+send_frame = _send = zmq.backend.Socket.send
+recv_frame = _recv = zmq.backend.Socket.recv
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:

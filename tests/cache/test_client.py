@@ -179,23 +179,22 @@ class SimulatedCluster:
     def __init__(self, size: int) -> None:
         self.services = [Service(Store()) for _ in range(size)]
         self.paused: set[int] = set()
-        self.queued: dict[int, list[list[bytes]]] = {i: [] for i in range(size)}
+        self.queued: dict[int, list[bytes]] = {i: [] for i in range(size)}
 
     def answer(self, batch: Batch) -> dict[bytes, Reply]:
         replies = {}
         for call in batch.calls:
-            frames = call.frames[1:]  # without the DEALER's empty delimiter
             if call.node in self.paused:
-                self.queued[call.node].append(frames)
+                self.queued[call.node].append(call.frame)
                 continue
-            rid, status, results = decode_reply(self.services[call.node].handle(frames))
-            replies[rid] = (status, results)
+            rid, status, body = decode_reply(self.services[call.node].handle([call.frame]))
+            replies[rid] = (status, body)
         return replies
 
     def resume(self, node: int) -> None:
         self.paused.discard(node)
-        for frames in self.queued[node]:
-            self.services[node].handle(frames)  # the replies go to requests that already timed out
+        for frame in self.queued[node]:
+            self.services[node].handle([frame])  # the replies go to requests that already timed out
         self.queued[node] = []
 
     def drive(self, op: Any) -> Any:

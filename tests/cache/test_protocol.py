@@ -4,15 +4,18 @@ import pytest
 
 from zmqkit import ProtocolError
 from zmqkit.cache.protocol import (
+    COMMANDS,
     HEADER,
     Status,
     decode_reply,
     decode_request,
     encode_reply,
     encode_request,
+    pack_args,
     pack_list,
     u32,
     u64,
+    unpack_args,
     unpack_list,
 )
 from zmqkit.cache.service import Service
@@ -21,39 +24,56 @@ from zmqkit.cache.store import Store
 RID = b"\x00\x00\x00\x2a"
 
 
-def call(service: Service, command: bytes, *args: bytes) -> tuple[int, list[bytes]]:
-    rid, status, results = decode_reply(service.handle([HEADER + RID + command, *args]))
+def call(service: Service, command: bytes, *args: bytes) -> tuple[int, bytes]:
+    rid, status, body = decode_reply(service.handle([encode_request(RID, command, list(args))]))
     assert rid == RID
-    return status, results
+    return status, body
 
 
 def test_request_round_trip() -> None:
-    frames = encode_request(42, b"get", [b"k"])
-    assert frames == [b"ZKC\x02" + RID + b"get", b"k"]
-    assert decode_request(frames) == (RID, b"get", [b"k"])
+    frame = encode_request(RID, b"get", [b"k"])
+    assert frame == b"ZKC\x03" + RID + b"\x01k"
+    assert decode_request(frame) == (RID, b"get", [b"k"])
+    frame = encode_request(RID, b"set", [b"k", b"\x01v", u32(5)])
+    assert frame == b"ZKC\x03" + RID + b"\x04" + u32(1) + b"k" + u32(2) + b"\x01v" + u32(5)
+    assert decode_request(frame) == (RID, b"set", [b"k", b"\x01v", u32(5)])
+    assert decode_request(encode_request(RID, b"ping", [])) == (RID, b"ping", [])
 
 
 def test_reply_round_trip() -> None:
-    frames = encode_reply(RID, Status.NOT_FOUND)
-    assert frames == [b"ZKC\x02" + RID + b"\x01"]
-    assert decode_reply(frames) == (RID, Status.NOT_FOUND, [])
+    frame = encode_reply(RID, Status.NOT_FOUND)
+    assert frame == b"ZKC\x03" + RID + b"\x01"
+    assert decode_reply(frame) == (RID, Status.NOT_FOUND, b"")
+    assert decode_reply(encode_reply(RID, Status.OK, b"\x00v")) == (RID, Status.OK, b"\x00v")
+
+
+def test_opcodes_are_distinct() -> None:
+    codes = [code for code, _ in COMMANDS.values()]
+    assert len(set(codes)) == len(codes) and 0 not in codes
+
+
+@pytest.mark.parametrize("args", [[], [b""], [b"a"], [b"", b""], [b"k", b"\x00" * 300, b"tail"]])
+def test_arguments_round_trip(args: list[bytes]) -> None:
+    assert unpack_args(pack_args(args), len(args)) == args
 
 
 @pytest.mark.parametrize(
-    ("frames", "match"),
+    ("frame", "match"),
     [
-        ([], "empty request"),
-        ([b"ZKC\x01", RID + b"get", b"k"], "unsupported ZKC version 1"),
-        ([b"XYZ\x02" + RID + b"get", b"k"], "expected protocol header"),
-        ([HEADER + b"\x00\x00", b"k"], "request id"),
-        ([HEADER + RID + b"frobnicate"], "unknown command"),
-        ([HEADER + RID + b"get"], "takes 1 argument"),
-        ([HEADER + RID + b"set", b"k", b"v"], "takes 3"),
+        (b"", "expected protocol header"),
+        (b"ZKC\x02" + RID + b"get", "unsupported ZKC version 2"),
+        (b"XYZ\x03" + RID + b"\x01k", "expected protocol header"),
+        (HEADER + b"\x00\x00", "request id"),
+        (HEADER + RID, "opcode"),
+        (HEADER + RID + b"\xff", "unknown opcode 255"),
+        (HEADER + RID + b"\x04" + u32(1) + b"k", "ends inside the length of argument 2 of 3"),
+        (HEADER + RID + b"\x04" + u32(9) + b"k", "argument 1 of 3 announces 9 bytes"),
+        (HEADER + RID + b"\x13extra", "takes no arguments"),
     ],
 )
-def test_bad_requests(frames: list[bytes], match: str) -> None:
+def test_bad_requests(frame: bytes, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
-        decode_request(frames)
+        decode_request(frame)
 
 
 def test_handler_answers_bad_input_with_errors() -> None:
@@ -62,22 +82,26 @@ def test_handler_answers_bad_input_with_errors() -> None:
     assert call(service, b"get", b"k" * 251)[0] == Status.BAD_REQUEST
     assert call(service, b"set", b"k", b"", u32(0))[0] == Status.BAD_REQUEST  # no codec byte
     assert call(service, b"set", b"k", b"\x00v", b"\x00")[0] == Status.BAD_REQUEST  # ttl not u32
-    status, (message,) = call(service, b"nope")
-    assert status == Status.BAD_REQUEST and b"unknown command" in message
+    status, message = decode_reply(service.handle([HEADER + RID + b"\x63"]))[1:]
+    assert status == Status.BAD_REQUEST and b"unknown opcode 99" in message
     _, status, _ = decode_reply(service.handle([b"junk"]))
     assert status == Status.BAD_REQUEST
+    rid, status, message = decode_reply(service.handle([encode_request(RID, b"ping", []), b"more"]))
+    assert (rid, status) == (RID, Status.BAD_REQUEST) and b"one frame, got 2" in message
 
 
 def test_handler_commands() -> None:
     service = Service(Store(max_item="1K"))
-    assert call(service, b"set", b"k", b"\x02" + b"41", u32(0)) == (Status.OK, [])
-    assert call(service, b"incr", b"k", u64(1)) == (Status.OK, [u64(42)])
-    assert call(service, b"get", b"k") == (Status.OK, [b"\x0242"])
-    _, (_, cas) = call(service, b"gets", b"k")
-    assert call(service, b"cas", b"k", b"\x00x", u32(0), u64(int.from_bytes(cas, "big") + 1))[0] == Status.EXISTS
-    assert call(service, b"get_many", pack_list([b"k", b"missing"])) == (Status.OK, [pack_list([b"\x0242", b""])])
-    assert call(service, b"set_many", u32(0), pack_list([b"a", b"\x00A", b"b", b"\x00B"])) == (Status.OK, [])
-    assert call(service, b"delete_many", pack_list([b"a", b"zz", b"b"])) == (Status.OK, [b"\x00\x01\x00"])
+    assert call(service, b"set", b"k", b"\x02" + b"41", u32(0)) == (Status.OK, b"")
+    assert call(service, b"incr", b"k", u64(1)) == (Status.OK, u64(42))
+    assert call(service, b"get", b"k") == (Status.OK, b"\x0242")
+    status, body = call(service, b"gets", b"k")
+    assert status == Status.OK and body[8:] == b"\x0242"
+    cas = int.from_bytes(body[:8], "big")
+    assert call(service, b"cas", b"k", b"\x00x", u32(0), u64(cas + 1))[0] == Status.EXISTS
+    assert call(service, b"get_many", pack_list([b"k", b"missing"])) == (Status.OK, pack_list([b"\x0242", b""]))
+    assert call(service, b"set_many", u32(0), pack_list([b"a", b"\x00A", b"b", b"\x00B"])) == (Status.OK, b"")
+    assert call(service, b"delete_many", pack_list([b"a", b"zz", b"b"])) == (Status.OK, b"\x00\x01\x00")
     assert call(service, b"set", b"big", b"\x00" + b"x" * 1024, u32(0))[0] == Status.TOO_LARGE
     big = pack_list([b"a", b"\x00A", b"big", b"\x00" + b"x" * 1024])
     assert call(service, b"set_many", u32(0), big)[0] == Status.TOO_LARGE
@@ -88,9 +112,9 @@ def test_handler_commands() -> None:
     assert call(service, b"incr", b"s", u64(1))[0] == Status.NOT_A_NUMBER
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.LEASED
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.WAIT
-    stats = dict(zip(*[iter(call(service, b"stats")[1])] * 2, strict=True))
+    stats = dict(zip(*[iter(unpack_list(call(service, b"stats")[1]))] * 2, strict=True))
     assert stats[b"cmd_incr"] == b"2" and stats[b"limit_maxbytes"] == b"67108864"
-    assert call(service, b"ping")[1] == [service.node_id]
+    assert call(service, b"ping")[1] == service.node_id
 
 
 def test_packed_lists() -> None:

@@ -69,6 +69,24 @@ def test_oversized_message_drops_that_peer_and_others_are_served(raw_socket) -> 
 
 
 @pytest.mark.timeout(10)
+def test_req_sends_again_after_giving_up_and_drops_the_late_reply(raw_socket) -> None:  # type: ignore[no-untyped-def]
+    rep = raw_socket(zmq.REP)
+    endpoint = bind(rep, "tcp://127.0.0.1:0")
+    req = make_socket("req")
+    try:
+        connect(req, endpoint)
+        req.send(b"first")
+        assert rep.poll(5000) and rep.recv() == b"first"
+        req.send(b"second")  # the caller gave up on "first": a plain REQ would raise EFSM here
+        rep.send(b"late reply to first")  # reaches the REQ, which drops it: it is not for "second"
+        assert rep.poll(5000) and rep.recv() == b"second"
+        rep.send(b"reply to second")
+        assert req.poll(5000) and req.recv() == b"reply to second"
+    finally:
+        req.close(linger=0)
+
+
+@pytest.mark.timeout(10)
 def test_close_with_peer_gone_returns_promptly() -> None:
     push = make_socket("push", SocketOptions(immediate=False))
     connect(push, "tcp://127.0.0.1:1")  # nothing listens there
