@@ -124,11 +124,7 @@ def unpack_list(data: bytes, what: str = "list") -> list[bytes]:
 
 def pack_args(args: list[bytes]) -> bytes:
     """Arguments as they follow the opcode: each but the last length-prefixed, the last as is."""
-    if len(args) == 1:
-        return args[0]
-    if not args:
-        return b""
-    return pack_list(args[:-1]) + args[-1]
+    return pack_list(args[:-1]) + args[-1] if args else b""
 
 
 def unpack_args(data: bytes, count: int, at: int = 0) -> list[bytes]:
@@ -155,7 +151,8 @@ def unpack_args(data: bytes, count: int, at: int = 0) -> list[bytes]:
 
 def encode_request(rid: bytes, command: bytes, args: list[bytes]) -> bytes:
     """The request frame (``rid``: 4 bytes)."""
-    return HEADER + rid + _OPCODE_BYTE[command] + pack_args(args)
+    # One argument (a key: the hottest requests) needs no length and no helper call.
+    return HEADER + rid + _OPCODE_BYTE[command] + (args[0] if len(args) == 1 else pack_args(args))
 
 
 def decode_request(frame: bytes) -> tuple[bytes, bytes, list[bytes]]:
