@@ -27,12 +27,10 @@ from zmqkit.sockets import (
     connect,
     make_socket,
     recv_frame,
-    recv_frames,
     send_frame,
-    send_frames,
 )
 
-from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply, parse_reply
+from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_reply
 from .core import RESUME, ClientCore
 from .protocol import HEAD, HEADER, encode_request
 
@@ -57,39 +55,25 @@ if hasattr(os, "register_at_fork"):
 
 
 class _ThreadSockets:
-    """One thread's sockets: a REQ per node for one request at a time (the cheapest round trip: one frame each
-    way, and libzmq matches the reply), and, made on first use, a DEALER per node for batches in parallel."""
+    """One thread's REQ per node: the cheapest round trip (one frame each way, and libzmq matches the reply),
+    and ONE connection per node, so what this thread sends a node runs there in the order it was sent."""
 
     def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
-        self.endpoints = endpoints
-        self.options = options
         self.reqs: list[zmq.Socket] = []
-        self.recv_ms: list[int] = []  # each REQ's RCVTIMEO, set only when a call needs another
-        self.dealers: list[zmq.Socket] = []
-        self.poller = zmq.Poller()
-        self.thread = threading.current_thread()
-        self._open(self.reqs, "req")
-        self.recv_ms = [-1] * len(self.reqs)
-
-    def _open(self, socks: list[zmq.Socket], role: str) -> None:
         try:
-            for endpoint in self.endpoints:
-                sock = make_socket(role, self.options)
-                socks.append(sock)
+            for endpoint in endpoints:
+                sock = make_socket("req", options)
+                self.reqs.append(sock)
                 connect(sock, endpoint)
         except BaseException:
             self.close()
             raise
-
-    def dealer_poller(self) -> zmq.Poller:
-        if not self.dealers:
-            self._open(self.dealers, "dealer")
-            for sock in self.dealers:
-                self.poller.register(sock, zmq.POLLIN)
-        return self.poller
+        self.node_of = {sock: i for i, sock in enumerate(self.reqs)}
+        self.recv_ms = [-1] * len(self.reqs)  # each REQ's RCVTIMEO, set only when a call needs another
+        self.thread = threading.current_thread()
 
     def close(self) -> None:
-        for sock in [*self.reqs, *self.dealers]:
+        for sock in self.reqs:
             sock.close(linger=0)
 
 
@@ -167,34 +151,47 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     def _io(self, batch: Batch) -> dict[bytes, Reply]:
         """Send every call, then gather replies until all are in or the batch's timeout passes."""
-        if len(batch.calls) == 1:
-            call = batch.calls[0]
+        calls = batch.calls
+        if len(calls) == 1:
+            call = calls[0]
             reply = self._request(call.node, call.rid, call.frame, batch.timeout)
             return {} if reply is None else {call.rid: reply}
         state = self._sockets()
-        poller = state.dealer_poller()
-        socks = state.dealers
+        socks = state.reqs
         deadline = time.monotonic() + batch.timeout
-        waiting: dict[bytes, Call] = {}
-        blocked: list[Call] = []
-        for call in batch.calls:
-            waiting[call.rid] = call
-            try:
-                send_frames(socks[call.node], [b"", call.frame], NOBLOCK)
-            except zmq.Again:  # not connected (yet, or any more): wait for it within the deadline
-                blocked.append(call)
+        # A REQ carries one request at a time: the nodes are asked at once, and each node's calls one after
+        # another, in order (a returning node's invalidation runs before the request behind it).
+        queues: dict[int, list[Call]] = {}
+        for call in reversed(calls):
+            queues.setdefault(call.node, []).append(call)  # pop() takes them in call order
+        waiting: dict[int, Call] = {}  # node -> the call its REQ waits on
+        unsent = set(queues)  # nodes whose next call is not out yet
         replies: dict[bytes, Reply] = {}
-        while waiting:
+        while True:
+            for node in list(unsent):
+                try:
+                    send_frame(socks[node], queues[node][-1].frame, NOBLOCK)
+                except zmq.Again:  # not connected (yet, or any more): wait for it within the deadline
+                    continue
+                waiting[node] = queues[node].pop()
+                unsent.discard(node)
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            ready = (poller if not blocked else self._send_poller(socks, blocked)).poll(int(remaining * 1000) + 1)
-            for sock, events in ready:
-                if events & zmq.POLLOUT:
-                    blocked = self._send_blocked(socks, sock, blocked)
+            if (not waiting and not unsent) or remaining <= 0:
+                return replies
+            items = [(socks[n], zmq.POLLIN) for n in waiting] + [(socks[n], zmq.POLLOUT) for n in unsent]
+            for sock, events in zmq.zmq_poll(items, int(remaining * 1000) + 1):
+                node = state.node_of[sock]
                 if events & zmq.POLLIN:
-                    self._drain(sock, waiting, replies)
-        return replies
+                    try:
+                        parsed = parse_reply(recv_frame(sock, NOBLOCK))
+                    except zmq.Again:
+                        continue
+                    call = waiting[node]
+                    if parsed is not None and parsed[0] == call.rid:
+                        replies[call.rid] = parsed[1]
+                        del waiting[node]
+                        if queues[node]:
+                            unsent.add(node)
 
     def _request(self, node: int, rid: bytes, frame: bytes, timeout: float) -> Reply | None:
         """One request on this thread's REQ to ``node``: send, then a receive bounded by RCVTIMEO (no poll call)."""
@@ -220,40 +217,6 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             return reply[HEAD], reply[HEAD + 1 :]
         parsed = parse_reply(reply)  # logs what is wrong with it
         return parsed[1] if parsed is not None and parsed[0] == rid else None
-
-    @staticmethod
-    def _drain(sock: zmq.Socket, waiting: dict[bytes, Call], replies: dict[bytes, Reply]) -> None:
-        while True:
-            try:
-                frames = recv_frames(sock, NOBLOCK)
-            except zmq.Again:
-                return
-            parsed = parse_dealer_reply(frames)
-            # A late reply to a request that already timed out is dropped here.
-            if parsed is not None and waiting.pop(parsed[0], None) is not None:
-                replies[parsed[0]] = parsed[1]
-
-    @staticmethod
-    def _send_poller(socks: list[zmq.Socket], blocked: list[Call]) -> zmq.Poller:
-        """A poller that also waits to send (rare: only while a node is not connected)."""
-        poller = zmq.Poller()
-        want_out = {call.node for call in blocked}
-        for i, sock in enumerate(socks):
-            poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if i in want_out else 0))
-        return poller
-
-    @staticmethod
-    def _send_blocked(socks: list[zmq.Socket], sock: zmq.Socket, blocked: list[Call]) -> list[Call]:
-        still = []
-        for call in blocked:
-            if socks[call.node] is sock:
-                try:
-                    send_frames(sock, [b"", call.frame], NOBLOCK)
-                    continue
-                except zmq.Again:
-                    pass
-            still.append(call)
-        return still
 
     # -- MutableMapping ------------------------------------------------------------------------------------
 

@@ -59,7 +59,7 @@ def _value(frame: bytes) -> bytes:
 
 
 class Service:
-    """Runs decoded requests on ``store``; ``handle(frames) -> reply frames``."""
+    """Runs requests on ``store``: ``handle(message frames) -> the reply frame``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
