@@ -139,8 +139,9 @@ class SpoolLike(Protocol):
     def add(self, codec: int, payload: bytes) -> int: ...
     def ack(self, ids: Sequence[int]) -> None: ...
     def dead(self, msg_id: int, attempts: int, error: str) -> None: ...
+    def retried(self, msg_id: int, attempts: int) -> None: ...
     def revive(self, msg_id: int) -> None: ...
-    def pending(self) -> Iterable[tuple[int, int, bytes]]: ...
+    def pending(self) -> Iterable[tuple[int, int, bytes, int]]: ...
     def dead_letters(self) -> Iterable[tuple[int, int, bytes, int, str]]: ...
 
 
@@ -445,6 +446,8 @@ class ProducerProtocol:
                 self.spool.dead(msg.id, msg.attempts, error)
             log.info("message %d dead after %d attempts: %s", msg.id, msg.attempts, error)
             return
+        if self.spool is not None:  # so a restarted producer does not give a failing message a fresh count
+            self.spool.retried(msg.id, msg.attempts)
         if delay is None:
             delay = self.backoff.delay(msg.attempts, self.random)
         msg.state = _WAITING
@@ -576,8 +579,9 @@ class ProducerProtocol:
         return [(m.id, m.codec, m.payload) for m in self.messages.values()]
 
     def _load_spool(self, spool: SpoolLike) -> None:
-        for msg_id, codec, payload in spool.pending():
+        for msg_id, codec, payload, attempts in spool.pending():
             msg = _Msg(msg_id, codec, payload)
+            msg.attempts = attempts
             self.messages[msg_id] = msg
             self.queue.append(msg)
             self.queued += 1

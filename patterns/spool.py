@@ -71,16 +71,23 @@ class Spool:
                 "UPDATE messages SET dead = 1, attempts = ?, error = ? WHERE id = ?", (attempts, error, msg_id)
             )
 
+    def retried(self, msg_id: int, attempts: int) -> None:
+        """Record that ``msg_id`` failed ``attempts`` times so far (a restart carries on from there)."""
+        with self._lock:
+            self._db.execute("UPDATE messages SET attempts = ? WHERE id = ?", (attempts, msg_id))
+
     def revive(self, msg_id: int) -> None:
         """Make a dead letter pending again."""
         with self._lock:
             self._db.execute("UPDATE messages SET dead = 0, attempts = 0, error = '' WHERE id = ?", (msg_id,))
 
-    def pending(self) -> Iterable[tuple[int, int, bytes]]:
-        """``(id, codec, payload)`` of every unfinished message, oldest first."""
+    def pending(self) -> Iterable[tuple[int, int, bytes, int]]:
+        """``(id, codec, payload, attempts so far)`` of every unfinished message, oldest first."""
         with self._lock:
-            rows = self._db.execute("SELECT id, codec, payload FROM messages WHERE dead = 0 ORDER BY id").fetchall()
-        return [(int(i), int(c), bytes(p)) for i, c, p in rows]
+            rows = self._db.execute(
+                "SELECT id, codec, payload, attempts FROM messages WHERE dead = 0 ORDER BY id"
+            ).fetchall()
+        return [(int(i), int(c), bytes(p), int(a)) for i, c, p, a in rows]
 
     def dead_letters(self) -> Iterable[tuple[int, int, bytes, int, str]]:
         """``(id, codec, payload, attempts, error)`` of every dead letter."""

@@ -398,7 +398,8 @@ def test_spool_keeps_pending_and_dead_until_done(tmp_path: Path) -> None:
     a, b, c = spool.add(0, b"a"), spool.add(4, b"[1]"), spool.add(1, b"c")
     spool.ack([a])
     spool.dead(b, 3, "ValueError: no")
-    assert list(spool.pending()) == [(c, 1, b"c")]
+    spool.retried(c, 2)
+    assert list(spool.pending()) == [(c, 1, b"c", 2)]
     assert list(spool.dead_letters()) == [(b, 4, b"[1]", 3, "ValueError: no")]
     spool.revive(b)
     assert [row[0] for row in spool.pending()] == [b, c]

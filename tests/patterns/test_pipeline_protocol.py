@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import struct
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -19,6 +20,7 @@ from zmqkit.patterns.pipeline_protocol import (
     decode_message,
     encode_message,
 )
+from zmqkit.patterns.spool import Spool
 from zmqkit.wire import pack_u32
 
 
@@ -124,6 +126,32 @@ def test_failure_backs_off_exponentially_then_dead_letters() -> None:
     (letter,) = p.dead.values()
     assert letter.attempts == 3 and "ValueError: smtp down" in letter.error
     assert p.stats()["dead"] == 1 and p.stats()["retried"] == 2
+
+
+def test_a_restarted_producer_keeps_counting_attempts_from_its_spool(tmp_path: Path) -> None:
+    clock = Clock()
+    spool = Spool(tmp_path / "work.db")
+    first = make(clock, max_attempts=3, spool=spool)
+    w = WorkerProtocol(credit=1)
+    first.handle([b"w1", *w.ready()])
+    msg_id = first.accept(0, b"job")
+    for attempt in (1, 2):
+        (out,) = first.dispatch()
+        assert tasks_of([out]) == [(b"w1", msg_id, attempt)]
+        for reply in worker_reply(w, out, Retry(delay=0)):
+            first.handle([b"w1", *reply])
+        first.tick()
+    # The producer dies here; the next one on the same spool sends the third and last attempt.
+    second = make(clock, max_attempts=3, spool=spool)
+    w2 = WorkerProtocol(credit=1)
+    second.handle([b"w2", *w2.ready()])
+    (out,) = second.dispatch()
+    assert tasks_of([out]) == [(b"w2", msg_id, 3)]
+    for reply in worker_reply(w2, out, ValueError("still broken")):
+        second.handle([b"w2", *reply])
+    assert [letter.attempts for letter in second.dead.values()] == [3]
+    assert [row[3] for row in spool.dead_letters()] == [3]
+    spool.close()
 
 
 def test_retry_with_explicit_delay() -> None:
