@@ -36,8 +36,6 @@ __all__ = ["CacheNode"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count()
-_more = zmq.backend.Socket.get  # pyzmq's compiled getsockopt
-_RCVMORE = int(zmq.RCVMORE)
 
 
 class CacheNode:
@@ -118,12 +116,19 @@ class CacheNode:
                 wait_ms = int((deadline - time.monotonic()) * 1000)
                 if wait_ms <= 0 or not zmq.zmq_poll(items, wait_ms):
                     return
-            frame = recv_frame(rep)  # a copied one-frame read, then RCVMORE: cheaper than a zmq.Frame per request
-            frames = [frame, *recv_frames(rep)] if _more(rep, _RCVMORE) else [frame]
-            if frame == token and len(frames) == 1:  # stop(): a random token only this process knows
+            frame = recv_frame(rep)
+            if frame == token:  # stop(): a random token only this process knows
                 send_frame(rep, token)
                 return
-            send_frame(rep, handle(frames))
+            try:
+                send_frame(rep, handle(frame))
+            except zmq.ZMQError as exc:
+                # EFSM: the request had more frames, and a REP answers only once it has read them all. Reading
+                # RCVMORE on every request would cost more than the whole request (pyzmq maps each option
+                # through an enum), so a message longer than one frame is found out here, and refused.
+                if exc.errno != zmq.EFSM:
+                    raise
+                send_frame(rep, self.service.refuse([frame, *recv_frames(rep)]))
 
     def stop(self, timeout: float = 5.0) -> None:
         """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""

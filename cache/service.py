@@ -3,7 +3,7 @@
 A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
 
 >>> service = Service(Store())
->>> service.handle([HEADER + b"\\x00\\x00\\x00\\x01\\x13"])  # ping
+>>> service.handle(HEADER + b"\\x00\\x00\\x00\\x01\\x13")  # ping
 b'ZKC\\x03\\x00\\x00\\x00\\x01\\x00...node id...'
 """
 
@@ -59,7 +59,7 @@ def _value(frame: bytes) -> bytes:
 
 
 class Service:
-    """Runs requests on ``store``: ``handle(message frames) -> the reply frame``."""
+    """Runs requests on ``store``: ``handle(request frame) -> the reply frame``."""
 
     def __init__(self, store: Store) -> None:
         self.store = store
@@ -88,12 +88,9 @@ class Service:
             b"lease_set": self._lease_set,
         }
 
-    def handle(self, frames: list[bytes]) -> bytes:
-        """The reply frame for one request message; bad input gets an error reply, never an exception."""
-        frame = frames[0] if frames else b""
+    def handle(self, frame: bytes) -> bytes:
+        """The reply frame for one request frame; bad input gets an error reply, never an exception."""
         try:
-            if len(frames) != 1:
-                raise ProtocolError(f"a request is one frame, got {len(frames)}")
             if frame[HEAD : HEAD + 1] == _GET and frame[:_H] == HEADER:
                 # The hottest command, served inline: a reply is the request's header and id, then the outcome.
                 self.store.commands[b"get"] += 1
@@ -106,6 +103,11 @@ class Service:
             # The request id is echoed even when the rest is bad, so a pipelining client can match the error.
             return self._error(request_id(frame), exc)
         return encode_reply(rid, status, body)
+
+    def refuse(self, frames: list[bytes]) -> bytes:
+        """The BAD_REQUEST reply to a message of more than one frame (a request is exactly one)."""
+        exc = ProtocolError(f"a request is one frame, got {len(frames)}")
+        return self._error(request_id(frames[0] if frames else b""), exc)
 
     @staticmethod
     def _error(rid: bytes, exc: Exception) -> bytes:

@@ -187,14 +187,14 @@ class SimulatedCluster:
             if call.node in self.paused:
                 self.queued[call.node].append(call.frame)
                 continue
-            rid, status, body = decode_reply(self.services[call.node].handle([call.frame]))
+            rid, status, body = decode_reply(self.services[call.node].handle(call.frame))
             replies[rid] = (status, body)
         return replies
 
     def resume(self, node: int) -> None:
         self.paused.discard(node)
         for frame in self.queued[node]:
-            self.services[node].handle([frame])  # the replies go to requests that already timed out
+            self.services[node].handle(frame)  # the replies go to requests that already timed out
         self.queued[node] = []
 
     def drive(self, op: Any) -> Any:

@@ -25,7 +25,7 @@ RID = b"\x00\x00\x00\x2a"
 
 
 def call(service: Service, command: bytes, *args: bytes) -> tuple[int, bytes]:
-    rid, status, body = decode_reply(service.handle([encode_request(RID, command, list(args))]))
+    rid, status, body = decode_reply(service.handle(encode_request(RID, command, list(args))))
     assert rid == RID
     return status, body
 
@@ -82,11 +82,11 @@ def test_handler_answers_bad_input_with_errors() -> None:
     assert call(service, b"get", b"k" * 251)[0] == Status.BAD_REQUEST
     assert call(service, b"set", b"k", b"", u32(0))[0] == Status.BAD_REQUEST  # no codec byte
     assert call(service, b"set", b"k", b"\x00v", b"\x00")[0] == Status.BAD_REQUEST  # ttl not u32
-    status, message = decode_reply(service.handle([HEADER + RID + b"\x63"]))[1:]
+    status, message = decode_reply(service.handle(HEADER + RID + b"\x63"))[1:]
     assert status == Status.BAD_REQUEST and b"unknown opcode 99" in message
-    _, status, _ = decode_reply(service.handle([b"junk"]))
+    _, status, _ = decode_reply(service.handle(b"junk"))
     assert status == Status.BAD_REQUEST
-    rid, status, message = decode_reply(service.handle([encode_request(RID, b"ping", []), b"more"]))
+    rid, status, message = decode_reply(service.refuse([encode_request(RID, b"ping", []), b"more"]))
     assert (rid, status) == (RID, Status.BAD_REQUEST) and b"one frame, got 2" in message
 
 
