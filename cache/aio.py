@@ -117,7 +117,7 @@ class AsyncCacheClient(ClientCore):
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
         """An awaitable of the value of ``key``, or ``default`` on a miss."""
-        target = self.fast_get_node(key, timeout)
+        target = self.fast_node(key, timeout)
         if target is None:
             return self._run(self._get(key, default, timeout))
         k, node = target

@@ -15,7 +15,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator, MutableMapping
+from collections.abc import Callable, Iterator, MutableMapping
 from types import TracebackType
 from typing import Any
 
@@ -31,7 +31,7 @@ from zmqkit.sockets import (
 )
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_reply
-from .core import RESUME, ClientCore
+from .core import ClientCore, map_op
 from .protocol import HEAD, HEADER, encode_request
 
 __all__ = ["CacheClient"]
@@ -116,19 +116,29 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._local.sockets = state
         return state
 
-    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
-        """The value of ``key``, or ``default`` on a miss."""
-        # The hottest call skips the generator while all goes well (see ClientCore.fast_get_result).
-        target = self.fast_get_node(key, timeout)
+    def _single(
+        self,
+        key: Any,
+        command: bytes,
+        args: Callable[[bytes], list[bytes]],
+        write: bool,
+        done: Callable[[Reply], Any],
+        timeout: float | None,
+    ) -> Any:
+        # One-key calls skip their generator while all goes well: one request to the key's node, its reply
+        # checked here. Without an answer, the generator takes over as if its first request had had none:
+        # failover, dead nodes and rejoin hints are handled there.
+        target = self.fast_node(key, timeout)
         if target is None:
-            return self._run(self._get(key, default, timeout))
+            return super()._single(key, command, args, write, done, timeout)
         k, node = target
         rid = self.next_rid()
-        reply = self._request(node, rid, encode_request(rid, b"get", [k]), self.timeout)
-        value = self.fast_get_result(node, reply, default)
-        if value is RESUME:
-            return self._run(self._get(key, default, None), (node, reply))
-        return value
+        reply = self._request(node, rid, encode_request(rid, command, args(k)), self.timeout)
+        if reply is None:
+            return self._run(map_op(self._one(key, command, args, write, None), done), (node, None))
+        self.answered(node)
+        self._raise_for(reply, k)
+        return done(reply)
 
     def _run(self, op: Op, first: tuple[int, Reply | None] | None = None) -> Any:
         """Drive ``op``; ``first`` = (node, reply) answers its first request if that goes to ``node`` (a fast

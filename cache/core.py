@@ -2,8 +2,9 @@
 
 Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sleep`, :class:`Compute`) and
 gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
-The public methods live here, once: ``get()`` returns ``self._run(generator)``, which is the value for the sync
-client and a coroutine for the asyncio one.
+The public methods live here, once: each returns ``self._run(generator)``, which is the value for the sync
+client and a coroutine for the asyncio one. One-key commands go through ``_single``, where a runner may first
+try the command as one plain request (the sync client does; the asyncio one does for ``get``).
 
 No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
 this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
@@ -15,6 +16,7 @@ before anything is read from it.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import struct
@@ -36,7 +38,7 @@ from .protocol import Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
-__all__ = ["ClientCore", "RESUME"]
+__all__ = ["ClientCore", "RESUME", "map_op"]
 
 log = logging.getLogger(__name__)
 
@@ -323,55 +325,61 @@ class ClientCore:
             name = Status(status).name if status in Status.__members__.values() else str(status)
             raise RemoteError(name, message)
 
-    # -- the fast get: what both runners do before (and instead of) the generator --------------------------
+    # -- the fast path: what runners may do before (and instead of) a one-key command's generator ------------
 
-    def fast_get_node(self, key: Any, timeout: float | None) -> tuple[bytes, int] | None:
-        """``(key bytes, node index)`` when a get may skip its generator (no timeout of its own, one copy per
-        key, every node alive), else None."""
+    def fast_node(self, key: Any, timeout: float | None) -> tuple[bytes, int] | None:
+        """``(key bytes, node index)`` when a one-key call may skip its generator (no timeout of its own, one
+        copy per key, every node alive), else None."""
         if timeout is not None or self.replicas != 1 or not self.health.healthy:
             return None
         k = self.key_bytes(key)
         return k, self.health.by_endpoint[self.ring.get_node(k)].index
 
-    def fast_get_result(self, node: int, reply: Reply | None, default: Any) -> Any:
-        """A fast get's value from its reply, or :data:`RESUME` for anything but a hit or a miss (no answer, an
-        error status): the runner then resumes ``_get`` with that reply, where failover and errors are handled."""
-        if reply is None:
-            return RESUME
-        status = reply[0]
-        if status != _OK and status != _MISS:
-            return RESUME
+    def answered(self, node: int) -> None:
+        """``node`` answered a fast call."""
         health = self.health.nodes[node]
         if health.failures:
             self.health.answered(health)
-        return default if status == _MISS else self.decode_value(reply[1])
+
+    def fast_get_result(self, node: int, reply: Reply | None, default: Any) -> Any:
+        """A fast get's value from its reply, or :data:`RESUME` for anything but a hit or a miss (no answer, an
+        error status): the runner then resumes ``_get`` with that reply, where failover and errors are handled."""
+        if reply is None or (reply[0] != _OK and reply[0] != _MISS):
+            return RESUME
+        self.answered(node)
+        return self.value_or(default, reply)
+
+    def value_or(self, default: Any, reply: Reply) -> Any:
+        """A get's value from its (error-free) reply, or ``default`` on a miss."""
+        return self.decode_value(reply[1]) if reply[0] == _OK else default
 
     # -- commands: generators ------------------------------------------------------------------------------
 
+    def _single(
+        self,
+        key: Any,
+        command: bytes,
+        args: Callable[[bytes], list[bytes]],
+        write: bool,
+        done: Callable[[Reply], Any],
+        timeout: float | None,
+    ) -> Any:
+        """Run a one-key command: its result is ``done(reply)``, errors raised first (the sync runner first tries
+        it without the generator)."""
+        return self._run(map_op(self._one(key, command, args, write, timeout), done))
+
     def _get(self, key: Any, default: Any, timeout: float | None) -> Op:
-        # The hottest command skips _one's extra layer.
-        k = self.key_bytes(key)
-        args = [k]
-        out = yield from self._route([k], lambda _items: (b"get", args), None, write=False, timeout=timeout)
-        status, body = out[0]
-        if status == _OK:
-            return self.decode_value(body)
-        if status != _MISS:
-            self._raise_for(out[0], k)
-        return default
+        return map_op(self._one(key, b"get", _key_only, False, timeout), functools.partial(self.value_or, default))
 
-    def _gets(self, key: Any, timeout: float | None) -> Op:
-        status, body = yield from self._one(key, b"gets", lambda k: [k], False, timeout)
-        if status != _OK:
-            return None, None
-        return self.decode_value(body[8:]), int.from_bytes(body[:8], "big")
-
-    def _store(self, command: bytes, key: Any, value: Any, ttl: float, timeout: float | None, extra: list[bytes]) -> Op:
+    def _stored(self, value: Any, ttl: float, *extra: bytes) -> Callable[[bytes], list[bytes]]:
+        """The arguments of a set-like command (the TTL checked now)."""
         ttl_frame = self._ttl(ttl)
-        status, _ = yield from self._one(
-            key, command, lambda k: [k, self.encode_value(k, value), ttl_frame, *extra], True, timeout
-        )
-        return status
+        return lambda k: [k, self.encode_value(k, value), ttl_frame, *extra]
+
+    def _value_and_cas(self, reply: Reply) -> tuple[Any, int | None]:
+        if reply[0] != _OK:
+            return None, None
+        return self.decode_value(reply[1][8:]), int.from_bytes(reply[1][:8], "big")
 
     def _get_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
         originals = list(keys)
@@ -415,11 +423,10 @@ class ClientCore:
         out = yield from self._route(raw, build, _split_flags, write=True, timeout=timeout)
         return sum(1 for r in out.values() if r[0] == _OK)
 
-    def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Op:
+    def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Any:
         if not isinstance(delta, int) or isinstance(delta, bool) or not 0 <= delta < 2**64:
             raise ConfigurationError(f"bad delta {delta!r}: expected an integer from 0 to 2**64-1")
-        status, body = yield from self._one(key, command, lambda k: [k, u64(delta)], True, timeout)
-        return int.from_bytes(body, "big") if status == _OK else None
+        return self._single(key, command, lambda k: [k, u64(delta)], True, _number_of, timeout)
 
     def _broadcast(self, command: bytes, timeout: float | None) -> Op:
         """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
@@ -489,12 +496,12 @@ class ClientCore:
     # -- public commands (sync values or coroutines, as the runner makes them) ------------------------------
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
-        """The value of ``key``, or ``default`` on a miss (the runners try a fast get first)."""
-        return self._run(self._get(key, default, timeout))
+        """The value of ``key``, or ``default`` on a miss."""
+        return self._single(key, b"get", _key_only, False, functools.partial(self.value_or, default), timeout)
 
     def gets(self, key: Any, *, timeout: float | None = None) -> Any:
         """``(value, cas token)``, or ``(None, None)`` on a miss."""
-        return self._run(self._gets(key, timeout))
+        return self._single(key, b"gets", _key_only, False, self._value_and_cas, timeout)
 
     def get_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
         """``{key: value}`` for the keys found; every node involved is asked at once."""
@@ -502,36 +509,36 @@ class ClientCore:
 
     def set(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
         """Store ``value`` (TTL in seconds, 0 = never expires); returns True."""
-        return self._run(_map(self._store(b"set", key, value, ttl, timeout, []), lambda s: True))
+        return self._single(key, b"set", self._stored(value, ttl), True, _true, timeout)
 
     def add(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
         """Store only if ``key`` is absent; True if stored."""
-        return self._run(_map(self._store(b"add", key, value, ttl, timeout, []), _is_ok))
+        return self._single(key, b"add", self._stored(value, ttl), True, _reply_ok, timeout)
 
     def replace(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
         """Store only if ``key`` is present; True if stored."""
-        return self._run(_map(self._store(b"replace", key, value, ttl, timeout, []), _is_ok))
+        return self._single(key, b"replace", self._stored(value, ttl), True, _reply_ok, timeout)
 
     def append(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
         """Add ``data`` after the stored payload; True if the key existed."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
-        return self._run(_map(self._one(key, b"append", lambda k: [k, raw], True, timeout), _reply_ok))
+        return self._single(key, b"append", lambda k: [k, raw], True, _reply_ok, timeout)
 
     def prepend(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
         """Add ``data`` before the stored payload; True if the key existed."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
-        return self._run(_map(self._one(key, b"prepend", lambda k: [k, raw], True, timeout), _reply_ok))
+        return self._single(key, b"prepend", lambda k: [k, raw], True, _reply_ok, timeout)
 
     def cas(self, key: Any, value: Any, cas: int, ttl: float = 0, *, timeout: float | None = None) -> Any:
         """Store if the item's cas token is still ``cas``: True stored, False changed since, None missing."""
         if not isinstance(cas, int) or isinstance(cas, bool) or not 0 <= cas < 2**64:
             raise ConfigurationError(f"bad cas token {cas!r}: expected the integer from gets()")
-        op = self._store(b"cas", key, value, ttl, timeout, [u64(cas)])
-        return self._run(_map(op, lambda s: {_OK: True, Status.EXISTS: False}.get(s)))
+        args = self._stored(value, ttl, u64(cas))
+        return self._single(key, b"cas", args, True, _cas_outcome, timeout)
 
     def delete(self, key: Any, *, timeout: float | None = None) -> Any:
         """Remove ``key``; True if it was there."""
-        return self._run(_map(self._one(key, b"delete", lambda k: [k], True, timeout), _reply_ok))
+        return self._single(key, b"delete", _key_only, True, _reply_ok, timeout)
 
     def delete_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
         """Remove ``keys`` (one message per node, in parallel); the number that were there."""
@@ -543,16 +550,16 @@ class ClientCore:
 
     def incr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
         """Add ``delta`` to a stored decimal number (wraps at 2**64); the new value, or None if missing."""
-        return self._run(self._number(b"incr", key, delta, timeout))
+        return self._number(b"incr", key, delta, timeout)
 
     def decr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
         """Subtract ``delta``, stopping at 0; the new value, or None if missing."""
-        return self._run(self._number(b"decr", key, delta, timeout))
+        return self._number(b"decr", key, delta, timeout)
 
     def touch(self, key: Any, ttl: float, *, timeout: float | None = None) -> Any:
         """Give ``key`` a new TTL; True if it existed."""
         ttl_frame = self._ttl(ttl)
-        return self._run(_map(self._one(key, b"touch", lambda k: [k, ttl_frame], True, timeout), _reply_ok))
+        return self._single(key, b"touch", lambda k: [k, ttl_frame], True, _reply_ok, timeout)
 
     def flush_all(self, *, timeout: float | None = None) -> Any:
         """Empty every node; the number of nodes that answered (the others are flushed when they return)."""
@@ -568,7 +575,7 @@ class ClientCore:
 
     def ping(self, *, timeout: float | None = None) -> Any:
         """``{endpoint: node id}`` for every node that answered (the id changes when a node restarts)."""
-        return self._run(_map(self._broadcast(b"ping", timeout), lambda out: {ep: r[1] for ep, r in out.items()}))
+        return self._run(map_op(self._broadcast(b"ping", timeout), lambda out: {ep: r[1] for ep, r in out.items()}))
 
     def memoize(self, ttl: float = 0, *, lease: float = 10.0, timeout: float | None = None) -> Callable[..., Any]:
         """Decorator: cache a function's results by its arguments, computing each one once across processes.
@@ -605,18 +612,31 @@ def _after_key(*args: bytes) -> Callable[[bytes], list[bytes]]:
     return lambda key: [key, *args]
 
 
-def _map(op: Op, fn: Callable[[Any], Any]) -> Op:
+def map_op(op: Op, fn: Callable[[Any], Any]) -> Op:
     """An op whose result is ``fn(op's result)``."""
     result = yield from op
     return fn(result)
 
 
-def _is_ok(status: int) -> bool:
-    return bool(status == _OK)
+def _key_only(key: bytes) -> list[bytes]:
+    return [key]
+
+
+def _true(reply: Reply) -> bool:
+    return True
 
 
 def _reply_ok(reply: Reply) -> bool:
     return bool(reply[0] == _OK)
+
+
+def _cas_outcome(reply: Reply) -> bool | None:
+    """True stored, False changed since, None missing."""
+    return True if reply[0] == _OK else False if reply[0] == Status.EXISTS else None
+
+
+def _number_of(reply: Reply) -> int | None:
+    return int.from_bytes(reply[1], "big") if reply[0] == _OK else None
 
 
 def _split_values(reply: Reply, items: list[int]) -> Iterable[tuple[int, Reply]]:
