@@ -40,6 +40,7 @@ from zmqkit.sockets import (
     recv_frames,
     resolve_options,
     send_frames,
+    set_recv_timeout,
 )
 
 from ._background import Background
@@ -231,6 +232,8 @@ class Client(ClientCore):
     flight use ``zmqkit.asyncio.Client``.
     """
 
+    _wait_ms = -1  # the socket's receive timeout as last set
+
     def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
         rid = self._submit(body, timeout)
@@ -238,17 +241,24 @@ class Client(ClientCore):
         proto = self._proto
         completed = proto.completed
         sock = self._sock
-        items = [(sock, POLLIN)]
         on_message = proto.on_message
         clock = proto.clock
         try:
             while not completed:
-                now = clock()
-                due = proto.next_deadline()
-                if due <= now:
+                wait = _ms(proto.next_deadline() - clock())
+                if wait == 0:
                     proto.tick()
-                elif zmq_poll(items, _ms(due - now)):
-                    on_message(recv_frames(sock, NOBLOCK))
+                else:
+                    # Wait in one blocking recv, bounded by the next timer (the attempt timeout, mostly the same
+                    # from one request to the next, so the option is seldom set again).
+                    if wait != self._wait_ms:
+                        set_recv_timeout(sock, wait)
+                        self._wait_ms = wait
+                    try:
+                        frames = recv_routed(sock, 0)
+                    except zmq.Again:
+                        continue
+                    on_message(frames)
                 if proto.outbox:
                     self._flush()
         finally:
