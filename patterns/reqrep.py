@@ -37,7 +37,6 @@ from zmqkit.sockets import (
     check_timeout,
     connect,
     make_socket,
-    recv_frames,
     resolve_options,
     send_frames,
     set_recv_timeout,
@@ -204,7 +203,7 @@ class ClientCore:
         on_message = self._proto.on_message
         with contextlib.suppress(zmq.Again):
             while True:
-                on_message(recv_frames(sock, NOBLOCK))
+                on_message(recv_routed(sock, NOBLOCK))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""

@@ -139,7 +139,7 @@ class _Peer:
 class _Pending:
     """One request the client has not finished with."""
 
-    __slots__ = ("attempt", "body", "codec", "deadline", "gen", "peer", "request_id", "retries_left", "sent", "tried")
+    __slots__ = ("attempt", "body", "codec", "deadline", "gen", "peer", "request_id", "retries_left", "tried")
 
     def __init__(self, request_id: bytes, codec: int, body: bytes, deadline: float, retries: int) -> None:
         self.request_id = request_id
@@ -150,8 +150,7 @@ class _Pending:
         self.attempt = 0  # number of the most recent attempt sent (1-based on the wire)
         self.peer: _Peer | None = None  # server holding the current attempt, None while waiting
         self.gen = 0  # bumps whenever the timer is re-armed; stale heap entries carry an old gen
-        self.sent = False
-        self.tried: set[bytes] = set()
+        self.tried: tuple[bytes, ...] = ()  # servers an attempt went to (a tuple: cheaper than a set for a few)
 
 
 class ClientProtocol:
@@ -269,15 +268,14 @@ class ClientProtocol:
             return False
         p.attempt += 1
         p.peer = peer
-        p.sent = True
-        p.tried.add(peer.alias)
+        if peer.alias not in p.tried:
+            p.tried += (peer.alias,)
         peer.in_flight += 1
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
         self._arm(p, now + min(per_try, remaining))
-        self.outbox.append(
-            [peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body]
-        )
+        head = _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE))
+        self.outbox.append([peer.alias, b"", head + p.request_id + p.body])
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -445,7 +443,7 @@ class ClientProtocol:
 
     def _timeout_error(self, p: _Pending) -> Exception:
         servers = ", ".join(self.peers[a].endpoint for a in sorted(p.tried)) or "none"
-        if not p.sent:
+        if not p.attempt:
             known = ", ".join(f"{x.endpoint} ({x.state})" for x in self._ring)
             return Unavailable(f"no server was ready to take the request: {known}")
         return RequestTimeout(f"no reply after {p.attempt} attempt(s); servers tried: {servers}")
@@ -682,6 +680,10 @@ def run_handler(
 ) -> tuple[int, int, list[bytes]]:
     """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
     try:
-        return reply_of(codec, handler(decode(job.codec, job.body, allow_pickle)))
+        # decode and reply_of written out: this runs once per request, and calls cost more than they look
+        cid, payload = codec.pack(
+            handler(job.body if job.codec == 0 else unpack(job.codec, job.body, allow_pickle=allow_pickle))
+        )
+        return REPLY, cid, [payload]
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)
