@@ -470,8 +470,8 @@ class Server(ServerCore, _Background):
             if frames is not None:
                 if len(frames) == 2 and frames[1] == nudge:
                     while self._results:
-                        job, result = self._results.popleft()
-                        proto.finish(job, *result)
+                        done, result = self._results.popleft()
+                        proto.finish(done, *result)
                     while self._commands:
                         command, timeout_s = self._commands.popleft()
                         if command == "close":
