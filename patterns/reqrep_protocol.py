@@ -477,9 +477,12 @@ class ClientProtocol:
 
 
 class Job:
-    """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler."""
+    """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler.
 
-    __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
+    The idempotency window keeps the job after it is done, with its ``answer`` (and without its body).
+    """
+
+    __slots__ = ("answer", "attempt", "body", "codec", "envelope", "key", "request_id")
 
     def __init__(
         self,
@@ -496,6 +499,7 @@ class Job:
         self.codec = codec
         self.body = body
         self.key: tuple[bytes, ...] = key if key is not None else (*envelope, request_id)
+        self.answer: list[bytes] | None = None  # the frames after the envelope, once the handler is done
 
 
 class ServerProtocol:
@@ -530,8 +534,8 @@ class ServerProtocol:
         self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
-        # request key -> Job while running (the newest attempt to answer) or the reply frames once done
-        self._recent: OrderedDict[tuple[bytes, ...], Job | list[bytes]] = OrderedDict()
+        # request key -> its Job: running (answer None; the newest attempt is the one to answer) or done
+        self._recent: OrderedDict[tuple[bytes, ...], Job] = OrderedDict()
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
         self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
@@ -603,10 +607,11 @@ class ServerProtocol:
             seen = self._recent.get(key)
             if seen is not None:
                 self.duplicates += 1
-                if isinstance(seen, Job):
+                done = seen.answer
+                if done is None:
                     seen.attempt = attempt  # still running: answer this newest attempt when it finishes
                 else:
-                    self.outbox.append([*envelope, b"", with_attempt(seen[0], attempt), *seen[1:]])
+                    self.outbox.append([*envelope, b"", with_attempt(done[0], attempt), *done[1:]])
                 return None
         if self.leaving or self.held >= self.max_queue:
             reason = b"leaving" if self.leaving else b"busy"
@@ -631,8 +636,11 @@ class ServerProtocol:
             answer = [_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0]]
         else:
             answer = [message(kind, job.attempt, codec, rid), *frames]
-        if self.window and job.key in self._recent:
-            self._recent[job.key] = answer  # a retry from now on gets this answer without running again
+        if self.window:
+            # A retry from now on gets this answer without running again. Kept on the job, which the window
+            # holds already: no second look-up in a window of thousands, and the body can go.
+            job.answer = answer
+            job.body = b""
         self.outbox.append([*job.envelope, b"", *answer])
 
     def leave(self) -> None:
