@@ -318,19 +318,23 @@ class ClientProtocol:
             if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
                 p = self.pending.get(msg[_FIXED:_BODY_AT])
                 if p is not None and msg[KIND_AT + 1] == p.attempt:
-                    try:
-                        value = decode(msg[KIND_AT + 2], msg[_BODY_AT:], self.allow_pickle)
-                    except ProtocolError as exc:
-                        self._finish(p, exc)
-                    else:
-                        self._finish(p, value, ok=True)
-                    if self.waiting:
-                        self._dispatch(self.clock())
+                    self._on_reply(p, msg[KIND_AT + 2], msg[_BODY_AT:])
                     return
         try:
             self._on_message(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from %r: %s", bytes(frames[0])[:64] if frames else b"", exc)
+
+    def _on_reply(self, p: _Pending, codec: int, payload: bytes) -> None:
+        """Finish ``p`` with the value its reply carries (or the error decoding it); a server has room again."""
+        try:
+            value = decode(codec, payload, self.allow_pickle)
+        except ProtocolError as exc:
+            self._finish(p, exc)
+        else:
+            self._finish(p, value, ok=True)
+        if self.waiting:
+            self._dispatch(self.clock())
 
     def _on_message(self, frames: Sequence[bytes]) -> None:
         if len(frames) < 3 or frames[1] != b"":
@@ -344,14 +348,7 @@ class ClientProtocol:
                 self.late_replies += 1  # an old attempt's answer, or one we gave up on: never mixed up
                 return
             if kind == REPLY:
-                try:
-                    value = decode(codec, payload, self.allow_pickle)
-                except ProtocolError as exc:
-                    self._finish(p, exc)
-                else:
-                    self._finish(p, value, ok=True)
-                if self.waiting:
-                    self._dispatch(self.clock())
+                self._on_reply(p, codec, payload)
             elif kind == ERROR:
                 parts = [_text(f) for f in frames[3:6]] + ["", "", ""]
                 self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
