@@ -15,6 +15,7 @@ import contextlib
 import itertools
 import logging
 import math
+import os
 import queue
 import threading
 import time
@@ -36,21 +37,22 @@ from zmqkit.sockets import (
     check_timeout,
     connect,
     make_socket,
-    recv_frames,
     resolve_options,
     send_frames,
+    set_recv_timeout,
 )
 
 from ._background import Background
-from .reqrep_protocol import ClientProtocol, Job, ServerProtocol, run_handler
+from .reqrep_protocol import HEADER, ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_until_stopped"]
+__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_frame", "nudge_until_stopped", "recv_routed"]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+_recv = zmq.backend.Socket.recv
 
 
 def _ms(seconds: float) -> int:
@@ -60,6 +62,24 @@ def _ms(seconds: float) -> int:
 def _alias(endpoint: str, index: int) -> bytes:
     raw = endpoint.encode()
     return raw if len(raw) <= 255 else b"server-%d" % index
+
+
+def nudge_frame() -> bytes:
+    """A frame that tells a socket thread "look at your commands": the nudge kind and 16 random bytes."""
+    return HEADER + b"X" + os.urandom(16)
+
+
+def recv_routed(sock: zmq.Socket, flags: int) -> list[bytes]:
+    """One message from a ROUTER: its first frame (the routing id, always followed by more) is read as a copy,
+    which is cheaper than a Frame; the rest as Frames, whose ``.more`` is cheaper than asking RCVMORE. Raises
+    zmq.Again (with NOBLOCK) from the first frame only: messages arrive whole."""
+    parts = [_recv(sock, flags)]
+    frame = _recv(sock, flags, False)
+    parts.append(frame.bytes)
+    while frame.more:
+        frame = _recv(sock, flags, False)
+        parts.append(frame.bytes)
+    return parts
 
 
 def nudge_until_stopped(thread: threading.Thread, role: str, endpoint: str, command: bytes, timeout: float) -> bool:
@@ -183,7 +203,7 @@ class ClientCore:
         on_message = self._proto.on_message
         with contextlib.suppress(zmq.Again):
             while True:
-                on_message(recv_frames(sock, NOBLOCK))
+                on_message(recv_routed(sock, NOBLOCK))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""
@@ -211,6 +231,8 @@ class Client(ClientCore):
     flight use ``zmqkit.asyncio.Client``.
     """
 
+    _wait_ms = -1  # the socket's receive timeout as last set
+
     def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
         rid = self._submit(body, timeout)
@@ -218,17 +240,24 @@ class Client(ClientCore):
         proto = self._proto
         completed = proto.completed
         sock = self._sock
-        items = [(sock, POLLIN)]
         on_message = proto.on_message
         clock = proto.clock
         try:
             while not completed:
-                now = clock()
-                due = proto.next_deadline()
-                if due <= now:
+                wait = _ms(proto.next_deadline() - clock())
+                if wait == 0:
                     proto.tick()
-                elif zmq_poll(items, _ms(due - now)):
-                    on_message(recv_frames(sock, NOBLOCK))
+                else:
+                    # Wait in one blocking recv, bounded by the next timer (the attempt timeout, mostly the same
+                    # from one request to the next, so the option is seldom set again).
+                    if wait != self._wait_ms:
+                        set_recv_timeout(sock, wait)
+                        self._wait_ms = wait
+                    try:
+                        frames = recv_routed(sock, 0)
+                    except zmq.Again:
+                        continue
+                    on_message(frames)
                 if proto.outbox:
                     self._flush()
         finally:
@@ -334,7 +363,11 @@ class Server(ServerCore, _Background):
 
     def __init__(self, endpoints: str | Sequence[str] | None, handler: Callable[[Any], Any], **kwargs: Any) -> None:
         super().__init__(endpoints, handler, **kwargs)
+        # The socket thread waits in a single blocking recv on its ROUTER (a poll over a second socket costs
+        # about a tenth of a round trip). Commands and "results ready" therefore reach it through that ROUTER:
+        # an inproc peer sends this nudge, a frame no remote peer can forge (16 random bytes).
         self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
+        self._nudge = nudge_frame()
         self._commands: deque[tuple[str, float]] = deque()
         self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
 
@@ -368,7 +401,7 @@ class Server(ServerCore, _Background):
         if thread is None or not thread.is_alive():
             return
         self._commands.append((command, timeout))
-        if not nudge_until_stopped(thread, "push", self._wake_ep, b"", timeout + 5.0):
+        if not nudge_until_stopped(thread, "dealer", self._wake_ep, self._nudge, timeout + 5.0):
             raise RequestTimeout(f"server on {self.endpoints!r} did not stop within {timeout}s")
 
     def __enter__(self) -> Server:
@@ -379,15 +412,14 @@ class Server(ServerCore, _Background):
 
     # ------------------------------------------------------------- the thread
     def _run(self) -> None:
-        router = wake = None
+        router = None
         workers: list[threading.Thread] = []
         jobs: queue.SimpleQueue[Job | None] = queue.SimpleQueue()
         try:
             try:
                 router = make_socket("router", self._options)
-                wake = make_socket("pull")
-                bind(wake, self._wake_ep)
                 self._open(router)
+                bind(router, self._wake_ep)  # for nudges from this process only; not one of the endpoints
             except BaseException as exc:
                 self._error = exc
                 return
@@ -397,7 +429,7 @@ class Server(ServerCore, _Background):
                 t = threading.Thread(target=self._work, args=(jobs,), daemon=True)
                 t.start()
                 workers.append(t)
-            self._loop(router, wake, jobs if workers else None)
+            self._loop(router, jobs if workers else None)
         except Exception:
             log.exception("request-reply server on %r stopped on an error", self.endpoints)
         finally:
@@ -405,58 +437,56 @@ class Server(ServerCore, _Background):
                 jobs.put(None)
             for t in workers:
                 t.join(5.0)
-            for sock in (router, wake):
-                if sock is not None:
-                    sock.close(linger=0 if sock is wake else None)
+            if router is not None:
+                router.close()
 
     def _work(self, jobs: queue.SimpleQueue[Job | None]) -> None:
         """A handler thread: run jobs, hand results back to the socket thread, nudge it."""
-        push = make_socket("push", SocketOptions(immediate=False, sndhwm=0))
+        nudge = make_socket("dealer", SocketOptions(immediate=False, sndhwm=0))
         try:
-            connect(push, self._wake_ep)
+            connect(nudge, self._wake_ep)
             while (job := jobs.get()) is not None:
                 self._results.append((job, self._execute(job)))
-                push.send(b"")
+                nudge.send(self._nudge)
         finally:
-            push.close(linger=0)
+            nudge.close(linger=0)
 
-    def _loop(self, router: zmq.Socket, wake: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
+    def _loop(self, router: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
         proto = self._proto
-        items = [(router, POLLIN), (wake, POLLIN)]
-        leave_by: float | None = None
         on_message = proto.on_message
         execute = self._execute
+        nudge = self._nudge
+        items = [(router, POLLIN)]
+        leave_by: float | None = None
         while True:
-            timeout = -1
-            if leave_by is not None:
-                # Wake to re-check: when idle clients stop being waited for, and at the deadline.
+            if leave_by is None:
+                frames: list[bytes] | None = recv_routed(router, 0)  # the thread's one wait
+            else:
+                # Leaving: wake to re-check when idle clients stop being waited for, and at the deadline.
                 now = self._clock()
                 settled = proto.left_at + proto.settle
-                timeout = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
-            events = zmq_poll(items, timeout)
-            if events and events[0][0] is router:
-                # One message per poll: asking the socket whether more wait costs as much as polling again.
-                job = on_message(recv_frames(router, NOBLOCK))
-                if job is not None:
-                    if jobs is None:
-                        proto.finish(job, *execute(job))
-                    else:
-                        jobs.put(job)
+                wait = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
+                frames = recv_routed(router, NOBLOCK) if zmq_poll(items, wait) else None
+            if frames is not None:
+                if len(frames) == 2 and frames[1] == nudge:
+                    while self._results:
+                        done, result = self._results.popleft()
+                        proto.finish(done, *result)
+                    while self._commands:
+                        command, timeout_s = self._commands.popleft()
+                        if command == "close":
+                            return
+                        proto.leave()
+                        leave_by = self._clock() + timeout_s
+                else:
+                    job = on_message(frames)
+                    if job is not None:
+                        if jobs is None:
+                            proto.finish(job, *execute(job))
+                        else:
+                            jobs.put(job)
                 if proto.outbox:
                     self._flush(router)
-            if events and events[-1][0] is wake:
-                while wake.getsockopt(EVENTS) & POLLIN:
-                    wake.recv(NOBLOCK)
-                while self._results:
-                    job, result = self._results.popleft()
-                    proto.finish(job, *result)
-                while self._commands:
-                    command, timeout_s = self._commands.popleft()
-                    if command == "close":
-                        return
-                    proto.leave()
-                    leave_by = self._clock() + timeout_s
-                self._flush(router)
             if leave_by is not None:
                 if proto.drained:
                     self._left_cleanly = True

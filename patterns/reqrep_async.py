@@ -15,9 +15,9 @@ from typing import Any
 import zmq
 
 from zmqkit.errors import Unavailable
-from zmqkit.sockets import NOBLOCK, make_socket, recv_frames
+from zmqkit.sockets import NOBLOCK, make_socket
 
-from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore
+from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_routed
 from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
 
 __all__ = ["AsyncClient", "AsyncServer"]
@@ -207,7 +207,7 @@ class AsyncServer(ServerCore):
         proto = self._proto
         while True:
             while int(sock.getsockopt(EVENTS)) & POLLIN:
-                job = proto.on_message(recv_frames(sock, NOBLOCK))
+                job = proto.on_message(recv_routed(sock, NOBLOCK))
                 if job is None:
                     continue
                 if self._is_coroutine:

@@ -61,6 +61,8 @@ HELLO, READY, GOODBYE, ACK = b"H"[0], b"W"[0], b"G"[0], b"A"[0]
 MAX_ID = 32
 MAX_ATTEMPT = 255
 _FIXED = KIND_AT + 4  # header, kind, attempt, codec, request id length
+_RID_SIZE = 16  # the ids this client makes: 8 random bytes and a u64 counter
+_BODY_AT = _FIXED + _RID_SIZE  # where the payload starts in an answer to one of them
 _U32 = struct.Struct(">I")
 _HELLO_CTL = HEADER + bytes([HELLO])
 _ACK_CTL = HEADER + bytes([ACK])
@@ -137,7 +139,7 @@ class _Peer:
 class _Pending:
     """One request the client has not finished with."""
 
-    __slots__ = ("attempt", "body", "codec", "deadline", "gen", "peer", "request_id", "retries_left", "sent", "tried")
+    __slots__ = ("attempt", "body", "codec", "deadline", "gen", "peer", "request_id", "retries_left", "tried")
 
     def __init__(self, request_id: bytes, codec: int, body: bytes, deadline: float, retries: int) -> None:
         self.request_id = request_id
@@ -148,8 +150,7 @@ class _Pending:
         self.attempt = 0  # number of the most recent attempt sent (1-based on the wire)
         self.peer: _Peer | None = None  # server holding the current attempt, None while waiting
         self.gen = 0  # bumps whenever the timer is re-armed; stale heap entries carry an old gen
-        self.sent = False
-        self.tried: set[bytes] = set()
+        self.tried: tuple[bytes, ...] = ()  # servers an attempt went to (a tuple: cheaper than a set for a few)
 
 
 class ClientProtocol:
@@ -267,13 +268,14 @@ class ClientProtocol:
             return False
         p.attempt += 1
         p.peer = peer
-        p.sent = True
-        p.tried.add(peer.alias)
+        if peer.alias not in p.tried:
+            p.tried += (peer.alias,)
         peer.in_flight += 1
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
         self._arm(p, now + min(per_try, remaining))
-        self.outbox.append([peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, 16)) + p.request_id + p.body])
+        head = _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE))
+        self.outbox.append([peer.alias, b"", head + p.request_id + p.body])
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -310,10 +312,29 @@ class ClientProtocol:
     # ------------------------------------------------------------------ inbound
     def on_message(self, frames: Sequence[bytes]) -> None:
         """Handle one message from a server: ``[alias, b"", message, ...]``; a malformed one is logged and dropped."""
+        if len(frames) == 3 and not frames[1]:
+            # The common case first, in as few steps as it takes: the reply to the current attempt of a request.
+            msg = frames[2]
+            if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
+                p = self.pending.get(msg[_FIXED:_BODY_AT])
+                if p is not None and msg[KIND_AT + 1] == p.attempt:
+                    self._on_reply(p, msg[KIND_AT + 2], msg[_BODY_AT:])
+                    return
         try:
             self._on_message(frames)
         except ProtocolError as exc:
             log.warning("dropped a malformed message from %r: %s", bytes(frames[0])[:64] if frames else b"", exc)
+
+    def _on_reply(self, p: _Pending, codec: int, payload: bytes) -> None:
+        """Finish ``p`` with the value its reply carries (or the error decoding it); a server has room again."""
+        try:
+            value = decode(codec, payload, self.allow_pickle)
+        except ProtocolError as exc:
+            self._finish(p, exc)
+        else:
+            self._finish(p, value, ok=True)
+        if self.waiting:
+            self._dispatch(self.clock())
 
     def _on_message(self, frames: Sequence[bytes]) -> None:
         if len(frames) < 3 or frames[1] != b"":
@@ -327,14 +348,7 @@ class ClientProtocol:
                 self.late_replies += 1  # an old attempt's answer, or one we gave up on: never mixed up
                 return
             if kind == REPLY:
-                try:
-                    value = decode(codec, payload, self.allow_pickle)
-                except ProtocolError as exc:
-                    self._finish(p, exc)
-                else:
-                    self._finish(p, value, ok=True)
-                if self.waiting:
-                    self._dispatch(self.clock())
+                self._on_reply(p, codec, payload)
             elif kind == ERROR:
                 parts = [_text(f) for f in frames[3:6]] + ["", "", ""]
                 self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
@@ -426,7 +440,7 @@ class ClientProtocol:
 
     def _timeout_error(self, p: _Pending) -> Exception:
         servers = ", ".join(self.peers[a].endpoint for a in sorted(p.tried)) or "none"
-        if not p.sent:
+        if not p.attempt:
             known = ", ".join(f"{x.endpoint} ({x.state})" for x in self._ring)
             return Unavailable(f"no server was ready to take the request: {known}")
         return RequestTimeout(f"no reply after {p.attempt} attempt(s); servers tried: {servers}")
@@ -460,9 +474,12 @@ class ClientProtocol:
 
 
 class Job:
-    """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler."""
+    """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler.
 
-    __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
+    The idempotency window keeps the job after it is done, with its ``answer`` (and without its body).
+    """
+
+    __slots__ = ("answer", "attempt", "body", "codec", "envelope", "key", "request_id")
 
     def __init__(
         self,
@@ -479,6 +496,7 @@ class Job:
         self.codec = codec
         self.body = body
         self.key: tuple[bytes, ...] = key if key is not None else (*envelope, request_id)
+        self.answer: list[bytes] | None = None  # the frames after the envelope, once the handler is done
 
 
 class ServerProtocol:
@@ -513,14 +531,20 @@ class ServerProtocol:
         self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
-        # request key -> Job while running (the newest attempt to answer) or the reply frames once done
-        self._recent: OrderedDict[tuple[bytes, ...], Job | list[bytes]] = OrderedDict()
+        # request key -> its Job: running (answer None; the newest attempt is the one to answer) or done
+        self._recent: OrderedDict[tuple[bytes, ...], Job] = OrderedDict()
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
         self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
 
     def on_message(self, frames: list[bytes]) -> Job | None:
         """Handle one message from the ROUTER; return a Job to run, or None (any answer is in ``outbox``)."""
+        if len(frames) == 3 and not frames[1]:
+            # The common case first, in as few steps as it takes: a well-formed request straight from a client.
+            msg = frames[2]
+            n = _FIXED + msg[_FIXED - 1] if len(msg) >= _FIXED else 0
+            if msg[: KIND_AT + 1] == _REQUEST_HEAD and _FIXED < n <= len(msg) and n <= _FIXED + MAX_ID:
+                return self._on_request([frames[0]], msg[KIND_AT + 1], msg[KIND_AT + 2], msg[_FIXED:n], msg[n:])
         try:
             delim = frames.index(b"", 0, 32)
         except ValueError:
@@ -580,10 +604,11 @@ class ServerProtocol:
             seen = self._recent.get(key)
             if seen is not None:
                 self.duplicates += 1
-                if isinstance(seen, Job):
+                done = seen.answer
+                if done is None:
                     seen.attempt = attempt  # still running: answer this newest attempt when it finishes
                 else:
-                    self.outbox.append([*envelope, b"", with_attempt(seen[0], attempt), *seen[1:]])
+                    self.outbox.append([*envelope, b"", with_attempt(done[0], attempt), *done[1:]])
                 return None
         if self.leaving or self.held >= self.max_queue:
             reason = b"leaving" if self.leaving else b"busy"
@@ -608,8 +633,11 @@ class ServerProtocol:
             answer = [_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0]]
         else:
             answer = [message(kind, job.attempt, codec, rid), *frames]
-        if self.window and job.key in self._recent:
-            self._recent[job.key] = answer  # a retry from now on gets this answer without running again
+        if self.window:
+            # A retry from now on gets this answer without running again. Kept on the job, which the window
+            # holds already: no second look-up in a window of thousands, and the body can go.
+            job.answer = answer
+            job.body = b""
         self.outbox.append([*job.envelope, b"", *answer])
 
     def leave(self) -> None:
@@ -657,6 +685,10 @@ def run_handler(
 ) -> tuple[int, int, list[bytes]]:
     """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
     try:
-        return reply_of(codec, handler(decode(job.codec, job.body, allow_pickle)))
+        # decode and reply_of written out: this runs once per request, and calls cost more than they look
+        cid, payload = codec.pack(
+            handler(job.body if job.codec == 0 else unpack(job.codec, job.body, allow_pickle=allow_pickle))
+        )
+        return REPLY, cid, [payload]
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)

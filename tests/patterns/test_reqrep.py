@@ -294,6 +294,20 @@ def test_malformed_frames_get_an_error_or_are_dropped(servers: Callable[..., Ser
         assert client.request(b"fine") == b"fine"
 
 
+@pytest.mark.timeout(20)
+def test_a_remote_peer_cannot_stop_the_server_with_a_nudge(servers: Callable[..., Server], raw_socket: Any) -> None:
+    # The socket thread takes its commands through its ROUTER; only the exact 16-byte secret, from inproc, counts.
+    server = servers()
+    dealer = raw_socket(zmq.DEALER)
+    dealer.connect(server.endpoints[0])
+    guess = HEADER + b"X" + bytes(16)
+    dealer.send_multipart([guess])  # no delimiter: dropped
+    dealer.send_multipart([b"", guess])  # an unknown kind: answered with an error
+    assert dealer.poll(3000) and dealer.recv_multipart()[1][:5] == HEADER + bytes([ERROR])
+    with Client(server.endpoints) as client:
+        assert client.request(b"still here") == b"still here"
+
+
 @pytest.mark.timeout(30)
 def test_proxy_gives_clients_one_address(servers: Callable[..., Server]) -> None:
     with Proxy(LOCAL, LOCAL) as proxy:
