@@ -28,6 +28,7 @@ from zmqkit.sockets import (
     make_socket,
     recv_frame,
     send_frame,
+    set_recv_timeout,
 )
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_reply
@@ -217,7 +218,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             send_frame(sock, frame, NOBLOCK)
             wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
         if state.recv_ms[node] != wait_ms:
-            sock.setsockopt(zmq.RCVTIMEO, wait_ms)
+            set_recv_timeout(sock, wait_ms)
             state.recv_ms[node] = wait_ms
         try:
             reply = recv_frame(sock)
