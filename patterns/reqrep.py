@@ -357,7 +357,8 @@ class Server(ServerCore, _Background):
 
     ``concurrency=1`` runs the handler in the socket thread (lowest latency); more runs it on that many threads.
     ``max_queue`` bounds what the server holds (more is refused, and clients go elsewhere).
-    ``idempotency_window`` recent request ids are remembered with their replies, so a retry is not run twice.
+    At least ``idempotency_window`` recent request ids are remembered with their replies (up to twice as many),
+    so a retry is not run twice.
     ``connect=`` endpoints are connected to (e.g. a Proxy's backend) besides binding ``endpoints``.
     """
 

@@ -15,7 +15,7 @@ import os
 import struct
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -531,8 +531,11 @@ class ServerProtocol:
         self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
-        # request key -> its Job: running (answer None; the newest attempt is the one to answer) or done
-        self._recent: OrderedDict[tuple[bytes, ...], Job] = OrderedDict()
+        # request key -> its Job: running (answer None; the newest attempt is the one to answer) or done. Two
+        # generations of plain dicts: when the newer fills up it becomes the older and the older is dropped, so
+        # at least ``window`` (at most twice that) recent requests are remembered, at one dict store each.
+        self._recent: dict[tuple[bytes, ...], Job] = {}
+        self._older: dict[tuple[bytes, ...], Job] = {}
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
         self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
@@ -542,9 +545,12 @@ class ServerProtocol:
         if len(frames) == 3 and not frames[1]:
             # The common case first, in as few steps as it takes: a well-formed request straight from a client.
             msg = frames[2]
-            n = _FIXED + msg[_FIXED - 1] if len(msg) >= _FIXED else 0
-            if msg[: KIND_AT + 1] == _REQUEST_HEAD and _FIXED < n <= len(msg) and n <= _FIXED + MAX_ID:
-                return self._on_request([frames[0]], msg[KIND_AT + 1], msg[KIND_AT + 2], msg[_FIXED:n], msg[n:])
+            size = len(msg)
+            n = _FIXED + msg[_FIXED - 1] if size >= _FIXED else 0
+            if _FIXED < n <= size and n <= _FIXED + MAX_ID and msg[: KIND_AT + 1] == _REQUEST_HEAD:
+                alias = frames[0]
+                rid = msg[_FIXED:n]
+                return self._on_request([alias], msg[KIND_AT + 1], msg[KIND_AT + 2], rid, msg[n:], (alias, rid))
         try:
             delim = frames.index(b"", 0, 32)
         except ValueError:
@@ -598,10 +604,21 @@ class ServerProtocol:
             return None
         raise ProtocolError(f"unknown message kind {bytes([kind])!r}")
 
-    def _on_request(self, envelope: list[bytes], attempt: int, codec: int, rid: bytes, body: bytes) -> Job | None:
-        key = (*envelope, rid)
+    def _on_request(
+        self,
+        envelope: list[bytes],
+        attempt: int,
+        codec: int,
+        rid: bytes,
+        body: bytes,
+        key: tuple[bytes, ...] | None = None,
+    ) -> Job | None:
+        if key is None:
+            key = (*envelope, rid)
         if self.window:
             seen = self._recent.get(key)
+            if seen is None:
+                seen = self._older.get(key)
             if seen is not None:
                 self.duplicates += 1
                 done = seen.answer
@@ -619,8 +636,9 @@ class ServerProtocol:
         if self.window:
             recent = self._recent
             recent[key] = job
-            if len(recent) > self.window:
-                recent.popitem(last=False)
+            if len(recent) >= self.window:
+                self._older = recent
+                self._recent = {}
         return job
 
     def finish(self, job: Job, kind: int, codec: int, frames: list[bytes]) -> None:
