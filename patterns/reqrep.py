@@ -53,6 +53,7 @@ _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
+_get = zmq.backend.Socket.get  # the compiled getsockopt: no option enum on the way
 
 
 def _ms(seconds: float) -> int:
@@ -455,10 +456,34 @@ class Server(ServerCore, _Background):
     def _loop(self, router: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
         proto = self._proto
         on_message = proto.on_message
+        finish = proto.finish
         execute = self._execute
         nudge = self._nudge
         items = [(router, POLLIN)]
         leave_by: float | None = None
+
+        def take(frames: list[bytes]) -> bool:
+            """Handle one message: a request (run now, or handed to a handler thread) or a nudge; True: close."""
+            nonlocal leave_by
+            if len(frames) == 2 and frames[1] == nudge:
+                while self._results:
+                    done, result = self._results.popleft()
+                    finish(done, *result)
+                while self._commands:
+                    command, timeout_s = self._commands.popleft()
+                    if command == "close":
+                        return True
+                    proto.leave()
+                    leave_by = self._clock() + timeout_s
+                return False
+            job = on_message(frames)
+            if job is not None:
+                if jobs is None:
+                    finish(job, *execute(job))
+                else:
+                    jobs.put(job)
+            return False
+
         while True:
             if leave_by is None:
                 frames: list[bytes] | None = recv_routed(router, 0)  # the thread's one wait
@@ -469,25 +494,22 @@ class Server(ServerCore, _Background):
                 wait = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
                 frames = recv_routed(router, NOBLOCK) if zmq_poll(items, wait) else None
             if frames is not None:
-                if len(frames) == 2 and frames[1] == nudge:
-                    while self._results:
-                        done, result = self._results.popleft()
-                        proto.finish(done, *result)
-                    while self._commands:
-                        command, timeout_s = self._commands.popleft()
-                        if command == "close":
-                            return
-                        proto.leave()
-                        leave_by = self._clock() + timeout_s
-                else:
-                    job = on_message(frames)
-                    if job is not None:
-                        if jobs is None:
-                            proto.finish(job, *execute(job))
-                        else:
-                            jobs.put(job)
+                if take(frames):
+                    return
                 if proto.outbox:
                     self._flush(router)
+                # A pipelining client leaves more queued: take all of it, then send the replies in one burst,
+                # which wakes libzmq's I/O thread once instead of once per reply (measured under pipelined load:
+                # its CPU per request fell by about a third). Asked only after the first reply is on its way, so
+                # a lone request's round trip does not wait for the question; a question, not a failed read
+                # (which costs three times as much), when nothing more is queued.
+                if _get(router, EVENTS) & POLLIN:
+                    with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
+                        while True:
+                            if take(recv_routed(router, NOBLOCK)):
+                                return
+                    if proto.outbox:
+                        self._flush(router)
             if leave_by is not None:
                 if proto.drained:
                     self._left_cleanly = True
