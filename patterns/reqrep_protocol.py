@@ -242,6 +242,9 @@ class ClientProtocol:
         """The ready server with the fewest requests of ours in flight, preferring ones this request has not tried."""
         ring = self._ring
         n = len(ring)
+        if n == 1:  # one server (or a proxy): nothing to choose
+            peer = ring[0]
+            return peer if peer.state is READY_ and peer.in_flight < peer.limit else None
         best: _Peer | None = None
         best_key = _UNTRIED_FIRST * 2
         start = self._turn
@@ -273,9 +276,10 @@ class ClientProtocol:
         peer.in_flight += 1
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
-        self._arm(p, now + min(per_try, remaining))
-        head = _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE))
-        self.outbox.append([peer.alias, b"", head + p.request_id + p.body])
+        self._arm(p, now + (per_try if per_try < remaining else remaining))
+        self.outbox.append(
+            [peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body]
+        )
         return True
 
     def _release(self, p: _Pending) -> None:
