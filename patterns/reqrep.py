@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.backend import zmq_poll
@@ -45,7 +45,17 @@ from zmqkit.sockets import (
 from ._background import Background
 from .reqrep_protocol import HEADER, ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_frame", "nudge_until_stopped", "recv_routed"]
+__all__ = [
+    "Client",
+    "Server",
+    "Proxy",
+    "ClientCore",
+    "ServerCore",
+    "nudge_frame",
+    "nudge_until_stopped",
+    "recv_routed",
+    "sockopt",
+]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -53,7 +63,8 @@ _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
-_get = zmq.backend.Socket.get  # the compiled getsockopt: no option enum on the way
+# The compiled getsockopt (no option enum on the way), for integer options such as EVENTS.
+sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
 
 
 def _ms(seconds: float) -> int:
@@ -503,7 +514,7 @@ class Server(ServerCore, _Background):
                 # its CPU per request fell by about a third). Asked only after the first reply is on its way, so
                 # a lone request's round trip does not wait for the question; a question, not a failed read
                 # (which costs three times as much), when nothing more is queued.
-                if _get(router, EVENTS) & POLLIN:
+                if sockopt(router, EVENTS) & POLLIN:
                     with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
                         while True:
                             if take(recv_routed(router, NOBLOCK)):

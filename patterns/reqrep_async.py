@@ -18,13 +18,12 @@ import zmq
 from zmqkit.errors import Unavailable
 from zmqkit.sockets import NOBLOCK, make_socket
 
-from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_routed
+from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_routed, sockopt
 from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
 
 __all__ = ["AsyncClient", "AsyncServer"]
 
 log = logging.getLogger(__name__)
-_get = zmq.backend.Socket.get  # the compiled getsockopt: no option enum on the way
 
 
 class AsyncClient(ClientCore):
@@ -224,7 +223,7 @@ class AsyncServer(ServerCore):
             if not proto.outbox:
                 return
             self._flush(sock)
-            if not _get(sock, EVENTS) & POLLIN:  # what came in while sending, if anything
+            if not sockopt(sock, EVENTS) & POLLIN:  # what came in while sending, if anything
                 return
 
     async def _run(self, job: Job) -> None:
@@ -239,7 +238,7 @@ class AsyncServer(ServerCore):
         sock = self._sock
         if sock is not None:
             self._flush(sock)
-            if _get(sock, EVENTS) & POLLIN:  # sending consumed the wake-up of what came in meanwhile
+            if sockopt(sock, EVENTS) & POLLIN:  # sending consumed the wake-up of what came in meanwhile
                 self._settle()
 
     async def leave(self, timeout: float = 10.0) -> bool:
