@@ -36,7 +36,10 @@ class AsyncClient(ClientCore):
     def __init__(self, endpoints: Any, **kwargs: Any) -> None:
         super().__init__(endpoints, asyncio=True, **kwargs)
         self._futures: dict[bytes, asyncio.Future[Any]] = {}
-        self._pump_task: asyncio.Task[None] | None = None
+        # The loop that watches the socket's file descriptor (libzmq's "something changed" signal) and calls
+        # _settle when it fires: no task, future or poller per wake-up, as an awaited poll would cost.
+        self._reader: asyncio.AbstractEventLoop | None = None
+        self._fd = int(self._sock.getsockopt(zmq.FD))
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # the protocol deadline the timer is set for
         self._settle_soon = False
@@ -52,8 +55,9 @@ class AsyncClient(ClientCore):
             # the socket and one look at the timer per turn of the loop, rather than per request.
             self._settle_soon = True
             loop.call_soon(self._settle_safely)
-        if self._pump_task is None:
-            self._pump_task = loop.create_task(self._pump())
+        if self._reader is None:
+            loop.add_reader(self._fd, self._settle_safely)
+            self._reader = loop
         try:
             return await fut
         finally:
@@ -64,8 +68,8 @@ class AsyncClient(ClientCore):
     def _settle(self) -> None:
         """Read what arrived and send what that produced, until the socket has nothing for us; set the timer.
 
-        Using the socket directly consumes the edge-triggered wake-up that the pump's asyncio poll waits for;
-        leaving nothing unread means the next arrival wakes it again.
+        Using the socket directly consumes the edge-triggered signal on its file descriptor that the loop's
+        reader waits for; leaving nothing unread means the next arrival signals again.
         """
         self._settle_soon = False
         if self.closed:
@@ -119,27 +123,14 @@ class AsyncClient(ClientCore):
                     fut.set_exception(value)
         self._proto.completed.clear()
 
-    async def _pump(self) -> None:
-        """Read replies and run timers until closed; if it breaks, every waiting caller hears why."""
-        try:
-            await self._pump_forever()
-        except Exception as exc:
-            self._broken(exc)
-            self._pump_task = None
-
-    async def _pump_forever(self) -> None:
-        self._settle()
-        while True:
-            await self._socket.poll(None, zmq.POLLIN)
-            self._settle()
-
     def close(self) -> None:
-        """Fail what is in flight with Unavailable, stop the pump and close the socket."""
+        """Fail what is in flight with Unavailable, stop watching the socket and close it."""
         if self.closed:
             return
-        if self._pump_task is not None:
-            self._pump_task.cancel()
-            self._pump_task = None
+        if self._reader is not None:
+            if not self._reader.is_closed():
+                self._reader.remove_reader(self._fd)
+            self._reader = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
