@@ -21,7 +21,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.backend import zmq_poll
@@ -45,7 +45,17 @@ from zmqkit.sockets import (
 from ._background import Background
 from .reqrep_protocol import HEADER, ClientProtocol, Job, ServerProtocol, run_handler
 
-__all__ = ["Client", "Server", "Proxy", "ClientCore", "ServerCore", "nudge_frame", "nudge_until_stopped", "recv_routed"]
+__all__ = [
+    "Client",
+    "Server",
+    "Proxy",
+    "ClientCore",
+    "ServerCore",
+    "nudge_frame",
+    "nudge_until_stopped",
+    "recv_routed",
+    "sockopt",
+]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
@@ -53,6 +63,9 @@ _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
+# The compiled getsockopt (no option enum on the way), for integer options such as EVENTS.
+sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
+_BURST = 64  # queued requests a server takes before it sends their replies
 
 
 def _ms(seconds: float) -> int:
@@ -357,7 +370,8 @@ class Server(ServerCore, _Background):
 
     ``concurrency=1`` runs the handler in the socket thread (lowest latency); more runs it on that many threads.
     ``max_queue`` bounds what the server holds (more is refused, and clients go elsewhere).
-    ``idempotency_window`` recent request ids are remembered with their replies, so a retry is not run twice.
+    At least ``idempotency_window`` recent request ids are remembered with their replies (up to twice as many),
+    so a retry is not run twice.
     ``connect=`` endpoints are connected to (e.g. a Proxy's backend) besides binding ``endpoints``.
     """
 
@@ -454,10 +468,34 @@ class Server(ServerCore, _Background):
     def _loop(self, router: zmq.Socket, jobs: queue.SimpleQueue[Job | None] | None) -> None:
         proto = self._proto
         on_message = proto.on_message
+        finish = proto.finish
         execute = self._execute
         nudge = self._nudge
         items = [(router, POLLIN)]
         leave_by: float | None = None
+
+        def take(frames: list[bytes]) -> bool:
+            """Handle one message: a request (run now, or handed to a handler thread) or a nudge; True: close."""
+            nonlocal leave_by
+            if len(frames) == 2 and frames[1] == nudge:
+                while self._results:
+                    done, result = self._results.popleft()
+                    finish(done, *result)
+                while self._commands:
+                    command, timeout_s = self._commands.popleft()
+                    if command == "close":
+                        return True
+                    proto.leave()
+                    leave_by = self._clock() + timeout_s
+                return False
+            job = on_message(frames)
+            if job is not None:
+                if jobs is None:
+                    finish(job, *execute(job))
+                else:
+                    jobs.put(job)
+            return False
+
         while True:
             if leave_by is None:
                 frames: list[bytes] | None = recv_routed(router, 0)  # the thread's one wait
@@ -468,25 +506,23 @@ class Server(ServerCore, _Background):
                 wait = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
                 frames = recv_routed(router, NOBLOCK) if zmq_poll(items, wait) else None
             if frames is not None:
-                if len(frames) == 2 and frames[1] == nudge:
-                    while self._results:
-                        done, result = self._results.popleft()
-                        proto.finish(done, *result)
-                    while self._commands:
-                        command, timeout_s = self._commands.popleft()
-                        if command == "close":
-                            return
-                        proto.leave()
-                        leave_by = self._clock() + timeout_s
-                else:
-                    job = on_message(frames)
-                    if job is not None:
-                        if jobs is None:
-                            proto.finish(job, *execute(job))
-                        else:
-                            jobs.put(job)
+                if take(frames):
+                    return
                 if proto.outbox:
                     self._flush(router)
+                # A pipelining client leaves more queued: take all of it, then send the replies in one burst,
+                # which wakes libzmq's I/O thread once instead of once per reply (measured under pipelined load:
+                # its CPU per request fell by about a third). Asked only after the first reply is on its way, so
+                # a lone request's round trip does not wait for the question; a question, not a failed read
+                # (which costs three times as much), when nothing more is queued. A burst is bounded, so replies
+                # are not held back long and a flood cannot keep the leave deadline from being looked at.
+                if sockopt(router, EVENTS) & POLLIN:
+                    with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
+                        for _ in range(_BURST):
+                            if take(recv_routed(router, NOBLOCK)):
+                                return
+                    if proto.outbox:
+                        self._flush(router)
             if leave_by is not None:
                 if proto.drained:
                     self._left_cleanly = True

@@ -15,7 +15,7 @@ import os
 import struct
 import time
 import traceback
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -242,6 +242,9 @@ class ClientProtocol:
         """The ready server with the fewest requests of ours in flight, preferring ones this request has not tried."""
         ring = self._ring
         n = len(ring)
+        if n == 1:  # one server (or a proxy): nothing to choose
+            peer = ring[0]
+            return peer if peer.state is READY_ and peer.in_flight < peer.limit else None
         best: _Peer | None = None
         best_key = _UNTRIED_FIRST * 2
         start = self._turn
@@ -273,9 +276,10 @@ class ClientProtocol:
         peer.in_flight += 1
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
-        self._arm(p, now + min(per_try, remaining))
-        head = _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE))
-        self.outbox.append([peer.alias, b"", head + p.request_id + p.body])
+        self._arm(p, now + (per_try if per_try < remaining else remaining))
+        self.outbox.append(
+            [peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body]
+        )
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -476,10 +480,10 @@ class ClientProtocol:
 class Job:
     """One request a server accepted: who asked, its id and attempt, and the body to hand to the handler.
 
-    The idempotency window keeps the job after it is done, with its ``answer`` (and without its body).
+    The idempotency window holds the job while it runs; once it is done, its answer frames instead.
     """
 
-    __slots__ = ("answer", "attempt", "body", "codec", "envelope", "key", "request_id")
+    __slots__ = ("attempt", "body", "codec", "envelope", "key", "request_id")
 
     def __init__(
         self,
@@ -496,7 +500,6 @@ class Job:
         self.codec = codec
         self.body = body
         self.key: tuple[bytes, ...] = key if key is not None else (*envelope, request_id)
-        self.answer: list[bytes] | None = None  # the frames after the envelope, once the handler is done
 
 
 class ServerProtocol:
@@ -531,8 +534,14 @@ class ServerProtocol:
         self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
-        # request key -> its Job: running (answer None; the newest attempt is the one to answer) or done
-        self._recent: OrderedDict[tuple[bytes, ...], Job] = OrderedDict()
+        # request key -> its Job while it runs (the newest attempt is the one to answer), then the tuple of its
+        # answer frames (the frames after the envelope). Tuples of bytes drop out of the garbage collector's
+        # sight, so thousands of remembered answers cost no collector time; a Job would (measured: about 2 µs
+        # per request). Two generations of plain dicts: when the newer fills up it becomes the older and the
+        # older is dropped, so at least ``window`` (at most twice that) recent requests are remembered, at one
+        # dict store each.
+        self._recent: dict[tuple[bytes, ...], Job | tuple[bytes, ...]] = {}
+        self._older: dict[tuple[bytes, ...], Job | tuple[bytes, ...]] = {}
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
         self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
@@ -542,9 +551,12 @@ class ServerProtocol:
         if len(frames) == 3 and not frames[1]:
             # The common case first, in as few steps as it takes: a well-formed request straight from a client.
             msg = frames[2]
-            n = _FIXED + msg[_FIXED - 1] if len(msg) >= _FIXED else 0
-            if msg[: KIND_AT + 1] == _REQUEST_HEAD and _FIXED < n <= len(msg) and n <= _FIXED + MAX_ID:
-                return self._on_request([frames[0]], msg[KIND_AT + 1], msg[KIND_AT + 2], msg[_FIXED:n], msg[n:])
+            size = len(msg)
+            n = _FIXED + msg[_FIXED - 1] if size >= _FIXED else 0
+            if _FIXED < n <= size and n <= _FIXED + MAX_ID and msg[: KIND_AT + 1] == _REQUEST_HEAD:
+                alias = frames[0]
+                rid = msg[_FIXED:n]
+                return self._on_request([alias], msg[KIND_AT + 1], msg[KIND_AT + 2], rid, msg[n:], (alias, rid))
         try:
             delim = frames.index(b"", 0, 32)
         except ValueError:
@@ -598,17 +610,27 @@ class ServerProtocol:
             return None
         raise ProtocolError(f"unknown message kind {bytes([kind])!r}")
 
-    def _on_request(self, envelope: list[bytes], attempt: int, codec: int, rid: bytes, body: bytes) -> Job | None:
-        key = (*envelope, rid)
+    def _on_request(
+        self,
+        envelope: list[bytes],
+        attempt: int,
+        codec: int,
+        rid: bytes,
+        body: bytes,
+        key: tuple[bytes, ...] | None = None,
+    ) -> Job | None:
+        if key is None:
+            key = (*envelope, rid)
         if self.window:
             seen = self._recent.get(key)
+            if seen is None:
+                seen = self._older.get(key)
             if seen is not None:
                 self.duplicates += 1
-                done = seen.answer
-                if done is None:
+                if isinstance(seen, Job):
                     seen.attempt = attempt  # still running: answer this newest attempt when it finishes
                 else:
-                    self.outbox.append([*envelope, b"", with_attempt(done[0], attempt), *done[1:]])
+                    self.outbox.append([*envelope, b"", with_attempt(seen[0], attempt), *seen[1:]])
                 return None
         if self.leaving or self.held >= self.max_queue:
             reason = b"leaving" if self.leaving else b"busy"
@@ -619,8 +641,9 @@ class ServerProtocol:
         if self.window:
             recent = self._recent
             recent[key] = job
-            if len(recent) > self.window:
-                recent.popitem(last=False)
+            if len(recent) >= self.window:
+                self._older = recent
+                self._recent = {}
         return job
 
     def finish(self, job: Job, kind: int, codec: int, frames: list[bytes]) -> None:
@@ -629,15 +652,15 @@ class ServerProtocol:
         self.held -= 1
         self.executed += 1
         rid = job.request_id
+        answer: tuple[bytes, ...]
         if kind == REPLY:
-            answer = [_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0]]
+            answer = (_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0],)
         else:
-            answer = [message(kind, job.attempt, codec, rid), *frames]
+            answer = (message(kind, job.attempt, codec, rid), *frames)
         if self.window:
-            # A retry from now on gets this answer without running again. Kept on the job, which the window
-            # holds already: no second look-up in a window of thousands, and the body can go.
-            job.answer = answer
-            job.body = b""
+            # A retry from now on gets this answer without running again. Into the newer generation even if the
+            # job's entry has moved to the older one: the newer is looked in first.
+            self._recent[job.key] = answer
         self.outbox.append([*job.envelope, b"", *answer])
 
     def leave(self) -> None:

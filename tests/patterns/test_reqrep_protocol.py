@@ -216,6 +216,23 @@ def test_server_window_answers_a_retry_without_running_it_again() -> None:
     assert proto.on_message(request(b"r1", who=b"c2")) is not None
 
 
+def test_server_window_remembers_at_least_its_size() -> None:
+    proto = ServerProtocol(window=3)
+
+    def run(rid: bytes, attempt: int = 1) -> bool:
+        job = proto.on_message(request(rid, attempt))
+        if job is not None:
+            proto.finish(job, REPLY, 0, [b"done"])
+        proto.outbox.clear()
+        return job is not None
+
+    assert all(run(b"r%d" % i) for i in range(5))
+    # r2, r3, r4 are the last three: each is answered from the window, not run again.
+    assert not any(run(b"r%d" % i, attempt=2) for i in (2, 3, 4))
+    assert all(run(b"s%d" % i) for i in range(6))
+    assert run(b"r4", attempt=3)  # six newer requests later it is forgotten (at most twice the window is kept)
+
+
 def test_server_without_window_runs_duplicates() -> None:
     proto = ServerProtocol(window=0)
     assert proto.on_message(request(b"r1")) is not None
