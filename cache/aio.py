@@ -27,13 +27,12 @@ from zmqkit.sockets import connect, make_socket
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply
 from .core import RESUME, ClientCore
-from .protocol import COMMANDS, HEAD, Status
+from .protocol import COMMANDS, HEAD
 
 __all__ = ["AsyncCacheClient"]
 
 log = logging.getLogger(__name__)
 
-_OK, _MISS = Status.OK, Status.NOT_FOUND
 _GET = COMMANDS[b"get"][0]  # the opcode
 
 

@@ -5,7 +5,7 @@
 ...     cache.get_many(["user:42", "user:43"])    # both nodes asked at once
 {'user:42': {'name': 'Ada'}}
 
-Thread-safe: each thread gets its own sockets per node (a socket belongs to one thread); node health and
+Thread-safe: each thread gets its own REQ socket per node (a socket belongs to one thread); node health and
 the rejoin hints are shared under a lock. The commands themselves are in ``core.py``.
 """
 

@@ -497,7 +497,7 @@ class ClientCore:
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
-        return self._single(key, b"get", _key_only, False, functools.partial(self.value_or, default), timeout)
+        return self._run(self._get(key, default, timeout))
 
     def gets(self, key: Any, *, timeout: float | None = None) -> Any:
         """``(value, cas token)``, or ``(None, None)`` on a miss."""
