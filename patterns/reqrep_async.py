@@ -221,14 +221,18 @@ class AsyncServer(ServerCore):
             if not sockopt(sock, EVENTS) & POLLIN:  # what came in while sending, if anything
                 return
 
+    async def _answer(self, job: Job) -> tuple[int, int, list[bytes]]:
+        """Run the coroutine handler on one job (overridden by the asyncio RpcServer)."""
+        try:
+            value = decode(job.codec, job.body, self._allow_pickle)
+            return reply_of(self._codec, await self.handler(value))
+        except Exception as exc:
+            return ERROR, 0, describe_exception(exc)
+
     async def _run(self, job: Job) -> None:
         assert self._slots is not None
         async with self._slots:
-            try:
-                value = decode(job.codec, job.body, self._allow_pickle)
-                result = reply_of(self._codec, await self.handler(value))
-            except Exception as exc:
-                result = (ERROR, 0, describe_exception(exc))
+            result = await self._answer(job)
         self._proto.finish(job, *result)
         sock = self._sock
         if sock is not None:

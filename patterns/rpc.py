@@ -16,10 +16,10 @@ from zmqkit.codecs import CODEC_IDS, get_codec
 from zmqkit.errors import ConfigurationError
 
 from .reqrep import Client, ClientCore, Server
-from .reqrep_async import AsyncClient
+from .reqrep_async import AsyncClient, AsyncServer
 from .reqrep_protocol import ERROR, REPLY, Job, describe_exception, unpack
 
-__all__ = ["RpcServer", "RpcClient", "AsyncRpcClient", "MethodNotFound", "METHODS"]
+__all__ = ["RpcServer", "AsyncRpcServer", "RpcClient", "AsyncRpcClient", "MethodNotFound", "METHODS"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 METHODS = "_methods"  # the reserved call that lists what a server offers
@@ -42,22 +42,16 @@ def _describe(fn: Callable[..., Any]) -> dict[str, str]:
     return {"signature": signature, "doc": doc[0] if doc else ""}
 
 
-class RpcServer(Server):
-    """Expose functions (``@server.method``) and objects (``server.register(obj)``) to RpcClients.
+class _Methods:
+    """The RPC half both servers share: the method table, dispatch, and bodies in the caller's codec."""
 
-    >>> server = RpcServer("tcp://*:5555", concurrency=8)
-    >>> @server.method
-    ... def resize(img: str, size: int) -> str: ...
-    >>> server.register(Thumbnailer(), prefix="thumb.")   # its public methods, as thumb.<name>
-    >>> server.start()
-    """
+    _methods: dict[str, Callable[..., Any]]
+    _allow_pickle: bool
 
-    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
-        kwargs.setdefault("codec", "json")
-        super().__init__(endpoints, self._call, **kwargs)
-        if self._codec.name not in _RPC_CODECS:
-            raise ConfigurationError(f"bad RPC codec {self._codec!r}: expected one of {', '.join(_RPC_CODECS)}")
-        self._methods: dict[str, Callable[..., Any]] = {}
+    def _setup_methods(self, codec_name: str) -> None:
+        if codec_name not in _RPC_CODECS:
+            raise ConfigurationError(f"bad RPC codec {codec_name!r}: expected one of {', '.join(_RPC_CODECS)}")
+        self._methods = {}
 
     @overload
     def method(self, fn: F) -> F: ...
@@ -85,6 +79,7 @@ class RpcServer(Server):
         return fn
 
     def _call(self, request: Any) -> Any:
+        """Run the method a request names: its result (a coroutine, for an ``async def`` method)."""
         if not (isinstance(request, list) and len(request) == 3 and isinstance(request[0], str)):
             raise TypeError(f"an RPC request is [method, args, kwargs], got {request!r:.100}")
         name, args, kwargs = request
@@ -98,17 +93,65 @@ class RpcServer(Server):
             raise MethodNotFound(f"no method {name!r} on this server; it offers: {offered}")
         return fn(*args, **kwargs)
 
-    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
+    def _request_of(self, job: Job) -> Any:
+        if job.codec not in (CODEC_IDS["json"], CODEC_IDS["msgpack"], CODEC_IDS["pickle"]):
+            raise TypeError(f"RPC bodies are json or msgpack, got codec id {job.codec}")
+        return unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
+
+    @staticmethod
+    def _reply_of(job: Job, result: Any) -> tuple[int, int, list[bytes]]:
         # The reply goes back in the caller's codec, so a msgpack client gets msgpack even from a JSON default.
+        name = next(n for n, i in CODEC_IDS.items() if i == job.codec)
+        codec_id, payload = get_codec(name).pack(result)
+        return REPLY, codec_id, [payload]
+
+
+class RpcServer(_Methods, Server):
+    """Expose functions (``@server.method``) and objects (``server.register(obj)``) to RpcClients.
+
+    >>> server = RpcServer("tcp://*:5555", concurrency=8)
+    >>> @server.method
+    ... def resize(img: str, size: int) -> str: ...
+    >>> server.register(Thumbnailer(), prefix="thumb.")   # its public methods, as thumb.<name>
+    >>> server.start()
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
+        kwargs.setdefault("codec", "json")
+        super().__init__(endpoints, self._call, **kwargs)
+        self._setup_methods(self._codec.name)
+
+    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
         try:
-            if job.codec not in (CODEC_IDS["json"], CODEC_IDS["msgpack"], CODEC_IDS["pickle"]):
-                raise TypeError(f"RPC bodies are json or msgpack, got codec id {job.codec}")
-            result = self._call(unpack(job.codec, job.body, allow_pickle=self._allow_pickle))
-            name = next(n for n, i in CODEC_IDS.items() if i == job.codec)
-            codec_id, payload = get_codec(name).pack(result)
+            return self._reply_of(job, self._call(self._request_of(job)))
         except Exception as exc:
             return ERROR, 0, describe_exception(exc)
-        return REPLY, codec_id, [payload]
+
+
+class AsyncRpcServer(_Methods, AsyncServer):
+    """The asyncio RpcServer (``zmqkit.asyncio.RpcServer``): methods may be ``async def`` (awaited, up to
+    ``concurrency`` at once) or plain functions (run inline in the event loop: keep them quick).
+
+    >>> server = AsyncRpcServer("tcp://*:5555", concurrency=100)
+    >>> @server.method
+    ... async def fetch(url: str) -> str: ...
+    >>> await server.start()
+    """
+
+    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
+        kwargs.setdefault("codec", "json")
+        super().__init__(endpoints, self._acall, **kwargs)
+        self._setup_methods(self._codec.name)
+
+    async def _acall(self, request: Any) -> Any:
+        result = self._call(request)
+        return await result if inspect.isawaitable(result) else result
+
+    async def _answer(self, job: Job) -> tuple[int, int, list[bytes]]:
+        try:
+            return self._reply_of(job, await self._acall(self._request_of(job)))
+        except Exception as exc:
+            return ERROR, 0, describe_exception(exc)
 
 
 class _Api:

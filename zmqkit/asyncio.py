@@ -18,6 +18,7 @@ from .patterns.pipeline_async import Worker as Worker
 from .patterns.reqrep_async import AsyncClient as Client
 from .patterns.reqrep_async import AsyncServer as Server
 from .patterns.rpc import AsyncRpcClient as RpcClient
+from .patterns.rpc import AsyncRpcServer as RpcServer
 from .sockets import async_context as async_context
 
 __all__ = [
@@ -37,5 +38,6 @@ __all__ = [
     # request-reply
     "Client",
     "RpcClient",
+    "RpcServer",
     "Server",
 ]

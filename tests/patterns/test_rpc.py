@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 
 import pytest
@@ -92,6 +93,42 @@ async def test_asyncio_rpc_client(server: RpcServer) -> None:
         assert "add" in await client.methods()
         with pytest.raises(RemoteError, match="MethodNotFound"):
             await client.api.missing()
+
+
+@pytest.mark.timeout(20)
+async def test_asyncio_rpc_server_awaits_async_methods_at_once_and_runs_plain_ones() -> None:
+    server = zasync.RpcServer("tcp://127.0.0.1:0", concurrency=10)
+    started: list[int] = []
+    all_started, release = asyncio.Event(), asyncio.Event()
+
+    @server.method
+    async def slow(n: int) -> int:
+        """Wait for the test's go."""
+        started.append(n)
+        if len(started) == 5:
+            all_started.set()
+        await release.wait()
+        return n * 2
+
+    @server.method
+    def add(a: int, b: int) -> int:
+        return a + b
+
+    server.register(Images(), prefix="img.")
+    async with server, zasync.RpcClient(server.endpoints) as client:
+        calls = [asyncio.ensure_future(client.api.slow(i)) for i in range(5)]
+        await asyncio.wait_for(all_started.wait(), 10)  # all five run at once: one at a time would never get here
+        release.set()
+        assert await asyncio.gather(*calls) == [0, 2, 4, 6, 8]
+        assert await client.api.add(2, 3) == 5
+        offered = await client.methods()
+        assert sorted(offered) == ["add", "img.fail", "img.resize", "slow"]
+        assert offered["slow"]["doc"] == "Wait for the test's go."
+        with pytest.raises(RemoteError) as info:
+            await client.call("img.fail")
+        assert info.value.remote_type == "KeyError"
+        with pytest.raises(RemoteError, match="MethodNotFound"):
+            await client.api.nope()
 
 
 def test_bad_registrations_raise_at_once() -> None:
