@@ -63,7 +63,8 @@ _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
-# The compiled getsockopt (no option enum on the way), for integer options such as EVENTS.
+# pyzmq's compiled getsockopt, without the zmq.Socket wrapper, for integer options such as EVENTS. It still maps
+# the option through pyzmq's SocketOption enum, so the servers ask it once per wake-up, after replying.
 sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
 _BURST = 64  # queued requests a server takes before it sends their replies
 
