@@ -1,12 +1,13 @@
-"""Request-reply runners: Client (ROUTER connected to many servers), Server (ROUTER + handler threads), Proxy.
+"""Request-reply runners: Client (a DEALER per server), Server (ROUTER + handler threads), Proxy.
 
 The logic lives in :mod:`reqrep_protocol`; these classes only move frames between it and the sockets.
 
-Why the client is a ROUTER and not a DEALER: a DEALER connected to many servers deals requests round-robin,
-blindly, and queues them to peers that died. A ROUTER that names each connection after its endpoint
-(``ZMQ_CONNECT_ROUTING_ID``, the zguide's Freelance pattern) lets the client choose the server per request
-(least loaded, not one that said goodbye, another one on retry), and with ROUTER_MANDATORY a send to a server
-that is gone fails at once instead of queueing.
+Why the client has a DEALER per server and not one socket for all: a DEALER connected to many servers deals
+requests round-robin, blindly, and queues them to peers that died. With a socket per server the client chooses
+the server for each request (least loaded, not one that said goodbye, another one on retry); IMMEDIATE makes a
+send to a server that is not connected fail at once instead of queueing. And a message is one frame each way:
+a ROUTER client (the zguide's Freelance pattern) would add a routing frame to every send and every receive, and
+each frame is a call into libzmq that costs more than the bytes it moves.
 """
 
 from __future__ import annotations
@@ -63,10 +64,12 @@ _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
 EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
+_send = zmq.backend.Socket.send
 # pyzmq's compiled getsockopt, without the zmq.Socket wrapper, for integer options such as EVENTS. It still maps
 # the option through pyzmq's SocketOption enum, so the servers ask it once per wake-up, after replying.
 sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
 _BURST = 64  # queued requests a server takes before it sends their replies
+_MISSES, _SKIP = 4, 8  # after this many empty looks for queued requests, skip that many
 
 
 def _ms(seconds: float) -> int:
@@ -76,6 +79,12 @@ def _ms(seconds: float) -> int:
 def _alias(endpoint: str, index: int) -> bytes:
     raw = endpoint.encode()
     return raw if len(raw) <= 255 else b"server-%d" % index
+
+
+def _floor_pow2(ms: int) -> int:
+    """``ms`` rounded down to a power of two: a receive timeout that seldom needs setting again (setting one
+    costs as much as a receive; waking early costs only another turn of the wait loop)."""
+    return 1 << (ms.bit_length() - 1) if ms > 0 else 0
 
 
 def nudge_frame() -> bytes:
@@ -154,7 +163,6 @@ class ClientCore:
         curve: Curve | None = None,
         options: SocketOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
-        asyncio: bool = False,
     ) -> None:
         eps = parse_endpoints(endpoints)
         self.timeout = check_timeout(timeout) or 5.0
@@ -170,15 +178,17 @@ class ClientCore:
             clock=clock,
         )
         self.endpoints = list(peers.values())
-        self._socket = make_socket("router", resolve_options(options, curve), asyncio=asyncio)
-        # The asyncio runner does its non-blocking sends and receives through a plain view of the same socket.
-        self._sock: zmq.Socket = zmq.Socket.shadow(self._socket.underlying) if asyncio else self._socket
+        resolved = resolve_options(options, curve)
+        # Plain sockets for both runners: the asyncio one only sends and reads without blocking, and waits on
+        # each socket's file descriptor.
+        self._socks: dict[bytes, zmq.Socket] = {}
         self.closed = False
         try:
             for alias, ep in peers.items():
-                connect(self._socket, ep, routing_id=alias)
+                self._socks[alias] = make_socket("dealer", resolved)
+                connect(self._socks[alias], ep)
         except BaseException:
-            self._socket.close(linger=0)
+            self._close_sockets()
             raise
         self._proto.tick()
         self._flush()
@@ -191,33 +201,28 @@ class ClientCore:
         """Send everything the protocol queued; tell it what could not be delivered."""
         proto = self._proto
         out = proto.outbox
-        sock = self._sock
+        socks = self._socks
         i = 0
-        while i < len(out):
-            frames = out[i]
+        while i < len(out):  # undeliverable() may queue more (a request moved to another server)
+            alias, msg = out[i]
             i += 1
             try:
-                send_frames(sock, frames, NOBLOCK)
-            except zmq.ZMQError as exc:
-                if exc.errno == zmq.EHOSTUNREACH:
-                    proto.undeliverable(frames, gone=True)
-                elif exc.errno == zmq.EAGAIN:
-                    proto.undeliverable(frames, gone=False)
-                else:
-                    raise
+                _send(socks[alias], msg, NOBLOCK)
+            except zmq.Again:  # IMMEDIATE: not connected (or its queue is full)
+                proto.undeliverable(alias, msg)
         out.clear()
 
-    def _drain(self) -> None:
-        """Feed every message waiting on the socket to the protocol.
+    def _drain(self, alias: bytes) -> None:
+        """Feed every message waiting on ``alias``'s socket to the protocol.
 
         Reads until the socket says EAGAIN: one failed read costs about two EVENTS checks, and replies come in
-        bunches. Messages arrive whole, so EAGAIN can only come at a message's first frame.
+        bunches.
         """
-        sock = self._sock
+        sock = self._socks[alias]
         on_message = self._proto.on_message
         with contextlib.suppress(zmq.Again):
             while True:
-                on_message(recv_routed(sock, NOBLOCK))
+                on_message(alias, _recv(sock, NOBLOCK))
 
     def _submit(self, body: Any, timeout: float | None) -> bytes:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""
@@ -228,10 +233,10 @@ class ClientCore:
         # No look at the socket first: news (a goodbye) read later costs at most a refusal and a resend.
         return self._proto.submit(codec_id, payload, limit)
 
-    def _close_socket(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._socket.close(linger=0)
+    def _close_sockets(self) -> None:
+        self.closed = True
+        for sock in self._socks.values():
+            sock.close(linger=0)
 
 
 class Client(ClientCore):
@@ -245,7 +250,15 @@ class Client(ClientCore):
     flight use ``zmqkit.asyncio.Client``.
     """
 
-    _wait_ms = -1  # the socket's receive timeout as last set
+    # What the other servers say (ready, goodbye) is read at least this often, even while a call waits long.
+    SWEEP_INTERVAL = 0.1
+
+    def __init__(self, endpoints: str | Sequence[str], **kwargs: Any) -> None:
+        super().__init__(endpoints, **kwargs)
+        self._recv_ms = dict.fromkeys(self._socks, -1)  # each socket's receive timeout as last set
+        self._sweep_at = 0.0
+        self._poll_items = [(sock, POLLIN) for sock in self._socks.values()]
+        self._alias_of = {sock: alias for alias, sock in self._socks.items()}
 
     def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
@@ -253,25 +266,9 @@ class Client(ClientCore):
         self._flush()
         proto = self._proto
         completed = proto.completed
-        sock = self._sock
-        on_message = proto.on_message
-        clock = proto.clock
         try:
             while not completed:
-                wait = _ms(proto.next_deadline() - clock())
-                if wait == 0:
-                    proto.tick()
-                else:
-                    # Wait in one blocking recv, bounded by the next timer (the attempt timeout, mostly the same
-                    # from one request to the next, so the option is seldom set again).
-                    if wait != self._wait_ms:
-                        set_recv_timeout(sock, wait)
-                        self._wait_ms = wait
-                    try:
-                        frames = recv_routed(sock, 0)
-                    except zmq.Again:
-                        continue
-                    on_message(frames)
+                self._wait(rid)
                 if proto.outbox:
                     self._flush()
         finally:
@@ -286,9 +283,43 @@ class Client(ClientCore):
         completed.clear()
         raise RequestTimeout("request lost its reply slot")  # unreachable: completed held only other ids
 
+    def _wait(self, rid: bytes) -> None:
+        """Wait for the next thing that moves request ``rid`` on: a message or the protocol's next timer."""
+        proto = self._proto
+        now = proto.clock()
+        wait = _ms(proto.next_deadline() - now)
+        if wait == 0:
+            proto.tick()
+            return
+        p = proto.pending.get(rid)
+        peer = p.peer if p is not None else None
+        if peer is None or now >= self._sweep_at:
+            self._sweep(0 if peer is not None else wait)
+            return
+        # The usual case: one blocking receive on the socket of the server that holds the request, bounded by
+        # the next timer and the next sweep. A message from it (a goodbye too) is handled in order.
+        alias = peer.alias
+        sock = self._socks[alias]
+        wait = _floor_pow2(min(wait, _ms(self._sweep_at - now)))
+        if wait != self._recv_ms[alias]:
+            set_recv_timeout(sock, wait)
+            self._recv_ms[alias] = wait
+        try:
+            msg = _recv(sock)
+        except zmq.Again:
+            return
+        proto.on_message(alias, msg)
+
+    def _sweep(self, wait_ms: int) -> None:
+        """Read every server's socket, waiting up to ``wait_ms`` for something to arrive on one."""
+        self._sweep_at = self._proto.clock() + self.SWEEP_INTERVAL
+        for sock, _events in zmq_poll(self._poll_items, wait_ms):
+            self._drain(self._alias_of[sock])
+
     def close(self) -> None:
-        """Close the socket; the client cannot be used after."""
-        self._close_socket()
+        """Close the sockets; the client cannot be used after."""
+        if not self.closed:
+            self._close_sockets()
 
     def __enter__(self) -> Client:
         return self
@@ -339,7 +370,7 @@ class ServerCore:
         p = self._proto
         return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held}
 
-    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
+    def _execute(self, job: Job) -> tuple[int, int, bytes]:
         """Run the handler on one job (overridden by RpcServer)."""
         return run_handler(self.handler, self._codec, self._allow_pickle, job)
 
@@ -358,7 +389,7 @@ class ServerCore:
                 # The client left (or stopped reading): its reply has nowhere to go.
                 log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
                 if exc.errno == zmq.EHOSTUNREACH:
-                    proto.client_gone(frames[: frames.index(b"")])
+                    proto.client_gone(frames[:-1])
         proto.outbox.clear()
 
 
@@ -384,7 +415,7 @@ class Server(ServerCore, _Background):
         self._wake_ep = f"inproc://zmqkit-reqrep-server-{next(_ids)}"
         self._nudge = nudge_frame()
         self._commands: deque[tuple[str, float]] = deque()
-        self._results: deque[tuple[Job, tuple[int, int, list[bytes]]]] = deque()
+        self._results: deque[tuple[Job, tuple[int, int, bytes]]] = deque()
 
     # --------------------------------------------------------------- lifecycle
     def start(self, timeout: float = 10.0) -> Server:
@@ -474,6 +505,7 @@ class Server(ServerCore, _Background):
         nudge = self._nudge
         items = [(router, POLLIN)]
         leave_by: float | None = None
+        misses = skip = 0  # burst looks in a row that found nothing queued; looks to skip
 
         def take(frames: list[bytes]) -> bool:
             """Handle one message: a request (run now, or handed to a handler thread) or a nudge; True: close."""
@@ -517,13 +549,22 @@ class Server(ServerCore, _Background):
                 # a lone request's round trip does not wait for the question; a question, not a failed read
                 # (which costs three times as much), when nothing more is queued. A burst is bounded, so replies
                 # are not held back long and a flood cannot keep the leave deadline from being looked at.
-                if sockopt(router, EVENTS) & POLLIN:
+                if skip:
+                    skip -= 1
+                elif sockopt(router, EVENTS) & POLLIN:
+                    misses = 0
                     with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
                         for _ in range(_BURST):
                             if take(recv_routed(router, NOBLOCK)):
                                 return
                     if proto.outbox:
                         self._flush(router)
+                else:
+                    # Clients that wait for each reply never leave a queue: after a few empty looks, look only
+                    # now and then, and spare them the question (it costs a few microseconds of CPU each time).
+                    misses += 1
+                    if misses >= _MISSES:
+                        skip = _SKIP
             if leave_by is not None:
                 if proto.drained:
                     self._left_cleanly = True

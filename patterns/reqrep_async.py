@@ -34,12 +34,13 @@ class AsyncClient(ClientCore):
     """
 
     def __init__(self, endpoints: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, asyncio=True, **kwargs)
+        super().__init__(endpoints, **kwargs)
         self._futures: dict[bytes, asyncio.Future[Any]] = {}
-        # The loop that watches the socket's file descriptor (libzmq's "something changed" signal) and calls
-        # _settle when it fires: no task, future or poller per wake-up, as an awaited poll would cost.
+        # The loop watches each socket's file descriptor (libzmq's "something changed" signal) and calls _settle
+        # when one fires: no task, future or poller per wake-up, as an awaited poll would cost.
         self._reader: asyncio.AbstractEventLoop | None = None
-        self._fd = int(self._sock.getsockopt(zmq.FD))
+        self._fds = {alias: int(sock.getsockopt(zmq.FD)) for alias, sock in self._socks.items()}
+        self._look: set[bytes] = set()  # servers whose socket may hold something unread
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # the protocol deadline the timer is set for
         self._settle_soon = False
@@ -52,12 +53,14 @@ class AsyncClient(ClientCore):
         self._futures[rid] = fut
         if not self._settle_soon:
             # Send once every coroutine that is ready has queued its request: one batch of sends, one look at
-            # the socket and one look at the timer per turn of the loop, rather than per request.
+            # each socket and one look at the timer per turn of the loop, rather than per request.
             self._settle_soon = True
             loop.call_soon(self._settle_safely)
         if self._reader is None:
-            loop.add_reader(self._fd, self._settle_safely)
+            for alias, fd in self._fds.items():
+                loop.add_reader(fd, self._readable, alias)
             self._reader = loop
+            self._look.update(self._fds)  # what arrived before the loop watched (the servers' ready answers)
         try:
             return await fut
         finally:
@@ -65,26 +68,33 @@ class AsyncClient(ClientCore):
                 self._futures.pop(rid, None)
                 self._proto.cancel(rid)
 
-    def _settle(self) -> None:
-        """Read what arrived and send what that produced, until the socket has nothing for us; set the timer.
+    def _readable(self, alias: bytes) -> None:
+        self._look.add(alias)
+        self._settle_safely()
 
-        Using the socket directly consumes the edge-triggered signal on its file descriptor that the loop's
-        reader waits for; leaving nothing unread means the next arrival signals again.
+    def _settle(self) -> None:
+        """Send what is queued and read what arrived, until no socket has anything for us; set the timer.
+
+        Using a socket directly consumes the edge-triggered signal on its file descriptor that the loop's reader
+        waits for; so every socket used is looked at (EVENTS) and read until empty, and the next arrival
+        signals again.
         """
         self._settle_soon = False
         if self.closed:
             return
         proto = self._proto
+        look = self._look
         while True:
-            # After sending, one question (EVENTS) says whether anything came in: a third of the cost of the
-            # failed read that ends a drain, and requests sent on their own turn seldom find replies waiting.
             if proto.outbox:
+                look.update([alias for alias, _ in proto.outbox])
                 self._flush()
-                if not sockopt(self._sock, EVENTS) & POLLIN:
-                    break
-            self._drain()  # what it reads may queue more to send (acks, requests that waited for a server)
-            if not proto.outbox:
+            if not look:
                 break
+            alias = look.pop()
+            # One question (EVENTS) first: a third of the cost of the failed read that ends a drain, and a
+            # socket just sent to seldom has replies waiting.
+            if sockopt(self._socks[alias], EVENTS) & POLLIN:
+                self._drain(alias)  # what it reads may queue more to send (acks, requests that waited)
         if proto.completed:
             self._deliver()
         due = proto.next_deadline()
@@ -128,19 +138,20 @@ class AsyncClient(ClientCore):
         self._proto.completed.clear()
 
     def close(self) -> None:
-        """Fail what is in flight with Unavailable, stop watching the socket and close it."""
+        """Fail what is in flight with Unavailable, stop watching the sockets and close them."""
         if self.closed:
             return
         if self._reader is not None:
             if not self._reader.is_closed():
-                self._reader.remove_reader(self._fd)
+                for fd in self._fds.values():
+                    self._reader.remove_reader(fd)
             self._reader = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         self._proto.fail_all(Unavailable(f"client for {self.endpoints!r} was closed"))
         self._deliver()
-        self._close_socket()
+        self._close_sockets()
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -221,7 +232,7 @@ class AsyncServer(ServerCore):
             if not sockopt(sock, EVENTS) & POLLIN:  # what came in while sending, if anything
                 return
 
-    async def _answer(self, job: Job) -> tuple[int, int, list[bytes]]:
+    async def _answer(self, job: Job) -> tuple[int, int, bytes]:
         """Run the coroutine handler on one job (overridden by the asyncio RpcServer)."""
         try:
             value = decode(job.codec, job.body, self._allow_pickle)

@@ -1,9 +1,11 @@
-"""Request-reply protocol (ZKR v2), sans I/O: frames, the client's pending table and server choice, the server's
+"""Request-reply protocol (ZKR v3), sans I/O: messages, the client's pending table and server choice, the server's
 idempotency window and graceful leave.
 
-Nothing here touches a socket. Runners feed received frames in (``on_message``), send what lands in ``outbox``,
-report frames that could not be delivered (``undeliverable``) and call ``tick`` when ``next_deadline`` passes.
-Time comes from the injected ``clock``.
+Every ZKR message is one frame. A client talks to each server over a connection of its own, so it sends and
+receives bare message frames; a server's ROUTER sees the routing envelope before the message and answers it whole.
+Nothing here touches a socket. Runners feed received messages in (``on_message``), send what lands in
+``outbox``, report messages that could not be delivered (``undeliverable``) and call ``tick`` when
+``next_deadline`` passes. Time comes from the injected ``clock``.
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ __all__ = [
     "ServerProtocol",
     "Job",
     "Outcome",
-    "error_frames",
+    "error_payload",
+    "parse_error",
     "message",
     "kind_of",
     "parse_message",
@@ -51,15 +54,16 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ProtocolId(b"ZKR", 2)
+PROTOCOL = ProtocolId(b"ZKR", 3)
 HEADER = PROTOCOL.header
-# The header opens the message frame (one frame less each way than a header frame of its own); the kind byte
-# follows it.
+# The header opens the message frame; the kind byte follows it. One frame per message: each frame is a call into
+# libzmq at both ends, and those calls, not the bytes, are what a round trip on loopback costs.
 KIND_AT = len(HEADER)
 REQUEST, REPLY, ERROR, REJECT = b"Q"[0], b"R"[0], b"E"[0], b"N"[0]
 HELLO, READY, GOODBYE, ACK = b"H"[0], b"W"[0], b"G"[0], b"A"[0]
 MAX_ID = 32
 MAX_ATTEMPT = 255
+MAX_HOPS = 32  # routing frames a server accepts before a message (a client's, then one per proxy)
 _FIXED = KIND_AT + 4  # header, kind, attempt, codec, request id length
 _RID_SIZE = 16  # the ids this client makes: 8 random bytes and a u64 counter
 _BODY_AT = _FIXED + _RID_SIZE  # where the payload starts in an answer to one of them
@@ -111,13 +115,23 @@ def with_attempt(frame: bytes, attempt: int) -> bytes:
     return frame[: KIND_AT + 1] + bytes((attempt,)) + frame[KIND_AT + 2 :]
 
 
-def error_frames(remote_type: str, message: str, tb: str = "") -> list[bytes]:
-    """The three text frames that follow an ERROR message frame."""
-    return [remote_type.encode(), message.encode(errors="replace"), tb.encode(errors="replace")]
+def error_payload(remote_type: str, message: str, tb: str = "") -> bytes:
+    """An ERROR's payload: the remote type and the message, each after its u32 length, then the traceback."""
+    kind, text = remote_type.encode(), message.encode(errors="replace")
+    return _U32.pack(len(kind)) + kind + _U32.pack(len(text)) + text + tb.encode(errors="replace")
 
 
-def _text(frame: bytes) -> str:
-    return bytes(frame).decode(errors="replace")
+def parse_error(payload: bytes) -> RemoteError:
+    """The RemoteError an ERROR payload describes (an unreadable one still becomes a RemoteError, saying so)."""
+    texts: list[str] = []
+    at = 0
+    for _ in range(2):
+        if len(payload) < at + 4 or len(payload) < at + 4 + _U32.unpack_from(payload, at)[0]:
+            return RemoteError("ProtocolError", f"unreadable error payload from the server: {payload[:60]!r}", "")
+        end = at + 4 + _U32.unpack_from(payload, at)[0]
+        texts.append(payload[at + 4 : end].decode(errors="replace"))
+        at = end
+    return RemoteError(texts[0] or "Error", texts[1], payload[at:].decode(errors="replace"))
 
 
 class _Peer:
@@ -200,7 +214,7 @@ class ClientProtocol:
         self.allow_pickle = allow_pickle
         self.pending: dict[bytes, _Pending] = {}
         self.waiting: deque[bytes] = deque()
-        self.outbox: list[list[bytes]] = []
+        self.outbox: list[tuple[bytes, bytes]] = []  # (server alias, message)
         self.completed: list[tuple[bytes, Outcome]] = []
         self.late_replies = 0
         self._timers: list[tuple[float, bytes, int]] = []
@@ -277,9 +291,7 @@ class ClientProtocol:
         remaining = p.deadline - now
         per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
         self._arm(p, now + (per_try if per_try < remaining else remaining))
-        self.outbox.append(
-            [peer.alias, b"", _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body]
-        )
+        self.outbox.append((peer.alias, _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body))
         return True
 
     def _release(self, p: _Pending) -> None:
@@ -314,20 +326,18 @@ class ClientProtocol:
             waiting.popleft()
 
     # ------------------------------------------------------------------ inbound
-    def on_message(self, frames: Sequence[bytes]) -> None:
-        """Handle one message from a server: ``[alias, b"", message, ...]``; a malformed one is logged and dropped."""
-        if len(frames) == 3 and not frames[1]:
-            # The common case first, in as few steps as it takes: the reply to the current attempt of a request.
-            msg = frames[2]
-            if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
-                p = self.pending.get(msg[_FIXED:_BODY_AT])
-                if p is not None and msg[KIND_AT + 1] == p.attempt:
-                    self._on_reply(p, msg[KIND_AT + 2], msg[_BODY_AT:])
-                    return
+    def on_message(self, alias: bytes, msg: bytes) -> None:
+        """Handle one message from the server named ``alias``; a malformed one is logged and dropped."""
+        # The common case first, in as few steps as it takes: the reply to the current attempt of a request.
+        if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
+            p = self.pending.get(msg[_FIXED:_BODY_AT])
+            if p is not None and msg[KIND_AT + 1] == p.attempt:
+                self._on_reply(p, msg[KIND_AT + 2], msg[_BODY_AT:])
+                return
         try:
-            self._on_message(frames)
+            self._on_message(alias, msg)
         except ProtocolError as exc:
-            log.warning("dropped a malformed message from %r: %s", bytes(frames[0])[:64] if frames else b"", exc)
+            log.warning("dropped a malformed message from %r: %s", alias[:64], exc)
 
     def _on_reply(self, p: _Pending, codec: int, payload: bytes) -> None:
         """Finish ``p`` with the value its reply carries (or the error decoding it); a server has room again."""
@@ -340,10 +350,7 @@ class ClientProtocol:
         if self.waiting:
             self._dispatch(self.clock())
 
-    def _on_message(self, frames: Sequence[bytes]) -> None:
-        if len(frames) < 3 or frames[1] != b"":
-            raise ProtocolError(f"expected [alias, '', message, ...], got {len(frames)} frame(s)")
-        msg = frames[2]
+    def _on_message(self, alias: bytes, msg: bytes) -> None:
         kind = kind_of(msg)
         if kind in (REPLY, ERROR, REJECT):
             _, attempt, codec, rid, payload = parse_message(msg)
@@ -354,17 +361,16 @@ class ClientProtocol:
             if kind == REPLY:
                 self._on_reply(p, codec, payload)
             elif kind == ERROR:
-                parts = [_text(f) for f in frames[3:6]] + ["", "", ""]
-                self._finish(p, RemoteError(parts[0] or "Error", parts[1], parts[2]))
+                self._finish(p, parse_error(payload))
                 if self.waiting:
                     self._dispatch(self.clock())
             else:
                 # Refused (leaving or busy): straight to a server it has not tried, else back off first.
                 self._requeue(p, self.clock(), 0.0 if len(p.tried) < len(self.peers) else self._backoff(p.attempt))
             return
-        peer = self.peers.get(bytes(frames[0]))
+        peer = self.peers.get(alias)
         if peer is None:
-            raise ProtocolError(f"message from unknown server {bytes(frames[0])[:64]!r}")
+            raise ProtocolError(f"message from unknown server {alias[:64]!r}")
         now = self.clock()
         if kind == READY:
             if len(msg) != KIND_AT + 5:
@@ -379,35 +385,43 @@ class ClientProtocol:
             if peer.state is not DOWN:
                 peer.state = LEAVING
             self._probe_later(peer, now)
-            self.outbox.append([peer.alias, b"", _ACK_CTL])
+            self.outbox.append((peer.alias, _ACK_CTL))
         else:
             raise ProtocolError(f"unknown message kind {bytes([kind])!r} from a server")
 
-    def undeliverable(self, frames: list[bytes], gone: bool) -> None:
-        """A message in ``outbox`` could not be sent: the server is not connected (``gone``) or its queue is full."""
-        peer = self.peers.get(frames[0])
+    def undeliverable(self, alias: bytes, msg: bytes) -> None:
+        """A message in ``outbox`` could not be sent to ``alias``: no connection to it (or its queue is full).
+
+        Either way that server cannot take work now: it is down until it answers a probe, and whatever it
+        held is sent elsewhere at once (lost with the connection), not after a timeout.
+        """
+        peer = self.peers.get(alias)
         if peer is None:
             return
         now = self.clock()
-        if gone:
-            was = peer.state
+        if peer.state is not DOWN:
             peer.state = DOWN
-            if was is not DOWN:
-                self._probe_later(peer, now)
-                # Whatever it held is lost with the connection: send it elsewhere now, not after a timeout.
-                for p in [p for p in self.pending.values() if p.peer is peer]:
-                    self._requeue(p, now)
-        msg = frames[2]
+            self._probe_later(peer, now)
+            for p in [p for p in self.pending.values() if p.peer is peer]:
+                self._requeue(p, now)
         if msg[KIND_AT] == REQUEST:
             bounced = self.pending.get(parse_message(msg)[3])
             if bounced is not None and bounced.peer is peer:
-                self._requeue(bounced, now, 0.0 if gone else self._backoff(bounced.attempt))
+                self._requeue(bounced, now)
 
     # ------------------------------------------------------------------- timers
     def next_deadline(self) -> float:
         """When ``tick`` next has something to do."""
-        first = self._timers[0][0] if self._timers else float("inf")
-        return min(first, self._probe_due)
+        timers = self._timers
+        pending = self.pending
+        while timers:
+            _, rid, gen = timers[0]
+            p = pending.get(rid)
+            if p is not None and p.gen == gen:
+                return min(timers[0][0], self._probe_due)
+            # A finished request's timer: gone now, so a waiting runner sleeps until a timer that matters.
+            heapq.heappop(timers)
+        return self._probe_due
 
     def tick(self) -> None:
         """Time out attempts, retry them elsewhere with backoff, fail requests past their deadline, probe servers."""
@@ -466,7 +480,7 @@ class ClientProtocol:
             if peer.state is READY_:
                 continue
             if peer.probe_at <= now:
-                self.outbox.append([peer.alias, b"", _HELLO_CTL])
+                self.outbox.append((peer.alias, _HELLO_CTL))
                 self._probe_later(peer, now)
             due = min(due, peer.probe_at)
         self._probe_due = due
@@ -507,7 +521,7 @@ class ServerProtocol:
 
     >>> proto = ServerProtocol(max_queue=100, window=10_000)
     >>> job = proto.on_message(frames)       # a Job to run, or None (answer already in proto.outbox)
-    >>> proto.finish(job, REPLY, 0, [b"result"])
+    >>> proto.finish(job, REPLY, 0, b"result")
     """
 
     def __init__(
@@ -534,62 +548,50 @@ class ServerProtocol:
         self.left_at = 0.0
         self.executed = 0
         self.duplicates = 0
-        # request key -> its Job while it runs (the newest attempt is the one to answer), then the tuple of its
-        # answer frames (the frames after the envelope). Tuples of bytes drop out of the garbage collector's
-        # sight, so thousands of remembered answers cost no collector time; a Job would (measured: about 2 µs
-        # per request). Two generations of plain dicts: when the newer fills up it becomes the older and the
-        # older is dropped, so at least ``window`` (at most twice that) recent requests are remembered, at one
-        # dict store each.
-        self._recent: dict[tuple[bytes, ...], Job | tuple[bytes, ...]] = {}
-        self._older: dict[tuple[bytes, ...], Job | tuple[bytes, ...]] = {}
+        # request key -> its Job while it runs (the newest attempt is the one to answer), then its answer frame.
+        # Bytes (and the tuples of bytes that are the keys) drop out of the garbage collector's sight, so
+        # thousands of remembered answers cost no collector time; a Job would (measured: about 2 µs per request).
+        # Two generations of plain dicts: when the newer fills up it becomes the older and the older is dropped,
+        # so at least ``window`` (at most twice that) recent requests are remembered, at one dict store each.
+        self._recent: dict[tuple[bytes, ...], Job | bytes] = {}
+        self._older: dict[tuple[bytes, ...], Job | bytes] = {}
         self._clients: dict[tuple[bytes, ...], None] = {}  # envelopes that said hello, to say goodbye to
         self._unacked: set[tuple[bytes, ...]] = set()
         self._ready_ctl = HEADER + bytes([READY]) + _U32.pack(max_queue)
 
     def on_message(self, frames: list[bytes]) -> Job | None:
-        """Handle one message from the ROUTER; return a Job to run, or None (any answer is in ``outbox``)."""
-        if len(frames) == 3 and not frames[1]:
+        """Handle one message from the ROUTER, ``[routing envelope..., message]``; return a Job to run, or None
+        (any answer is in ``outbox``)."""
+        if len(frames) == 2:
             # The common case first, in as few steps as it takes: a well-formed request straight from a client.
-            msg = frames[2]
+            msg = frames[1]
             size = len(msg)
             n = _FIXED + msg[_FIXED - 1] if size >= _FIXED else 0
             if _FIXED < n <= size and n <= _FIXED + MAX_ID and msg[: KIND_AT + 1] == _REQUEST_HEAD:
                 alias = frames[0]
                 rid = msg[_FIXED:n]
                 return self._on_request([alias], msg[KIND_AT + 1], msg[KIND_AT + 2], rid, msg[n:], (alias, rid))
-        try:
-            delim = frames.index(b"", 0, 32)
-        except ValueError:
-            log.warning("dropped a message with no envelope delimiter (%d frames)", len(frames))
+        envelope = frames[:-1]
+        if not envelope or len(envelope) > MAX_HOPS:
+            log.warning("dropped a message with %d routing frame(s) (1 to %d expected)", len(envelope), MAX_HOPS)
             return None
-        envelope = frames[:delim]
-        if not envelope:
-            log.warning("dropped a message with an empty routing envelope")
-            return None
-        body = frames[delim + 1 :]
+        msg = frames[-1]
         try:
-            return self._on_body(envelope, body)
+            return self._on_body(envelope, msg)
         except ProtocolError as exc:
-            log.warning("malformed request from %r: %s", envelope[-1][:64], exc)
+            log.warning("malformed request from %r: %s", envelope[0][:64], exc)
             try:
-                kind, attempt, _, rid, _ = parse_message(body[0])
+                kind, attempt, _, rid, _ = parse_message(msg)
                 if kind != REQUEST:
                     raise ProtocolError("not a request")
-            except (ProtocolError, IndexError):
+            except ProtocolError:
                 attempt, rid = 0, b""  # nothing to match the answer to; the peer sees an id-less error
-            self.outbox.append(
-                [*envelope, b"", message(ERROR, attempt, 0, rid), *error_frames("ProtocolError", str(exc))]
-            )
+            self.outbox.append([*envelope, message(ERROR, attempt, 0, rid, error_payload("ProtocolError", str(exc)))])
             return None
 
-    def _on_body(self, envelope: list[bytes], body: list[bytes]) -> Job | None:
-        if not body:
-            raise ProtocolError("no frames after the envelope")
-        msg = body[0]
+    def _on_body(self, envelope: list[bytes], msg: bytes) -> Job | None:
         kind = kind_of(msg)
         if kind == REQUEST:
-            if len(body) != 1:
-                raise ProtocolError(f"a request is 1 frame after the envelope, got {len(body)}")
             _, attempt, codec, rid, payload = parse_message(msg)
             if not rid:
                 raise ProtocolError("a request needs a request id of 1-32 bytes")
@@ -598,12 +600,12 @@ class ServerProtocol:
         if kind == HELLO:
             if self.leaving:
                 self._unacked.add(key)
-                self.outbox.append([*envelope, b"", _GOODBYE_CTL])
+                self.outbox.append([*envelope, _GOODBYE_CTL])
             else:
                 if key not in self._clients and len(self._clients) >= self.max_clients:
                     self._clients.pop(next(iter(self._clients)))
                 self._clients[key] = None
-                self.outbox.append([*envelope, b"", self._ready_ctl])
+                self.outbox.append([*envelope, self._ready_ctl])
             return None
         if kind == ACK:
             self._unacked.discard(key)
@@ -630,11 +632,11 @@ class ServerProtocol:
                 if isinstance(seen, Job):
                     seen.attempt = attempt  # still running: answer this newest attempt when it finishes
                 else:
-                    self.outbox.append([*envelope, b"", with_attempt(seen[0], attempt), *seen[1:]])
+                    self.outbox.append([*envelope, with_attempt(seen, attempt)])
                 return None
         if self.leaving or self.held >= self.max_queue:
             reason = b"leaving" if self.leaving else b"busy"
-            self.outbox.append([*envelope, b"", message(REJECT, attempt, 0, rid, reason)])
+            self.outbox.append([*envelope, message(REJECT, attempt, 0, rid, reason)])
             return None
         job = Job(envelope, rid, attempt, codec, body, key)
         self.held += 1
@@ -646,22 +648,22 @@ class ServerProtocol:
                 self._recent = {}
         return job
 
-    def finish(self, job: Job, kind: int, codec: int, frames: list[bytes]) -> None:
-        """The handler is done with ``job``: queue its REPLY (payload in ``frames[0]``) or ERROR (three text
-        frames), and remember it in the window."""
+    def finish(self, job: Job, kind: int, codec: int, payload: bytes) -> None:
+        """The handler is done with ``job``: queue its REPLY or ERROR (see :func:`error_payload`) and remember it
+        in the window."""
         self.held -= 1
         self.executed += 1
         rid = job.request_id
-        answer: tuple[bytes, ...]
-        if kind == REPLY:
-            answer = (_REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + frames[0],)
-        else:
-            answer = (message(kind, job.attempt, codec, rid), *frames)
+        answer = (
+            _REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + payload
+            if kind == REPLY
+            else message(kind, job.attempt, codec, rid, payload)
+        )
         if self.window:
             # A retry from now on gets this answer without running again. Into the newer generation even if the
             # job's entry has moved to the older one: the newer is looked in first.
             self._recent[job.key] = answer
-        self.outbox.append([*job.envelope, b"", *answer])
+        self.outbox.append([*job.envelope, answer])
 
     def leave(self) -> None:
         """Stop taking work: goodbye to every client that said hello; new requests are rejected from now on."""
@@ -671,7 +673,7 @@ class ServerProtocol:
         self.left_at = self.clock()
         for key in self._clients:
             self._unacked.add(key)
-            self.outbox.append([*key, b"", _GOODBYE_CTL])
+            self.outbox.append([*key, _GOODBYE_CTL])
 
     def client_gone(self, envelope: Sequence[bytes]) -> None:
         """A message to this client could not be delivered: it left; do not wait for its goodbye ack."""
@@ -691,27 +693,25 @@ class ServerProtocol:
         return not self._unacked or self.clock() >= self.left_at + self.settle
 
 
-def describe_exception(exc: BaseException) -> list[bytes]:
-    """ERROR frames for an exception raised by a handler: type, message, traceback."""
+def describe_exception(exc: BaseException) -> bytes:
+    """The ERROR payload for an exception raised by a handler: type, message, traceback."""
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    return error_frames(type(exc).__name__, str(exc), tb)
+    return error_payload(type(exc).__name__, str(exc), tb)
 
 
-def reply_of(codec: Codec, result: Any) -> tuple[int, int, list[bytes]]:
-    """A handler's result as ``(REPLY, codec id, [payload])`` for ``ServerProtocol.finish``."""
+def reply_of(codec: Codec, result: Any) -> tuple[int, int, bytes]:
+    """A handler's result as ``(REPLY, codec id, payload)`` for ``ServerProtocol.finish``."""
     cid, payload = codec.pack(result)
-    return REPLY, cid, [payload]
+    return REPLY, cid, payload
 
 
-def run_handler(
-    handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job
-) -> tuple[int, int, list[bytes]]:
-    """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, frames)``; failures become ERROR."""
+def run_handler(handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job) -> tuple[int, int, bytes]:
+    """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, payload)``; failures become ERROR."""
     try:
         # decode and reply_of written out: this runs once per request, and calls cost more than they look
         cid, payload = codec.pack(
             handler(job.body if job.codec == 0 else unpack(job.codec, job.body, allow_pickle=allow_pickle))
         )
-        return REPLY, cid, [payload]
+        return REPLY, cid, payload
     except Exception as exc:
         return ERROR, 0, describe_exception(exc)

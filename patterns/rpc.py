@@ -99,11 +99,11 @@ class _Methods:
         return unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
 
     @staticmethod
-    def _reply_of(job: Job, result: Any) -> tuple[int, int, list[bytes]]:
+    def _reply_of(job: Job, result: Any) -> tuple[int, int, bytes]:
         # The reply goes back in the caller's codec, so a msgpack client gets msgpack even from a JSON default.
         name = next(n for n, i in CODEC_IDS.items() if i == job.codec)
         codec_id, payload = get_codec(name).pack(result)
-        return REPLY, codec_id, [payload]
+        return REPLY, codec_id, payload
 
 
 class RpcServer(_Methods, Server):
@@ -121,7 +121,7 @@ class RpcServer(_Methods, Server):
         super().__init__(endpoints, self._call, **kwargs)
         self._setup_methods(self._codec.name)
 
-    def _execute(self, job: Job) -> tuple[int, int, list[bytes]]:
+    def _execute(self, job: Job) -> tuple[int, int, bytes]:
         try:
             return self._reply_of(job, self._call(self._request_of(job)))
         except Exception as exc:
@@ -147,7 +147,7 @@ class AsyncRpcServer(_Methods, AsyncServer):
         result = self._call(request)
         return await result if inspect.isawaitable(result) else result
 
-    async def _answer(self, job: Job) -> tuple[int, int, list[bytes]]:
+    async def _answer(self, job: Job) -> tuple[int, int, bytes]:
         try:
             return self._reply_of(job, await self._acall(self._request_of(job)))
         except Exception as exc:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import struct
 import threading
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -13,7 +14,17 @@ import zmq
 import zmqkit.asyncio as zasync
 from zmqkit import ConfigurationError, Curve, KeyPair, RemoteError, RequestTimeout, Unavailable
 from zmqkit.patterns import Client, Proxy, Server
-from zmqkit.patterns.reqrep_protocol import ERROR, HEADER, HELLO, READY, REPLY, REQUEST, message, parse_message
+from zmqkit.patterns.reqrep_protocol import (
+    ERROR,
+    HEADER,
+    HELLO,
+    READY,
+    REPLY,
+    REQUEST,
+    message,
+    parse_error,
+    parse_message,
+)
 from zmqkit.testing import free_tcp_endpoint
 
 LOCAL = "tcp://127.0.0.1:0"
@@ -66,14 +77,17 @@ def test_plain_pyzmq_clients_speak_to_the_server(servers: Callable[..., Server],
     server = servers(lambda body: b"<" + body + b">")
     dealer = raw_socket(zmq.DEALER)
     dealer.connect(server.endpoints[0])
-    dealer.send_multipart([b"", HEADER + bytes([HELLO])])
+    dealer.send(HEADER + bytes([HELLO]))
     assert dealer.poll(5000)
-    empty, ready = dealer.recv_multipart()
-    assert (empty, ready[:4], ready[4], len(ready)) == (b"", b"ZKR\x02", READY, 9)
-    dealer.send_multipart([b"", b"ZKR\x02Q\x01\x00\x02id" + b"payload"])  # header, kind, attempt, codec, id length
+    [ready] = dealer.recv_multipart()
+    assert (ready[:4], ready[4], len(ready)) == (b"ZKR\x03", READY, 9)
+    dealer.send(b"ZKR\x03Q\x01\x00\x02id" + b"payload")  # header, kind, attempt, codec, id length
     assert dealer.poll(5000)
-    _, frame = dealer.recv_multipart()
-    assert frame == b"ZKR\x02R\x01\x00\x02id<payload>"
+    assert dealer.recv_multipart() == [b"ZKR\x03R\x01\x00\x02id<payload>"]
+    # Frames before the message are envelope, echoed back: an empty delimiter (REQ-style) comes back too.
+    dealer.send_multipart([b"", b"ZKR\x03Q\x01\x00\x02i2" + b"more"])
+    assert dealer.poll(5000)
+    assert dealer.recv_multipart() == [b"", b"ZKR\x03R\x01\x00\x02i2<more>"]
     # A REQ socket works too: it adds and strips the empty delimiter itself.
     req = raw_socket(zmq.REQ)
     req.connect(server.endpoints[0])
@@ -91,15 +105,17 @@ def test_client_speaks_to_a_plain_pyzmq_server(raw_socket: Any) -> None:
     def serve() -> None:
         answered = 0
         while answered < 2 and router.poll(10_000):
-            who, _empty, frame = router.recv_multipart()
-            if frame == b"ZKR\x02H":
-                router.send_multipart([who, b"", b"ZKR\x02W\x00\x00\x00\x10"])  # ready, capacity 16
+            who, frame = router.recv_multipart()
+            if frame == b"ZKR\x03H":
+                router.send_multipart([who, b"ZKR\x03W\x00\x00\x00\x10"])  # ready, capacity 16
                 continue
             _kind, attempt, codec, rid, payload = parse_message(frame)
             if payload == b"fail":
-                router.send_multipart([who, b"", message(ERROR, attempt, 0, rid), b"KeyError", b"no", b""])
+                # type and message after their u32 lengths, then the traceback (none here)
+                error = struct.pack(">I", 8) + b"KeyError" + struct.pack(">I", 2) + b"no"
+                router.send_multipart([who, message(ERROR, attempt, 0, rid, error)])
             else:
-                router.send_multipart([who, b"", message(REPLY, attempt, codec, rid, payload[::-1])])
+                router.send_multipart([who, message(REPLY, attempt, codec, rid, payload[::-1])])
             answered += 1
 
     thread = threading.Thread(target=serve)
@@ -280,16 +296,16 @@ def test_malformed_frames_get_an_error_or_are_dropped(servers: Callable[..., Ser
     server = servers()
     dealer = raw_socket(zmq.DEALER)
     dealer.connect(server.endpoints[0])
-    for garbage in ([b"no delimiter"], [b"", b"HTTP/1.1"], [b"", HEADER + b"Q\x01\x00\x7f"], [b"", HEADER]):
+    for garbage in ([b"HTTP/1.1"], [b"", b"HTTP/1.1"], [HEADER + b"Q\x01\x00\x7f"], [HEADER], [b"ZKR\x02H"]):
         dealer.send_multipart(garbage)
-    dealer.send_multipart([b"", message(REQUEST, 1, 6, b"p", b"\x80\x04pickled")])  # pickle: refused
+    dealer.send(message(REQUEST, 1, 6, b"p", b"\x80\x04pickled"))  # pickle: refused
     errors = []
-    while len(errors) < 4 and dealer.poll(3000):
-        _, frame, kind, text, _ = dealer.recv_multipart()
+    while len(errors) < 6 and dealer.poll(3000):
+        frame = dealer.recv_multipart()[-1]
         assert frame[:5] == HEADER + bytes([ERROR])
-        errors.append((kind, text))
-    assert len(errors) == 4 and all(k == b"ProtocolError" for k, _ in errors[:3])
-    assert b"pickle" in errors[3][1]
+        errors.append(parse_error(parse_message(frame)[4]))
+    assert len(errors) == 6 and all(e.remote_type == "ProtocolError" for e in errors[:5])
+    assert "version 2" in errors[4].message and "pickle" in errors[5].message
     with Client(server.endpoints) as client:
         assert client.request(b"fine") == b"fine"
 
@@ -301,9 +317,8 @@ def test_a_remote_peer_cannot_stop_the_server_with_a_nudge(servers: Callable[...
     dealer = raw_socket(zmq.DEALER)
     dealer.connect(server.endpoints[0])
     guess = HEADER + b"X" + bytes(16)
-    dealer.send_multipart([guess])  # no delimiter: dropped
-    dealer.send_multipart([b"", guess])  # an unknown kind: answered with an error
-    assert dealer.poll(3000) and dealer.recv_multipart()[1][:5] == HEADER + bytes([ERROR])
+    dealer.send(guess)  # from the network it is an unknown kind: answered with an error
+    assert dealer.poll(3000) and dealer.recv()[:5] == HEADER + bytes([ERROR])
     with Client(server.endpoints) as client:
         assert client.request(b"still here") == b"still here"
 

@@ -17,7 +17,9 @@ from zmqkit.patterns.reqrep_protocol import (
     REQUEST,
     ClientProtocol,
     ServerProtocol,
+    error_payload,
     message,
+    parse_error,
     parse_message,
 )
 from zmqkit.wire import pack_u32
@@ -34,22 +36,21 @@ class Clock:
 
 
 def ready(proto: ClientProtocol, alias: bytes, capacity: int = 10) -> None:
-    proto.on_message([alias, b"", HEADER + bytes([READY]) + pack_u32(capacity)])
+    proto.on_message(alias, HEADER + bytes([READY]) + pack_u32(capacity))
 
 
 def sent(proto: ClientProtocol) -> list[tuple[bytes, int, int, bytes]]:
     """Requests in the outbox as (server, kind, attempt, request id); clears it."""
     out = []
-    for frames in proto.outbox:
-        msg = frames[2]
+    for alias, msg in proto.outbox:
         kind, attempt, _, rid, _ = parse_message(msg) if len(msg) > 5 else (msg[4], 0, 0, b"", b"")
-        out.append((frames[0], kind, attempt, rid))
+        out.append((alias, kind, attempt, rid))
     proto.outbox.clear()
     return out
 
 
 def answer(proto: ClientProtocol, alias: bytes, attempt: int, rid: bytes, body: bytes = b"ok") -> None:
-    proto.on_message([alias, b"", message(REPLY, attempt, 0, rid, body)])
+    proto.on_message(alias, message(REPLY, attempt, 0, rid, body))
 
 
 def make(clock: Clock, **kw: object) -> ClientProtocol:
@@ -101,7 +102,7 @@ def test_retries_run_out_as_request_timeout() -> None:
     for _ in range(3):
         clock.now += 1.0
         proto.tick()
-        proto.on_message([A, b"", HEADER + bytes([READY]) + pack_u32(10)])  # it answers probes, not requests
+        proto.on_message(A, HEADER + bytes([READY]) + pack_u32(10))  # it answers probes, not requests
     [(_, (ok, exc))] = proto.completed
     assert not ok and isinstance(exc, RequestTimeout) and "2 attempt(s)" in str(exc)
 
@@ -124,7 +125,7 @@ def test_goodbye_stops_new_work_but_replies_in_hand_still_count() -> None:
     rid = proto.submit(0, b"x", timeout=5.0)
     holder = sent(proto)[0][0]
     other = B if holder == A else A
-    proto.on_message([holder, b"", HEADER + bytes([GOODBYE])])
+    proto.on_message(holder, HEADER + bytes([GOODBYE]))
     assert sent(proto) == [(holder, ACK, 0, b"")]
     for _ in range(3):
         r = proto.submit(0, b"y", timeout=5.0)
@@ -140,7 +141,7 @@ def test_reject_goes_elsewhere_at_once_without_using_a_retry() -> None:
     ready(proto, B)
     rid = proto.submit(0, b"x", timeout=5.0)
     first = sent(proto)[0][0]
-    proto.on_message([first, b"", message(REJECT, 1, 0, rid, b"leaving")])
+    proto.on_message(first, message(REJECT, 1, 0, rid, b"leaving"))
     [(to, kind, attempt, again)] = sent(proto)
     assert to != first and (kind, attempt, again) == (REQUEST, 2, rid)
 
@@ -154,7 +155,7 @@ def test_unreachable_server_hands_its_requests_to_another_at_once() -> None:
     out = list(proto.outbox)
     sent(proto)
     on_a = [f for f in out if f[0] == A]
-    proto.undeliverable(on_a[-1], gone=True)
+    proto.undeliverable(*on_a[-1])
     resent = sent(proto)
     assert {r[0] for r in resent} == {B} and len(resent) == len(on_a)
     assert proto.servers_state()[A] == "down"
@@ -176,14 +177,24 @@ def test_remote_error_and_malformed_replies() -> None:
     proto = make(clock)
     ready(proto, A)
     rid = proto.submit(0, b"x", timeout=5.0)
-    proto.on_message([A, b"", HEADER + b"\x00"])  # unknown kind: logged and dropped
-    proto.on_message([A, b"", b"XXX\x02R"])
-    proto.on_message([A, b"", b"ZKR\x01R"])  # an older version
-    proto.on_message([A, b""])
+    proto.on_message(A, HEADER + b"\x00")  # unknown kind: logged and dropped
+    proto.on_message(A, b"XXX\x03R")
+    proto.on_message(A, b"ZKR\x02R")  # an older version
+    proto.on_message(A, b"")
     assert proto.completed == []
-    proto.on_message([A, b"", message(ERROR, 1, 0, rid), b"ValueError", b"bad size", b"Traceback..."])
+    proto.on_message(A, message(ERROR, 1, 0, rid, error_payload("ValueError", "bad size", "Traceback...")))
     [(_, (_ok, exc))] = proto.completed
-    assert isinstance(exc, RemoteError) and exc.remote_type == "ValueError" and exc.remote_traceback
+    assert isinstance(exc, RemoteError) and (exc.remote_type, exc.message) == ("ValueError", "bad size")
+    assert exc.remote_traceback == "Traceback..."
+
+
+def test_error_payload_layout_and_unreadable_ones() -> None:
+    assert error_payload("KeyError", "no", "tb") == b"\x00\x00\x00\x08KeyError\x00\x00\x00\x02notb"
+    assert (parse_error(b"\x00\x00\x00\x01E\x00\x00\x00\x00").remote_type, parse_error(b"").remote_type) == (
+        "E",
+        "ProtocolError",
+    )
+    assert "unreadable" in parse_error(b"\x00\x00\x00\x09short").message
 
 
 def test_bad_arguments_raise_at_once() -> None:
@@ -196,7 +207,7 @@ def test_bad_arguments_raise_at_once() -> None:
 
 
 def request(rid: bytes, attempt: int = 1, body: bytes = b"x", who: bytes = b"c1") -> list[bytes]:
-    return [who, b"", message(REQUEST, attempt, 0, rid, body)]
+    return [who, message(REQUEST, attempt, 0, rid, body)]
 
 
 def test_server_window_answers_a_retry_without_running_it_again() -> None:
@@ -204,13 +215,13 @@ def test_server_window_answers_a_retry_without_running_it_again() -> None:
     job = proto.on_message(request(b"r1"))
     assert job is not None and proto.held == 1
     assert proto.on_message(request(b"r1", attempt=2)) is None  # still running: answer attempt 2 when done
-    proto.finish(job, REPLY, 0, [b"done"])
+    proto.finish(job, REPLY, 0, b"done")
     [reply] = proto.outbox
-    assert parse_message(reply[2])[:2] == (REPLY, 2)
+    assert reply[0] == b"c1" and parse_message(reply[1])[:2] == (REPLY, 2)
     proto.outbox.clear()
     assert proto.on_message(request(b"r1", attempt=3)) is None
     [again] = proto.outbox
-    assert parse_message(again[2]) == (REPLY, 3, 0, b"r1", b"done")
+    assert parse_message(again[1]) == (REPLY, 3, 0, b"r1", b"done")
     assert proto.executed == 1 and proto.duplicates == 2
     # Another client's request with the same id is its own request.
     assert proto.on_message(request(b"r1", who=b"c2")) is not None
@@ -222,7 +233,7 @@ def test_server_window_remembers_at_least_its_size() -> None:
     def run(rid: bytes, attempt: int = 1) -> bool:
         job = proto.on_message(request(rid, attempt))
         if job is not None:
-            proto.finish(job, REPLY, 0, [b"done"])
+            proto.finish(job, REPLY, 0, b"done")
         proto.outbox.clear()
         return job is not None
 
@@ -241,44 +252,57 @@ def test_server_without_window_runs_duplicates() -> None:
 
 def test_server_busy_and_leaving_reject() -> None:
     proto = ServerProtocol(max_queue=1)
-    proto.on_message([b"c1", b"", HEADER + bytes([HELLO])])
-    assert proto.outbox.pop()[2] == HEADER + bytes([READY]) + pack_u32(1)
+    proto.on_message([b"c1", HEADER + bytes([HELLO])])
+    assert proto.outbox.pop() == [b"c1", HEADER + bytes([READY]) + pack_u32(1)]
     job = proto.on_message(request(b"r1"))
     assert proto.on_message(request(b"r2")) is None
-    assert parse_message(proto.outbox.pop()[2]) == (REJECT, 1, 0, b"r2", b"busy")
+    assert parse_message(proto.outbox.pop()[1]) == (REJECT, 1, 0, b"r2", b"busy")
     proto.leave()
-    assert proto.outbox.pop() == [b"c1", b"", HEADER + bytes([GOODBYE])]
+    assert proto.outbox.pop() == [b"c1", HEADER + bytes([GOODBYE])]
     assert proto.on_message(request(b"r3")) is None
-    assert parse_message(proto.outbox.pop()[2])[4] == b"leaving"
+    assert parse_message(proto.outbox.pop()[1])[4] == b"leaving"
     assert job is not None
-    proto.finish(job, REPLY, 0, [b"ok"])
+    proto.finish(job, REPLY, 0, b"ok")
     assert not proto.drained  # c1 has not promised to stop sending yet
-    proto.on_message([b"c1", b"", HEADER + bytes([ACK])])
+    proto.on_message([b"c1", HEADER + bytes([ACK])])
     assert proto.drained
+
+
+def test_server_answers_along_any_envelope() -> None:
+    # A REQ peer's empty delimiter and a proxy's extra hop are envelope frames like any other: echoed whole.
+    proto = ServerProtocol()
+    for envelope in ([b"c1", b""], [b"proxy", b"c1"], [b"proxy", b"c1", b""]):
+        job = proto.on_message([*envelope, message(REQUEST, 1, 0, b"r-%d" % len(envelope), b"x")])
+        assert job is not None and job.envelope == envelope
+        proto.finish(job, REPLY, 0, b"ok")
+        [reply] = proto.outbox
+        assert reply[:-1] == envelope and parse_message(reply[-1])[0] == REPLY
+        proto.outbox.clear()
 
 
 @pytest.mark.parametrize(
     "frames",
     [
-        [b"c1", b"", b"XYZ\x02Q"],
-        [b"c1", b"", HEADER[:-1] + b"\x09Q"],
-        [b"c1", b"", b"ZKR\x01", b"Q\x01\x00\x01r"],  # version 1: header in a frame of its own
-        [b"c1", b"", HEADER],
-        [b"c1", b"", HEADER + b"Q\x01\x00\x40" + b"x" * 10],
-        [b"c1", b"", message(REQUEST, 1, 0, b"r"), b"extra"],
-        [b"c1", b"", message(REQUEST, 1, 0, b"")],
-        [b"c1", b"", HEADER + b"Z"],
+        [b"c1", b"XYZ\x03Q"],
+        [b"c1", HEADER[:-1] + b"\x09Q"],
+        [b"c1", b"ZKR\x02Q\x01\x00\x01r"],  # version 2
+        [b"c1", b"", b"ZKR\x02Q\x01\x00\x01r"],  # version 2, with its empty delimiter
+        [b"c1", HEADER],
+        [b"c1", HEADER + b"Q\x01\x00\x40" + b"x" * 10],
+        [b"c1", message(REQUEST, 1, 0, b"")],
+        [b"c1", HEADER + b"Z"],
     ],
 )
 def test_server_answers_malformed_requests_with_an_error(frames: list[bytes]) -> None:
     proto = ServerProtocol()
     assert proto.on_message(frames) is None
     [reply] = proto.outbox
-    assert reply[:2] == [b"c1", b""] and reply[2][:5] == HEADER + bytes([ERROR]) and reply[3] == b"ProtocolError"
+    assert reply[:-1] == frames[:-1] and reply[-1][:5] == HEADER + bytes([ERROR])
+    assert parse_error(parse_message(reply[-1])[4]).remote_type == "ProtocolError"
 
 
-def test_server_drops_messages_without_envelope() -> None:
+def test_server_drops_messages_without_envelope_or_with_too_many_hops() -> None:
     proto = ServerProtocol()
-    assert proto.on_message([b"c1", HEADER]) is None
-    assert proto.on_message([b"", HEADER]) is None
+    assert proto.on_message([HEADER + bytes([HELLO])]) is None
+    assert proto.on_message([b"hop"] * 33 + [HEADER + bytes([HELLO])]) is None
     assert proto.outbox == []
