@@ -66,10 +66,12 @@ EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
 # pyzmq's compiled getsockopt, without the zmq.Socket wrapper, for integer options such as EVENTS. It still maps
-# the option through pyzmq's SocketOption enum, so the servers ask it once per wake-up, after replying.
+# the option through pyzmq's SocketOption enum, so a server asks it only after replying, and only now and then
+# while nothing queues up.
 sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
 _BURST = 64  # queued requests a server takes before it sends their replies
-_MISSES, _SKIP = 4, 8  # after this many empty looks for queued requests, skip that many
+_MISSES, _SKIP = 4, 32  # after this many empty looks for queued requests, skip that many
+_MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
 
 
 def _ms(seconds: float) -> int:
@@ -228,7 +230,7 @@ class ClientCore:
         """Start a request in the protocol; its frames wait in the outbox for the runner's next ``_flush``."""
         if self.closed:
             raise ConfigurationError(f"client for {self.endpoints!r} is closed")
-        limit = check_timeout(timeout) or self.timeout
+        limit = self.timeout if timeout is None else check_timeout(timeout) or self.timeout
         codec_id, payload = self._codec.pack(body)
         # No look at the socket first: news (a goodbye) read later costs at most a refusal and a resend.
         return self._proto.submit(codec_id, payload, limit)
@@ -262,18 +264,19 @@ class Client(ClientCore):
 
     def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
-        rid = self._submit(body, timeout)
-        self._flush()
         proto = self._proto
         completed = proto.completed
+        completed.clear()  # an interrupted call may have left its outcome behind
+        rid = self._submit(body, timeout)
+        self._flush()
         try:
             while not completed:
                 self._wait(rid)
                 if proto.outbox:
                     self._flush()
         finally:
-            if rid in proto.pending:
-                proto.cancel(rid)  # interrupted (Ctrl-C): forget it, its late reply will be ignored
+            if not completed:  # interrupted (Ctrl-C): forget it, its late reply will be ignored
+                proto.cancel(rid)
         for done_rid, (ok, value) in completed:
             if done_rid == rid:
                 completed.clear()
@@ -384,7 +387,11 @@ class ServerCore:
         proto = self._proto
         for frames in proto.outbox:
             try:
-                send_frames(router, frames, NOBLOCK)
+                if len(frames) == 2:  # the usual answer: the client's routing id, the message
+                    _send(router, frames[0], _MORE_NOBLOCK)
+                    _send(router, frames[1], NOBLOCK)
+                else:
+                    send_frames(router, frames, NOBLOCK)
             except zmq.ZMQError as exc:
                 # The client left (or stopped reading): its reply has nowhere to go.
                 log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])

@@ -218,6 +218,8 @@ class ClientProtocol:
         self.completed: list[tuple[bytes, Outcome]] = []
         self.late_replies = 0
         self._timers: list[tuple[float, bytes, int]] = []
+        # Sent by submit, not yet in pending: (request id, codec, body, sent at, deadline, server).
+        self._unbooked: list[tuple[bytes, int, bytes, float, float, _Peer]] = []
         self._probe_due = now
         self._prefix = os.urandom(8)
         self._seq = itertools.count(1)
@@ -228,9 +230,22 @@ class ClientProtocol:
 
     # ----------------------------------------------------------------- requests
     def submit(self, codec: int, body: bytes, timeout: float) -> bytes:
-        """Start a request; return its id. Its frames (if a server is free) are appended to ``outbox``."""
+        """Start a request; return its id. Its message (if a server is free) is appended to ``outbox``.
+
+        A request that goes out at once is entered in ``pending`` (with its attempt timer) by the protocol's next
+        call, not here: the runner sends first, and this bookkeeping then overlaps the round trip instead of
+        delaying it (measured: about a sixth of a loopback round trip).
+        """
         now = self.clock()
         rid = self._prefix + next(self._seq).to_bytes(8, "big")
+        if not self.waiting:  # else it queues behind them
+            peer = self._pick(())
+            if peer is not None:
+                peer.in_flight += 1
+                self.outbox.append((peer.alias, _REQUEST_HEAD + bytes((1, codec, _RID_SIZE)) + rid + body))
+                self._unbooked.append((rid, codec, body, now, now + timeout, peer))
+                return rid
+        self._book()
         p = _Pending(rid, codec, body, now + timeout, self.retries)
         self.pending[rid] = p
         if not self._send(p, now):  # sent: its attempt timer (never later than the deadline) is armed
@@ -238,8 +253,21 @@ class ClientProtocol:
             self.waiting.append(rid)
         return rid
 
+    def _book(self) -> None:
+        """Enter the requests ``submit`` sent at once in ``pending``, each with its first attempt's timer."""
+        for rid, codec, body, sent_at, deadline, peer in self._unbooked:
+            p = _Pending(rid, codec, body, deadline, self.retries)
+            p.attempt = 1
+            p.peer = peer
+            p.tried = (peer.alias,)
+            self.pending[rid] = p
+            self._arm(p, self._attempt_deadline(p, sent_at))
+        self._unbooked.clear()
+
     def cancel(self, rid: bytes) -> None:
         """Forget a request whose caller gave up (a cancelled coroutine)."""
+        if self._unbooked:
+            self._book()
         p = self.pending.pop(rid, None)
         if p is not None and p.peer is not None:
             p.peer.in_flight -= 1
@@ -252,8 +280,8 @@ class ClientProtocol:
             self._timers = [t for t in self._timers if (q := self.pending.get(t[1])) is not None and q.gen == t[2]]
             heapq.heapify(self._timers)
 
-    def _pick(self, p: _Pending) -> _Peer | None:
-        """The ready server with the fewest requests of ours in flight, preferring ones this request has not tried."""
+    def _pick(self, tried: tuple[bytes, ...]) -> _Peer | None:
+        """The ready server with the fewest requests of ours in flight, preferring ones not ``tried`` yet."""
         ring = self._ring
         n = len(ring)
         if n == 1:  # one server (or a proxy): nothing to choose
@@ -262,7 +290,6 @@ class ClientProtocol:
         best: _Peer | None = None
         best_key = _UNTRIED_FIRST * 2
         start = self._turn
-        tried = p.tried
         for i in range(n):
             peer = ring[(start + i) % n]
             if peer.state is not READY_ or peer.in_flight >= peer.limit:
@@ -280,7 +307,7 @@ class ClientProtocol:
         if p.attempt >= MAX_ATTEMPT:
             self._finish(p, Unavailable(f"request gave up after {MAX_ATTEMPT} attempts; servers keep refusing it"))
             return True
-        peer = self._pick(p)
+        peer = self._pick(p.tried)
         if peer is None:
             return False
         p.attempt += 1
@@ -288,11 +315,15 @@ class ClientProtocol:
         if peer.alias not in p.tried:
             p.tried += (peer.alias,)
         peer.in_flight += 1
-        remaining = p.deadline - now
-        per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
-        self._arm(p, now + (per_try if per_try < remaining else remaining))
+        self._arm(p, self._attempt_deadline(p, now))
         self.outbox.append((peer.alias, _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body))
         return True
+
+    def _attempt_deadline(self, p: _Pending, now: float) -> float:
+        """When an attempt sent ``now`` times out: its share of the time left, never after the deadline."""
+        remaining = p.deadline - now
+        per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
+        return now + (per_try if per_try < remaining else remaining)
 
     def _release(self, p: _Pending) -> None:
         if p.peer is not None:
@@ -328,6 +359,8 @@ class ClientProtocol:
     # ------------------------------------------------------------------ inbound
     def on_message(self, alias: bytes, msg: bytes) -> None:
         """Handle one message from the server named ``alias``; a malformed one is logged and dropped."""
+        if self._unbooked:
+            self._book()
         # The common case first, in as few steps as it takes: the reply to the current attempt of a request.
         if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
             p = self.pending.get(msg[_FIXED:_BODY_AT])
@@ -398,6 +431,8 @@ class ClientProtocol:
         peer = self.peers.get(alias)
         if peer is None:
             return
+        if self._unbooked:
+            self._book()
         now = self.clock()
         if peer.state is not DOWN:
             peer.state = DOWN
@@ -412,6 +447,8 @@ class ClientProtocol:
     # ------------------------------------------------------------------- timers
     def next_deadline(self) -> float:
         """When ``tick`` next has something to do."""
+        if self._unbooked:
+            self._book()
         timers = self._timers
         pending = self.pending
         while timers:
@@ -425,6 +462,8 @@ class ClientProtocol:
 
     def tick(self) -> None:
         """Time out attempts, retry them elsewhere with backoff, fail requests past their deadline, probe servers."""
+        if self._unbooked:
+            self._book()
         now = self.clock()
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -487,6 +526,8 @@ class ClientProtocol:
 
     def fail_all(self, exc: Exception) -> None:
         """Finish every pending request with ``exc`` (the client is closing)."""
+        if self._unbooked:
+            self._book()
         for p in list(self.pending.values()):
             self._finish(p, exc)
 
