@@ -270,6 +270,20 @@ class Client(ClientCore):
         rid = self._submit(body, timeout)
         self._flush()
         try:
+            # The short way while all goes well: the request went out at once, so wait on that server's socket
+            # alone; its reply finishes the call without the protocol's pending entry and timer ever being made.
+            sent = proto.sent_now(rid)
+            now = proto.clock()
+            if sent is not None and now < self._sweep_at:
+                alias, attempt_deadline = sent
+                msg = self._recv_on(alias, min(_ms(attempt_deadline - now), _ms(self._sweep_at - now)))
+                if msg is not None:
+                    outcome = proto.quick_reply(rid, msg)
+                    if outcome is not None:
+                        completed.append((rid, outcome))
+                    else:
+                        proto.on_message(alias, msg)
+            # The long way: timers, retries, other servers' news.
             while not completed:
                 self._wait(rid)
                 if proto.outbox:
@@ -299,19 +313,24 @@ class Client(ClientCore):
         if peer is None or now >= self._sweep_at:
             self._sweep(0 if peer is not None else wait)
             return
-        # The usual case: one blocking receive on the socket of the server that holds the request, bounded by
-        # the next timer and the next sweep. A message from it (a goodbye too) is handled in order.
-        alias = peer.alias
+        # The usual case: wait on the socket of the server that holds the request, bounded by the next timer and
+        # the next sweep. A message from it (a goodbye too) is handled in order.
+        msg = self._recv_on(peer.alias, min(wait, _ms(self._sweep_at - now)))
+        if msg is not None:
+            proto.on_message(peer.alias, msg)
+
+    def _recv_on(self, alias: bytes, wait_ms: int) -> bytes | None:
+        """One message from ``alias``'s socket, waiting at most ``wait_ms`` (rounded down to a power of two, so
+        the socket's receive timeout seldom needs setting again); None if none came."""
         sock = self._socks[alias]
-        wait = _floor_pow2(min(wait, _ms(self._sweep_at - now)))
-        if wait != self._recv_ms[alias]:
-            set_recv_timeout(sock, wait)
-            self._recv_ms[alias] = wait
+        wait_ms = _floor_pow2(wait_ms)
+        if wait_ms != self._recv_ms[alias]:
+            set_recv_timeout(sock, wait_ms)
+            self._recv_ms[alias] = wait_ms
         try:
-            msg = _recv(sock)
+            return _recv(sock)
         except zmq.Again:
-            return
-        proto.on_message(alias, msg)
+            return None
 
     def _sweep(self, wait_ms: int) -> None:
         """Read every server's socket, waiting up to ``wait_ms`` for something to arrive on one."""

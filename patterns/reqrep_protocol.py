@@ -73,6 +73,7 @@ _ACK_CTL = HEADER + bytes([ACK])
 _GOODBYE_CTL = HEADER + bytes([GOODBYE])
 _REQUEST_HEAD = HEADER + bytes([REQUEST])
 _REPLY_HEAD = HEADER + bytes([REPLY])
+_FIRST_REPLY_HEAD = _REPLY_HEAD + b"\x01"  # a reply to attempt 1
 
 # Server choice: a server this request has not tried beats any number of requests in flight on one it has.
 _UNTRIED_FIRST = 1 << 40
@@ -261,8 +262,37 @@ class ClientProtocol:
             p.peer = peer
             p.tried = (peer.alias,)
             self.pending[rid] = p
-            self._arm(p, self._attempt_deadline(p, sent_at))
+            self._arm(p, self._try_deadline(sent_at, deadline, self.retries))
         self._unbooked.clear()
+
+    def sent_now(self, rid: bytes) -> tuple[bytes, float] | None:
+        """``(server, attempt deadline)`` if ``rid`` went out straight from ``submit`` and is the one request not
+        booked yet: a blocking runner may then wait on that server alone and try :meth:`quick_reply`."""
+        unbooked = self._unbooked
+        if len(unbooked) != 1 or unbooked[0][0] != rid:
+            return None
+        _, _, _, sent_at, deadline, peer = unbooked[0]
+        return peer.alias, self._try_deadline(sent_at, deadline, self.retries)
+
+    def quick_reply(self, rid: bytes, msg: bytes) -> Outcome | None:
+        """The outcome of ``rid`` if ``msg`` replies to it while it is still the one unbooked request (nothing
+        asked of the protocol since ``submit``): the request is done, with no pending entry or timer ever made.
+        None otherwise; the runner then hands ``msg`` to :meth:`on_message` as usual."""
+        unbooked = self._unbooked
+        if not (
+            len(unbooked) == 1
+            and unbooked[0][0] == rid
+            and len(msg) >= _BODY_AT
+            and msg[: KIND_AT + 2] == _FIRST_REPLY_HEAD
+            and msg[_FIXED - 1] == _RID_SIZE
+            and msg[_FIXED:_BODY_AT] == rid
+        ):
+            return None
+        unbooked.pop()[5].in_flight -= 1
+        try:
+            return True, decode(msg[KIND_AT + 2], msg[_BODY_AT:], self.allow_pickle)
+        except ProtocolError as exc:
+            return False, exc
 
     def cancel(self, rid: bytes) -> None:
         """Forget a request whose caller gave up (a cancelled coroutine)."""
@@ -315,14 +345,14 @@ class ClientProtocol:
         if peer.alias not in p.tried:
             p.tried += (peer.alias,)
         peer.in_flight += 1
-        self._arm(p, self._attempt_deadline(p, now))
+        self._arm(p, self._try_deadline(now, p.deadline, p.retries_left))
         self.outbox.append((peer.alias, _REQUEST_HEAD + bytes((p.attempt, p.codec, _RID_SIZE)) + p.request_id + p.body))
         return True
 
-    def _attempt_deadline(self, p: _Pending, now: float) -> float:
+    def _try_deadline(self, now: float, deadline: float, retries_left: int) -> float:
         """When an attempt sent ``now`` times out: its share of the time left, never after the deadline."""
-        remaining = p.deadline - now
-        per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (p.retries_left + 1)
+        remaining = deadline - now
+        per_try = self.attempt_timeout if self.attempt_timeout is not None else remaining / (retries_left + 1)
         return now + (per_try if per_try < remaining else remaining)
 
     def _release(self, p: _Pending) -> None:
