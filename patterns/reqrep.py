@@ -181,13 +181,18 @@ class ClientCore:
         )
         self.endpoints = list(peers.values())
         resolved = resolve_options(options, curve)
+        # A send that fails must mean "no connection" (the server's requests then go elsewhere at once), never
+        # "queue full", which would run them twice: IMMEDIATE, and room for every request the client may have at
+        # one server (max_in_flight) and its hellos.
+        hwm = resolved.sndhwm and max(resolved.sndhwm, max_in_flight + 64)
+        dealer_options = resolved.with_(immediate=True, sndhwm=hwm)
         # Plain sockets for both runners: the asyncio one only sends and reads without blocking, and waits on
         # each socket's file descriptor.
         self._socks: dict[bytes, zmq.Socket] = {}
         self.closed = False
         try:
             for alias, ep in peers.items():
-                self._socks[alias] = make_socket("dealer", resolved)
+                self._socks[alias] = make_socket("dealer", dealer_options)
                 connect(self._socks[alias], ep)
         except BaseException:
             self._close_sockets()
@@ -199,8 +204,9 @@ class ClientCore:
         """Each server's endpoint and its state as this client sees it (ready, connecting, leaving, down, suspect)."""
         return {self._proto.peers[alias].endpoint: state for alias, state in self._proto.servers_state().items()}
 
-    def _flush(self) -> None:
-        """Send everything the protocol queued; tell it what could not be delivered."""
+    def _flush(self, sent_to: set[bytes] | None = None) -> None:
+        """Send everything the protocol queued; tell it what could not be delivered; add the servers sent to
+        to ``sent_to``."""
         proto = self._proto
         out = proto.outbox
         socks = self._socks
@@ -210,8 +216,11 @@ class ClientCore:
             i += 1
             try:
                 _send(socks[alias], msg, NOBLOCK)
-            except zmq.Again:  # IMMEDIATE: not connected (or its queue is full)
+            except zmq.Again:  # IMMEDIATE, and a queue with room for all we may send: not connected
                 proto.undeliverable(alias, msg)
+            else:
+                if sent_to is not None:
+                    sent_to.add(alias)
         out.clear()
 
     def _drain(self, alias: bytes) -> None:

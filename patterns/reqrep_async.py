@@ -86,8 +86,7 @@ class AsyncClient(ClientCore):
         look = self._look
         while True:
             if proto.outbox:
-                look.update([alias for alias, _ in proto.outbox])
-                self._flush()
+                self._flush(look)  # every socket sent on, a request moved to another server's included
             if not look:
                 break
             alias = look.pop()

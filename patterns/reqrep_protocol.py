@@ -453,10 +453,10 @@ class ClientProtocol:
             raise ProtocolError(f"unknown message kind {bytes([kind])!r} from a server")
 
     def undeliverable(self, alias: bytes, msg: bytes) -> None:
-        """A message in ``outbox`` could not be sent to ``alias``: no connection to it (or its queue is full).
+        """A message in ``outbox`` could not be sent to ``alias``: there is no connection to it.
 
-        Either way that server cannot take work now: it is down until it answers a probe, and whatever it
-        held is sent elsewhere at once (lost with the connection), not after a timeout.
+        The server is down until it answers a probe, and whatever it held is sent elsewhere at once (lost with
+        the connection), not after a timeout. (A runner must make sure a full queue never looks like this.)
         """
         peer = self.peers.get(alias)
         if peer is None:

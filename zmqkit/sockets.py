@@ -109,6 +109,20 @@ class SocketOptions:
 DEFAULT_OPTIONS = SocketOptions()
 
 
+def _max_sockets(ctx: zmq.Context) -> int:
+    """As many sockets as the process may open files (each socket holds one), not libzmq's default 1023: a
+    request-reply client keeps a socket per server, and a process may run many clients."""
+    try:
+        import resource
+
+        files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    except (ImportError, OSError, ValueError):  # no resource module (Windows): keep libzmq's default
+        return int(ctx.get(zmq.MAX_SOCKETS))
+    if files == resource.RLIM_INFINITY:
+        files = 1 << 16
+    return max(int(ctx.get(zmq.MAX_SOCKETS)), min(int(ctx.get(zmq.SOCKET_LIMIT)), files))
+
+
 class _ProcessContext:
     """One libzmq context per process, made again in a forked child (a context must not cross fork)."""
 
@@ -123,6 +137,7 @@ class _ProcessContext:
             with self._lock:
                 if self._pid != os.getpid() or self._sync is None or self._sync.closed:
                     self._sync = zmq.Context()
+                    self._sync.max_sockets = _max_sockets(self._sync)
                     self._async = None
                     self._pid = os.getpid()
         return self._sync

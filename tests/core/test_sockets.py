@@ -180,3 +180,19 @@ def test_check_timeout_accepts_seconds_none_and_zero_when_asked() -> None:
     assert check_timeout(None) is None
     assert check_timeout(2) == 2.0
     assert check_timeout(0, allow_zero=True) == 0.0
+
+
+@pytest.mark.timeout(30)
+def test_a_process_may_open_more_sockets_than_libzmqs_default() -> None:
+    # A request-reply client keeps a socket per server: libzmq's default of 1023 sockets per context is too few.
+    resource = pytest.importorskip("resource")
+    files = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if files != resource.RLIM_INFINITY and files < 3000:
+        pytest.skip(f"this process may open only {files} files")
+    socks = []
+    try:
+        for _ in range(1100):
+            socks.append(make_socket("dealer"))
+    finally:
+        for sock in socks:
+            sock.close(linger=0)

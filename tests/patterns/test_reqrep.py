@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ import pytest
 import zmq
 
 import zmqkit.asyncio as zasync
-from zmqkit import ConfigurationError, Curve, KeyPair, RemoteError, RequestTimeout, Unavailable
+from zmqkit import ConfigurationError, Curve, KeyPair, RemoteError, RequestTimeout, SocketOptions, Unavailable
 from zmqkit.patterns import Client, Proxy, Server
 from zmqkit.patterns.reqrep_protocol import (
     ERROR,
@@ -289,6 +290,53 @@ async def test_closing_the_async_client_fails_what_is_in_flight(servers: Callabl
     with pytest.raises(Unavailable, match="closed"):
         await task
     release.set()
+
+
+@pytest.mark.timeout(30)
+async def test_async_client_reads_the_server_a_request_was_moved_to(servers: Callable[..., Server]) -> None:
+    # A send to a server that is gone moves the request to another server within the same flush. The send there
+    # takes that socket's wake-up signal, so the client must look at it: a reply may be waiting already.
+    release = threading.Event()
+    b = servers(lambda body: (body != b"r1" or release.wait(10)) and body, concurrency=2)
+    a_endpoint = free_tcp_endpoint()
+    async with zasync.Client([b.endpoints[0], a_endpoint], timeout=10, retries=0) as client:
+        first = asyncio.ensure_future(client.request(b"r1"))  # only b is up: it holds r1
+        while not b.stats["held"]:
+            await asyncio.sleep(0.01)
+        a = servers(endpoints=a_endpoint)
+        while client.servers()[a_endpoint] != "ready":
+            await asyncio.sleep(0.01)
+        a.close()
+        to_a = client._socks[a_endpoint.encode()]
+        while to_a.poll(0, zmq.POLLOUT):  # until the client's connection to a is gone
+            await asyncio.sleep(0.01)
+        release.set()
+        assert client._socks[b.endpoints[0].encode()].poll(5000)  # r1's reply is there; this took its signal
+        second = client.request(b"r2")  # a has fewer in flight: r2 goes there first, then to b
+        assert await asyncio.wait_for(asyncio.gather(first, second), 5) == [b"r1", b"r2"]
+
+
+@pytest.mark.timeout(60)
+async def test_a_full_send_queue_is_not_taken_for_a_lost_server(servers: Callable[..., Server]) -> None:
+    # Taking "queue full" for "server gone" would send what that server holds elsewhere, to be run twice.
+    runs: collections.Counter[str] = collections.Counter()
+
+    def handler(name: str, delay: float) -> Callable[[bytes], bytes]:
+        def run(body: bytes) -> bytes:
+            runs[name] += 1
+            threading.Event().wait(delay)
+            return b"ok"
+
+        return run
+
+    slow = servers(handler("slow", 0.01), options=SocketOptions(rcvhwm=5))
+    fast = servers(handler("fast", 0.0))
+    options = SocketOptions(sndhwm=20, immediate=False)  # the client keeps what it needs either way
+    async with zasync.Client([slow.endpoints[0], fast.endpoints[0]], timeout=30, options=options) as client:
+        body = b"x" * 200_000
+        replies = await asyncio.gather(*(client.request(body) for _ in range(200)))
+        assert replies == [b"ok"] * 200 and set(client.servers().values()) == {"ready"}
+    assert runs["slow"] + runs["fast"] == 200
 
 
 @pytest.mark.timeout(20)

@@ -48,7 +48,10 @@ def test_server_answers_or_drops_anything(frames: list[bytes]) -> None:
 @given(st.lists(frame, max_size=7))
 def test_client_drops_anything_it_cannot_match(frames: list[bytes]) -> None:
     proto = ClientProtocol({b"tcp://a:1": "tcp://a:1"})
+    proto.on_message(b"tcp://a:1", HEADER + b"W\x00\x00\x00\x10")  # ready
+    rid = proto.submit(0, b"x", timeout=5.0)
     for frame in frames:
         proto.on_message(b"tcp://a:1", frame)
         proto.on_message(b"stranger", frame)
-    assert proto.completed == []
+    proto.next_deadline()  # books the request if no message did
+    assert proto.completed == [] and rid in proto.pending  # nothing made up finishes the request
