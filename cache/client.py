@@ -137,8 +137,8 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         except AttributeError:  # this thread's first call
             return self._get_once(key, default, timeout)
         sock = state.reqs[node]
-        if health.dead_until is not None or state.recv_ms[node] != self._get_ms:
-            return self._get_once(key, default, timeout)
+        if health.dead_until is not None or health.failures or state.recv_ms[node] != self._get_ms:
+            return self._get_once(key, default, timeout)  # (that way resets the failures when the node answers)
         try:
             send_frame(sock, frame, NOBLOCK)
         except zmq.Again:  # not connected (yet, or any more): _request waits for it
@@ -147,8 +147,6 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             reply = recv_frame(sock)
         except zmq.Again:  # no answer in time: the generator fails over, as after its own first request
             return self._run(self._get(key, default, None), (node, None))
-        if health.failures:
-            self.health.answered(health)
         if reply[:_BYTES_AT] == _BYTES_HIT:  # a bytes value: no codec to run
             return reply[_BYTES_AT:]
         if reply == _MISS_REPLY:
