@@ -280,6 +280,8 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             reply = recv_frame(sock)
         except zmq.Again:  # timed out; the socket may send again, and libzmq drops the late reply
             return None
+        if reply[_RID:HEAD] == rid and len(reply) > HEAD and reply.startswith(HEADER):  # the hot path, inline
+            return reply[HEAD], reply[HEAD + 1 :]
         return _req_reply(reply, rid)
 
     # -- MutableMapping ------------------------------------------------------------------------------------
@@ -338,7 +340,5 @@ def _wait_ms(timeout: float) -> int:
 
 def _req_reply(reply: bytes, rid: bytes) -> Reply | None:
     """``(status, body)`` of the reply read off a REQ for request ``rid``, or None if it is not one."""
-    if reply[_RID:HEAD] == rid and len(reply) > HEAD and reply.startswith(HEADER):  # the usual, checked inline
-        return reply[HEAD], reply[HEAD + 1 :]
     parsed = parse_reply(reply)  # logs what is wrong with it
     return parsed[1] if parsed is not None and parsed[0] == rid else None

@@ -188,8 +188,10 @@ class Store:
         """The value of a live ``key``, now the most recently used and counted as a get hit; None otherwise,
         counted nowhere. The hot read: a node answers a hit with it, anything else through :meth:`get`."""
         entry = self._find(key)
-        if entry is None or not self._clock() < entry.expires:
-            return None  # missing, or expired (as cachetools' __getitem__ finds; expire() sweeps it later)
+        # Missing, or expired (as cachetools' __getitem__ finds; expire() sweeps it later). An item stored without
+        # a TTL holds _NEVER itself: no clock to read.
+        if entry is None or (entry.expires is not _NEVER and not self._clock() < entry.expires):
+            return None
         self._touch(key)
         self.hits += 1
         return entry.value
