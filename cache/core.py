@@ -4,7 +4,9 @@ Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sl
 gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
 The public methods live here, once: each returns ``self._run(generator)``, which is the value for the sync
 client and a coroutine for the asyncio one. One-key commands go through ``_single``, where a runner may first
-try the command as one plain request (the sync client does; the asyncio one does for ``get``).
+try the command as one plain request (the sync client does; the asyncio one does for ``get``). The sync
+client's ``get`` goes further: :meth:`ClientCore.req_get` makes a key's request frame once, and the next gets
+of that key only send it.
 
 No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
 this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
