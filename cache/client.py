@@ -32,12 +32,17 @@ from zmqkit.sockets import (
 )
 
 from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_reply
-from .core import RESUME, ClientCore, map_op
-from .protocol import HEAD, HEADER, encode_request
+from .core import REQ_RID, RESUME, ClientCore, map_op
+from .protocol import HEAD, HEADER, NOT_FOUND_BYTE, OK_BYTE, encode_request
 
 __all__ = ["CacheClient"]
 
 _RID = len(HEADER)  # the request id's offset in a reply
+_BYTES_HIT = HEADER + REQ_RID + OK_BYTE + b"\x00"  # a get's reply up to its value, when that is bytes (codec 0)
+_BYTES_AT = len(_BYTES_HIT)
+_MISS_REPLY = HEADER + REQ_RID + NOT_FOUND_BYTE
+_HIT_REPLY = HEADER + REQ_RID + OK_BYTE  # a get's reply up to its value
+_VALUE_AT = len(_HIT_REPLY)
 
 _MISSING = object()
 _clients: weakref.WeakValueDictionary[int, CacheClient] = weakref.WeakValueDictionary()  # (a Mapping: unhashable)
@@ -93,6 +98,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []
         self._closed = False
+        self._get_ms = _wait_ms(self.timeout)  # the RCVTIMEO a get needs: its REQ must have it already
         _clients[id(self)] = self
 
     def __repr__(self) -> str:
@@ -119,14 +125,46 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
         """The value of ``key``, or ``default`` on a miss."""
-        # The hottest call, kept shorter than _single's way: a miss is not an error, and anything but a hit or a
-        # miss goes to the generator (see ClientCore.fast_get_result), as in the asyncio client.
-        target = self.fast_node(key, timeout)
-        if target is None:
+        # The hottest call, inline: the key's request frame is made once (ClientCore.req_get), then each get is a
+        # send and a receive on this thread's REQ, a hit or a miss read here. Anything else (the first get of a
+        # key, a timeout of its own, a node not alive, an error status) takes _get_once's longer way.
+        route = self.req_gets.get(key) if type(key) is str else None
+        if route is None or timeout is not None:
+            return self._get_once(key, default, timeout)
+        frame, node, health = route
+        try:
+            state = self._local.sockets
+        except AttributeError:  # this thread's first call
+            return self._get_once(key, default, timeout)
+        sock = state.reqs[node]
+        if health.dead_until is not None or health.failures or state.recv_ms[node] != self._get_ms:
+            return self._get_once(key, default, timeout)  # (that way resets the failures when the node answers)
+        try:
+            send_frame(sock, frame, NOBLOCK)
+        except zmq.Again:  # not connected (yet, or any more): _request waits for it
+            return self._get_once(key, default, timeout)
+        try:
+            reply = recv_frame(sock)
+        except zmq.Again:  # no answer in time: the generator fails over, as after its own first request
+            return self._run(self._get(key, default, None), (node, None))
+        if reply[:_BYTES_AT] == _BYTES_HIT:  # a bytes value: no codec to run
+            return reply[_BYTES_AT:]
+        if reply == _MISS_REPLY:
+            return default
+        if reply[:_VALUE_AT] == _HIT_REPLY:
+            return self.decode_value(reply[_VALUE_AT:])
+        return self._get_result(key, default, node, _req_reply(reply, REQ_RID))
+
+    def _get_once(self, key: Any, default: Any, timeout: float | None) -> Any:
+        """:meth:`get` the long way: one request as ``_single`` makes it, or the generator."""
+        route = self.req_get(key) if timeout is None else None
+        if route is None or route[2].dead_until is not None:
             return super().get(key, default, timeout=timeout)
-        k, node = target
-        rid = self.next_rid()
-        reply = self._request(node, rid, encode_request(rid, b"get", [k]), self.timeout)
+        frame, node, _health = route
+        return self._get_result(key, default, node, self._request(node, REQ_RID, frame, self.timeout))
+
+    def _get_result(self, key: Any, default: Any, node: int, reply: Reply | None) -> Any:
+        """A get's value from the reply to its one request (see ``ClientCore.fast_get_result``)."""
         value = self.fast_get_result(node, reply, default)
         if value is RESUME:
             return self._run(self._get(key, default, None), (node, reply))
@@ -226,7 +264,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         except AttributeError:  # this thread's first call
             state = self._sockets()
         sock = state.reqs[node]
-        wait_ms = int(timeout * 1000) + 1
+        wait_ms = _wait_ms(timeout)
         try:
             send_frame(sock, frame, NOBLOCK)
         except zmq.Again:  # not connected (yet, or any more): wait for it within the timeout
@@ -244,8 +282,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             return None
         if reply[_RID:HEAD] == rid and len(reply) > HEAD and reply.startswith(HEADER):  # the hot path, inline
             return reply[HEAD], reply[HEAD + 1 :]
-        parsed = parse_reply(reply)  # logs what is wrong with it
-        return parsed[1] if parsed is not None and parsed[0] == rid else None
+        return _req_reply(reply, rid)
 
     # -- MutableMapping ------------------------------------------------------------------------------------
 
@@ -294,3 +331,14 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _wait_ms(timeout: float) -> int:
+    """A timeout in seconds as a receive timeout in ms (rounded up, never 0: that would not wait)."""
+    return int(timeout * 1000) + 1
+
+
+def _req_reply(reply: bytes, rid: bytes) -> Reply | None:
+    """``(status, body)`` of the reply read off a REQ for request ``rid``, or None if it is not one."""
+    parsed = parse_reply(reply)  # logs what is wrong with it
+    return parsed[1] if parsed is not None and parsed[0] == rid else None

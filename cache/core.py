@@ -4,7 +4,9 @@ Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sl
 gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
 The public methods live here, once: each returns ``self._run(generator)``, which is the value for the sync
 client and a coroutine for the asyncio one. One-key commands go through ``_single``, where a runner may first
-try the command as one plain request (the sync client does; the asyncio one does for ``get``).
+try the command as one plain request (the sync client does; the asyncio one does for ``get``). The sync
+client's ``get`` goes further: :meth:`ClientCore.req_get` makes a key's request frame once, and the next gets
+of that key only send it.
 
 No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
 this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
@@ -33,12 +35,12 @@ from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
-from .health import Health
-from .protocol import Status, encode_request, pack_list, u32, u64, unpack_list
+from .health import Health, NodeHealth
+from .protocol import GET_OPCODE, HEADER, Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
 
-__all__ = ["ClientCore", "RESUME", "map_op"]
+__all__ = ["ClientCore", "RESUME", "map_op", "REQ_RID", "ReqGet"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,11 @@ _ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, 
 _CODEC_BYTE = [bytes([i]) for i in range(256)]
 _pack_rid = struct.Struct(">I").pack
 RESUME = object()  # fast_get_result: this reply needs the full _get
+# A REQ's gets may all carry this request id: libzmq (REQ_CORRELATE) matches a reply to its request, so a get's
+# frame can be made once per key instead of once per call.
+REQ_RID = b"\x00\x00\x00\x00"
+ReqGet = tuple[bytes, int, NodeHealth]  # a get's frame (with REQ_RID), its node's index, and its health
+_REQ_GETS_MAX = 4096  # keys whose ReqGet is remembered; the memo starts over when it is full
 
 
 def _endpoint_weights(endpoints: Any) -> dict[str, int]:
@@ -105,6 +112,7 @@ class ClientCore:
         self.clock = clock
         self.options = resolve_options(options, curve)
         self._rids = itertools.count(1)
+        self.req_gets: dict[str | bytes, ReqGet] = {}  # see req_get
 
     def _run(self, op: Op) -> Any:
         raise NotImplementedError  # the runner's job
@@ -334,6 +342,22 @@ class ClientCore:
             return None
         k = self.key_bytes(key)
         return k, self.health.by_endpoint[self.ring.get_node(k)].index
+
+    def req_get(self, key: Any) -> ReqGet | None:
+        """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
+        the runner checks that the node is alive, as routing would only send it there then); else None.
+        Remembered in :attr:`req_gets` for str and bytes keys (other types may equal one and encode otherwise),
+        so the next get of the key costs a dict lookup: the ring and the node list do not change."""
+        if self.replicas != 1:
+            return None
+        k = self.key_bytes(key)
+        node = self.health.by_endpoint[self.ring.get_node(k)]
+        route = (HEADER + REQ_RID + GET_OPCODE + k, node.index, node)
+        if type(key) is str or type(key) is bytes:
+            if len(self.req_gets) >= _REQ_GETS_MAX:
+                self.req_gets.clear()
+            self.req_gets[key] = route
+        return route
 
     def answered(self, node: int) -> None:
         """``node`` answered a fast call."""

@@ -29,6 +29,7 @@ from zmqkit.sockets import (
     send_frame,
 )
 
+from .protocol import GET_OPCODE, HEAD, HEADER, OK_BYTE
 from .service import Service
 from .store import Store
 
@@ -109,7 +110,7 @@ class CacheNode:
             self._done.set()
 
     def _loop(self, rep: zmq.Socket, deadline: float | None) -> None:
-        handle, token = self.service.handle, self._stop_token
+        handle, hit, token = self.service.handle, self.store.hit, self._stop_token
         items = [(rep, zmq.POLLIN)]
         while True:
             if deadline is not None:  # only a bounded serve() polls; the usual one blocks in recv
@@ -117,10 +118,18 @@ class CacheNode:
                 if wait_ms <= 0 or not zmq.zmq_poll(items, wait_ms):
                     return
             frame = recv_frame(rep)
-            if frame == token:  # stop(): a random token only this process knows
-                send_frame(rep, token)
-                return
             try:
+                # The hottest request, a get that hits, is answered here with one Python call (Store.hit) where
+                # Service.handle makes several: on this path each one costs a round trip about 1 %. Anything
+                # else, a miss or a bad key included, goes to handle.
+                if frame[HEAD : HEAD + 1] == GET_OPCODE and frame.startswith(HEADER):
+                    value = hit(frame[HEAD + 1 :])
+                    if value is not None:
+                        send_frame(rep, frame[:HEAD] + OK_BYTE + value)
+                        continue
+                elif frame == token:  # stop(): a random token only this process knows
+                    send_frame(rep, token)
+                    return
                 send_frame(rep, handle(frame))
             except zmq.ZMQError as exc:
                 # EFSM: the request had more frames, and a REP answers only once it has read them all. Reading

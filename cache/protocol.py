@@ -26,6 +26,9 @@ __all__ = [
     "Status",
     "COMMANDS",
     "OPCODES",
+    "GET_OPCODE",
+    "OK_BYTE",
+    "NOT_FOUND_BYTE",
     "encode_request",
     "decode_request",
     "encode_reply",
@@ -90,6 +93,9 @@ COMMANDS: dict[bytes, tuple[int, int]] = {
 OPCODES: dict[int, tuple[bytes, int]] = {code: (name, arity) for name, (code, arity) in COMMANDS.items()}
 _OPCODE_BYTE = {name: bytes([code]) for name, (code, _) in COMMANDS.items()}
 _STATUS_BYTE = {s: bytes([s]) for s in Status}
+# The bytes of a get and of its two answers, for the hot paths that read and build those frames inline.
+GET_OPCODE = _OPCODE_BYTE[b"get"]
+OK_BYTE, NOT_FOUND_BYTE = _STATUS_BYTE[Status.OK], _STATUS_BYTE[Status.NOT_FOUND]
 
 # Fixed-width numbers are the core's (zmqkit.wire); short names here because every command uses them.
 u32, u64, read_u32, read_u64 = pack_u32, pack_u64, unpack_u32, unpack_u64

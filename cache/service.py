@@ -17,9 +17,11 @@ from zmqkit._version import __version__
 from zmqkit.errors import ProtocolError
 
 from .protocol import (
-    COMMANDS,
+    GET_OPCODE,
     HEAD,
     HEADER,
+    NOT_FOUND_BYTE,
+    OK_BYTE,
     Status,
     decode_request,
     encode_reply,
@@ -36,8 +38,6 @@ __all__ = ["Service"]
 
 log = logging.getLogger(__name__)
 _OK = Status.OK
-_GET = bytes([COMMANDS[b"get"][0]])
-_HIT_BYTE, _MISS_BYTE = bytes([Status.OK]), bytes([Status.NOT_FOUND])
 _H = len(HEADER)
 _Handler = Callable[[list[bytes]], tuple[Status, bytes]]
 
@@ -91,11 +91,16 @@ class Service:
     def handle(self, frame: bytes) -> bytes:
         """The reply frame for one request frame; bad input gets an error reply, never an exception."""
         try:
-            if frame[HEAD : HEAD + 1] == _GET and frame[:_H] == HEADER:
+            if frame[HEAD : HEAD + 1] == GET_OPCODE and frame[:_H] == HEADER:
                 # The hottest command, served inline: a reply is the request's header and id, then the outcome.
-                self.store.commands[b"get"] += 1
-                value = self.store.get(_key(frame[HEAD + 1 :]))
-                return frame[:HEAD] + (_MISS_BYTE if value is None else _HIT_BYTE + value)
+                # A get is counted as a hit or a miss (Store.stats), one with a bad key here.
+                try:
+                    key = _key(frame[HEAD + 1 :])
+                except ProtocolError:
+                    self.store.commands[b"get"] += 1
+                    raise
+                value = self.store.get(key)
+                return frame[:HEAD] + (NOT_FOUND_BYTE if value is None else OK_BYTE + value)
             rid, command, args = decode_request(frame)
             self.store.commands[command] += 1
             status, body = self._handlers[command](args)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable
 from typing import Any
 
@@ -82,12 +82,23 @@ class _Entry:
 
 
 class _LRU(TLRUCache):
-    """TLRUCache that counts what it evicts and what expires."""
+    """TLRUCache that counts what it evicts and what expires, and offers :attr:`lookup` for a hot read."""
 
     def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
         super().__init__(maxsize, ttu=_ttu, timer=clock, getsizeof=_sizeof)
         self.evictions = 0
         self.expired = 0
+        # A read through TLRUCache.__getitem__ is five Python calls deep (it, the timer property, _Timer.__call__,
+        # Cache.__getitem__); a node's get is mostly that. cachetools keeps the values in one dict and the LRU
+        # order in an OrderedDict of the same keys: reading the first and moving the key to the end of the second
+        # is what __getitem__ does for a live item, in two C calls. Both are private to cachetools, so they are
+        # looked up once here; when a release keeps them elsewhere, ``lookup`` is None and reads take the public
+        # way (tests/cache/test_store.py fails loudly on that, so the slowdown is not silent).
+        state = vars(self)
+        values, order = state.get("_Cache__data"), state.get("_TLRUCache__items")
+        self.lookup: tuple[Callable[[bytes], _Entry | None], Callable[[bytes], None]] | None = None
+        if type(values) is dict and type(order) is OrderedDict:
+            self.lookup = values.get, order.move_to_end
 
     def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
         gone = super().expire(time)
@@ -136,7 +147,12 @@ class Store:
         self.started = clock()
         self.hits = 0
         self.misses = 0
-        self.commands: Counter[bytes] = Counter()  # per command name, for stats
+        self.other_lookups = 0  # hits + misses counted by commands other than get (so cmd_get needs no counter)
+        self.commands: Counter[bytes] = Counter()  # per command name but get, for stats
+        self.hit: Callable[[bytes], bytes | None] = self._hit_public
+        if self._lru.lookup is not None:
+            self._find, self._touch = self._lru.lookup
+            self.hit = self._hit
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -168,30 +184,44 @@ class Store:
 
     # -- memcached commands --------------------------------------------------------------------------------
 
-    def get(self, key: bytes) -> bytes | None:
+    def _hit(self, key: bytes) -> bytes | None:
+        """The value of a live ``key``, now the most recently used and counted as a get hit; None otherwise,
+        counted nowhere. The hot read: a node answers a hit with it, anything else through :meth:`get`."""
+        entry = self._find(key)
+        # Missing, or expired (as cachetools' __getitem__ finds; expire() sweeps it later). An item stored without
+        # a TTL holds _NEVER itself: no clock to read.
+        if entry is None or (entry.expires is not _NEVER and not self._clock() < entry.expires):
+            return None
+        self._touch(key)
+        self.hits += 1
+        return entry.value
+
+    def _hit_public(self, key: bytes) -> bytes | None:
+        """:meth:`_hit` through cachetools' public API (a release that keeps its internals elsewhere)."""
         try:
             value = self._lru[key].value
         except KeyError:
-            self.misses += 1
             return None
         self.hits += 1
         return value
 
+    def get(self, key: bytes) -> bytes | None:
+        value = self.hit(key)
+        if value is None:
+            self.misses += 1
+        return value
+
     def get_many(self, keys: list[bytes]) -> list[bytes]:
         """Each key's value, or ``b""`` for a miss (a stored value is never empty: it has its codec byte)."""
-        lookup = self._lru.__getitem__
-        out = []
-        for key in keys:
-            try:
-                out.append(lookup(key).value)
-            except KeyError:
-                out.append(b"")
+        hit = self.hit
+        out = [hit(key) or b"" for key in keys]
         misses = out.count(b"")
         self.misses += misses
-        self.hits += len(out) - misses
+        self.other_lookups += len(out)
         return out
 
     def gets(self, key: bytes) -> tuple[bytes, int] | None:
+        self.other_lookups += 1
         entry = self._entry(key)
         if entry is None:
             self.misses += 1
@@ -288,6 +318,7 @@ class Store:
     def lease_get(self, key: bytes, lease_seconds: float) -> tuple[bytes | None, int, bool]:
         """``(value, 0, False)`` on a hit; on a miss ``(None, token, False)`` grants the caller a lease to fill
         the key, ``(None, 0, True)`` says another caller holds one: wait and ask again."""
+        self.other_lookups += 1
         value = self.get(key)
         if value is not None:
             return value, 0, False
@@ -313,7 +344,11 @@ class Store:
 
     def stats(self) -> dict[str, int]:
         self._lru.expire()
-        counts = {f"cmd_{name.decode()}": n for name, n in sorted(self.commands.items())}
+        commands = self.commands.copy()
+        gets = self.hits + self.misses - self.other_lookups  # every get is a hit or a miss
+        if gets:
+            commands[b"get"] += gets
+        counts = {f"cmd_{name.decode()}": n for name, n in sorted(commands.items())}
         return {
             "uptime": int(self._clock() - self.started),
             "items": len(self._lru),

@@ -1,5 +1,6 @@
 """The client beyond single commands: mapping, threads, failover, rejoin without stale reads, replicas."""
 
+import enum
 import threading
 from typing import Any
 
@@ -149,6 +150,55 @@ def test_failover_and_rejoin_after_dead_timeout(clock: FakeClock) -> None:
         assert cache.get_many(keys) == dict.fromkeys(keys, "v3")
     finally:
         cluster.close()
+
+
+def test_a_remembered_get_fails_over_and_rejoins(clock: FakeClock) -> None:
+    # The sync get remembers each key's request and node (ClientCore.req_gets); that must not outlive the node.
+    cluster = CacheCluster(2)
+    cache = cluster.client(timeout=0.2, retries=1, dead_timeout=30, clock=clock)
+    try:
+        cache["k"] = b"v1"
+        assert cache.get("k") == b"v1" and "k" in cache.req_gets and cache.get("k") == b"v1"
+        _frame, owner, health = cache.req_gets["k"]
+        assert not cache.health.failed(health, [])  # one missed answer: the next one that arrives forgets it
+        assert cache.get("k") == b"v1" and health.failures == 0
+        endpoint = cache.endpoints[owner]
+        cluster.nodes[owner].stop()
+        assert cache.get("k", "gone") == "gone"  # no answer, a retry, then the other node: it never had k
+        assert cache.node_state()[endpoint] == "dead"
+        cache["k"] = b"v2"  # to the other node; the dead owner is hinted to forget k
+        assert cache.get("k") == b"v2" and cache.get("k") == b"v2"
+        cluster.nodes[owner] = CacheNode(endpoint)
+        cluster.nodes[owner].store.set(b"k", b"\x00stale")  # as if it had kept an old copy
+        cluster.nodes[owner].start()
+        while endpoint not in cache.ping(timeout=0.2):  # the client's socket reconnects (its backoff)
+            pass
+        clock.now += 31
+        assert cache.get("k") is None  # the owner again, after it deleted the hinted key: never b"stale"
+        assert cache.node_state()[endpoint] == "alive"
+        cache["k"] = b"v3"
+        assert cache.get("k") == b"v3" and cache.get("k") == b"v3"
+    finally:
+        cluster.close()
+
+
+def test_remembered_gets_tell_keys_apart(cache_cluster: CacheCluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    class Color(str, enum.Enum):  # equal to "red", but sent as its repr like any other non-str key
+        RED = "red"
+
+    monkeypatch.setattr("zmqkit.cache.core._REQ_GETS_MAX", 8)
+    cache = cache_cluster.client()
+    cache.set_many({"red": "plain", b"raw": "bytes key", "n": 7})
+    cache.set(Color.RED, "enum")  # (a dict would take it for "red")
+    for _ in range(2):
+        assert cache.get("red") == "plain" and cache.get(Color.RED) == "enum"
+        assert cache.get(b"raw") == "bytes key" and cache.get("n") == 7 and cache.get("none", 0) == 0
+    assert all(type(k) in (str, bytes) for k in cache.req_gets)  # Color.RED is not remembered
+    for i in range(20):
+        cache.get(f"k{i}")
+    assert 0 < len(cache.req_gets) <= 8  # bounded: it starts over when full
+    with pytest.raises(ConfigurationError, match="bad key"):
+        cache.get("")
 
 
 def test_all_nodes_down_raises_node_unavailable() -> None:

@@ -112,8 +112,10 @@ def test_handler_commands() -> None:
     assert call(service, b"incr", b"s", u64(1))[0] == Status.NOT_A_NUMBER
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.LEASED
     assert call(service, b"lease_get", b"m", u32(1000))[0] == Status.WAIT
+    assert call(service, b"get", b"")[0] == Status.BAD_REQUEST  # counted as a get, not a hit or a miss
     stats = dict(zip(*[iter(unpack_list(call(service, b"stats")[1]))] * 2, strict=True))
     assert stats[b"cmd_incr"] == b"2" and stats[b"limit_maxbytes"] == b"67108864"
+    assert (stats[b"cmd_get"], stats[b"get_hits"], stats[b"get_misses"]) == (b"3", b"3", b"4")
     assert call(service, b"ping")[1] == service.node_id
 
 
