@@ -9,7 +9,6 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
-import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,14 +16,13 @@ from typing import Any
 
 import click
 
-from zmqkit.bench import RawReqRep, Row, print_table, raw_dealer, spawn
+from zmqkit.bench import RawReqRep, Row, median_of, print_table, raw_dealer, spawn, take_turns
 
 from .client import CacheClient
 
 __all__ = ["run_bench", "node_processes", "measure_memory"]
 
 _VALUE = b"x" * 100
-_SLICES = 6  # per round: the raw REQ/REP and the single get take turns in this many slices
 MB = 2**20
 
 
@@ -150,17 +148,14 @@ def measure_memory(memory: str = "64M", times: int = 10) -> tuple[int, int]:
 
 
 def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False, rounds: int = 5) -> None:
-    """Print the cache benchmark table. Latencies: raw REQ/REP and zmqkit get take turns for ``rounds`` rounds of
-    ``ops`` each, cut in short slices, and the median slice of each is shown, so a noisy neighbour hits both
-    alike; sets run ``ops`` per round."""
+    """Print the cache benchmark table. Latencies: raw REQ/REP, zmqkit get and set take turns for ``rounds``
+    rounds of ``ops`` each, cut in short slices, and the median slice of each is shown, so a noisy neighbour hits
+    them alike."""
     have_memcached = vs_memcached and shutil.which("memcached") is not None
     if vs_memcached and not have_memcached:
         click.echo("memcached is not installed: skipping the memcached rows", err=True)
     keys = [f"key:{i}" for i in range(100)]
     rows: list[Row] = []
-    raw_rtts: list[float] = []
-    gets: list[float] = []
-    sets: list[float] = []
     raw_pipe = raw_dealer(ops * 10, 100)
     mc = _memcached_rows(ops, keys) if have_memcached else {}
     with node_processes(4) as (endpoints, _procs), CacheClient(endpoints) as client:
@@ -169,25 +164,29 @@ def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False
         one = CacheClient(endpoints[:1])
         try:
             one.set("k", _VALUE)
-            # Raw and zmqkit take turns in short slices (raw first, then zmqkit first), so that a burst of other
-            # load on the machine, which lasts about as long as a slice, hits both alike.
-            slice_ops = max(ops // _SLICES, 1)
             with RawReqRep(100) as raw:
-                for _ in range(max(1, rounds)):
-                    for turn in range(_SLICES):
-                        if turn % 2:
-                            gets.append(_mean_seconds(lambda: one.get("k"), slice_ops))
-                        raw_rtts.append(raw(slice_ops))
-                        if not turn % 2:
-                            gets.append(_mean_seconds(lambda: one.get("k"), slice_ops))
-                    sets.append(_mean_seconds(lambda: one.set("k", _VALUE), ops))
+                turns = take_turns(
+                    {
+                        "raw": raw,
+                        "get": lambda n: [one.get("k") for _ in range(n)],
+                        "set": lambda n: [one.set("k", _VALUE) for _ in range(n)],
+                    },
+                    ops,
+                    rounds,
+                )
         finally:
             one.close()
-        raw_rtt = statistics.median(raw_rtts)
+        raw_rtt = median_of(turns["raw"])
         rows.append(
-            Row(f"get, 1 node (median of {len(gets)})", statistics.median(gets), "s", raw_rtt, "≤ 1.2x raw REQ/REP")
+            Row(
+                f"get, 1 node (median of {len(turns['get'])})",
+                median_of(turns["get"]),
+                "s",
+                raw_rtt,
+                "≤ 1.2x raw REQ/REP",
+            )
         )
-        rows.append(Row("set, 1 node", statistics.median(sets), "s", raw_rtt))
+        rows.append(Row("set, 1 node", median_of(turns["set"]), "s", raw_rtt))
         get_many = _mean_seconds(lambda: client.get_many(keys), max(ops // 20, 20))
         pipelined = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3), tasks=100))
         gathered = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3)))

@@ -7,6 +7,7 @@ with the peer in a second process, so a ratio compares like with like.
 from __future__ import annotations
 
 import multiprocessing as mp
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -14,7 +15,17 @@ from dataclasses import dataclass
 import click
 import zmq
 
-__all__ = ["Row", "print_table", "raw_pushpull", "raw_pubsub", "raw_reqrep", "raw_dealer", "spawn", "RawReqRep"]
+__all__ = [
+    "Row",
+    "print_table",
+    "raw_pushpull",
+    "raw_pubsub",
+    "raw_dealer",
+    "spawn",
+    "RawReqRep",
+    "take_turns",
+    "median_of",
+]
 
 _LOCAL = "tcp://127.0.0.1:*"
 
@@ -136,10 +147,27 @@ class RawReqRep:
         self.close()
 
 
-def raw_reqrep(n: int, size: int) -> float:
-    """Mean seconds per raw REQ -> REP round trip (REP in another process)."""
-    with RawReqRep(size, n + 1) as raw:
-        return raw(n)
+def take_turns(
+    figures: dict[str, Callable[[int], object]], ops: int, rounds: int, slices: int = 6
+) -> dict[str, list[tuple[float, float]]]:
+    """Run every ``figures[name](n)`` (``n`` operations) in turns: ``rounds`` rounds of ``slices`` short slices,
+    the order reversed every slice, so a burst of other load on the machine, which lasts about as long as a
+    slice, hits them alike. Per name: (wall seconds, this process's CPU seconds) per operation, every slice."""
+    n = max(ops // slices, 1)
+    names = list(figures)
+    out: dict[str, list[tuple[float, float]]] = {name: [] for name in names}
+    for _ in range(max(1, rounds)):
+        for turn in range(slices):
+            for name in names if turn % 2 == 0 else names[::-1]:
+                cpu, start = time.process_time(), time.perf_counter()
+                figures[name](n)
+                out[name].append(((time.perf_counter() - start) / n, (time.process_time() - cpu) / n))
+    return out
+
+
+def median_of(samples: list[tuple[float, float]], index: int = 0) -> float:
+    """The median wall (``index=0``) or CPU (``index=1``) figure of :func:`take_turns` samples."""
+    return statistics.median(s[index] for s in samples)
 
 
 def raw_dealer(n: int, size: int, window: int = 100) -> float:
