@@ -9,6 +9,7 @@ import multiprocessing as mp
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import time
 from collections.abc import Iterator
@@ -105,7 +106,9 @@ def _memcached(count: int) -> Iterator[list[tuple[str, int]]]:
             proc.wait(5)
 
 
-def _memcached_rows(ops: int, keys: list[str]) -> dict[str, float]:
+@contextlib.contextmanager
+def _pymemcache(keys: list[str]) -> Iterator[tuple[Any, Any]]:
+    """pymemcache's Client on one local memcached and HashClient over four, loaded with ``keys`` and ``"k"``."""
     from pymemcache.client.base import Client
     from pymemcache.client.hash import HashClient
 
@@ -115,11 +118,7 @@ def _memcached_rows(ops: int, keys: list[str]) -> dict[str, float]:
         try:
             single.set("k", _VALUE)
             hashed.set_many(dict.fromkeys(keys, _VALUE))
-            return {
-                "get": _mean_seconds(lambda: single.get("k"), ops),
-                "get_many": _mean_seconds(lambda: hashed.get_many(keys), max(ops // 20, 20)),
-                "hash_get": _mean_seconds(lambda: hashed.get(keys[0]), ops),
-            }
+            yield single, hashed
         finally:
             single.close()
             hashed.close()
@@ -148,57 +147,60 @@ def measure_memory(memory: str = "64M", times: int = 10) -> tuple[int, int]:
 
 
 def run_bench(ops: int, *, vs_memcached: bool = False, memory_test: bool = False, rounds: int = 5) -> None:
-    """Print the cache benchmark table. Latencies: raw REQ/REP, zmqkit get and set take turns for ``rounds``
-    rounds of ``ops`` each, cut in short slices, and the median slice of each is shown, so a noisy neighbour hits
-    them alike."""
+    """Print the cache benchmark table. Every figure is set beside its baseline measured in turns with it, so a
+    noisy neighbour hits both alike: latencies (raw REQ/REP, get, set, pymemcache's get) in short slices, the
+    multi-key and asyncio runs (and HashClient's) round after round; each row shows the median."""
     have_memcached = vs_memcached and shutil.which("memcached") is not None
     if vs_memcached and not have_memcached:
         click.echo("memcached is not installed: skipping the memcached rows", err=True)
     keys = [f"key:{i}" for i in range(100)]
-    rows: list[Row] = []
+    runs: dict[str, list[float]] = {"get_many": [], "tasks": [], "gather": [], "hash_get_many": [], "hash_get": []}
     raw_pipe = raw_dealer(ops * 10, 100)
-    mc = _memcached_rows(ops, keys) if have_memcached else {}
-    with node_processes(4) as (endpoints, _procs), CacheClient(endpoints) as client:
-        client.set("k", _VALUE)
+    with contextlib.ExitStack() as stack:
+        mc = stack.enter_context(_pymemcache(keys)) if have_memcached else None
+        endpoints, _procs = stack.enter_context(node_processes(4))
+        client = stack.enter_context(CacheClient(endpoints))
+        one = stack.enter_context(CacheClient(endpoints[:1]))
+        raw = stack.enter_context(RawReqRep(100))
         client.set_many(dict.fromkeys(keys, _VALUE))
-        one = CacheClient(endpoints[:1])
-        try:
-            one.set("k", _VALUE)
-            with RawReqRep(100) as raw:
-                turns = take_turns(
-                    {
-                        "raw": raw,
-                        "get": lambda n: [one.get("k") for _ in range(n)],
-                        "set": lambda n: [one.set("k", _VALUE) for _ in range(n)],
-                    },
-                    ops,
-                    rounds,
-                )
-        finally:
-            one.close()
-        raw_rtt = median_of(turns["raw"])
-        rows.append(
-            Row(
-                f"get, 1 node (median of {len(turns['get'])})",
-                median_of(turns["get"]),
-                "s",
-                raw_rtt,
-                "≤ 1.2x raw REQ/REP",
-            )
-        )
-        rows.append(Row("set, 1 node", median_of(turns["set"]), "s", raw_rtt))
-        get_many = _mean_seconds(lambda: client.get_many(keys), max(ops // 20, 20))
-        pipelined = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3), tasks=100))
-        gathered = asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 300, 3)))
-    if mc:
-        rows.append(Row("pymemcache get", mc["get"], "s", raw_rtt))
-        rows.append(Row("get_many(100), 4 nodes", get_many, "s", mc["get_many"], "≤ 0.33x HashClient"))
-        rows.append(Row("async gets, 100 tasks", pipelined, "ops/s", 1 / mc["hash_get"], "≥ 5x HashClient gets"))
-        rows.append(Row("async gather(1000 gets)", gathered, "ops/s", 1 / mc["hash_get"]))
+        one.set("k", _VALUE)
+        figures: dict[str, Any] = {
+            "raw": raw,
+            "get": lambda n: [one.get("k") for _ in range(n)],
+            "set": lambda n: [one.set("k", _VALUE) for _ in range(n)],
+        }
+        if mc is not None:
+            figures["pymemcache get"] = lambda n: [mc[0].get("k") for _ in range(n)]
+        turns = take_turns(figures, ops, rounds)
+        for _ in range(max(1, rounds)):
+            runs["get_many"].append(_mean_seconds(lambda: client.get_many(keys), max(ops // 100, 10)))
+            runs["tasks"].append(asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 1000, 2), tasks=100)))
+            runs["gather"].append(asyncio.run(_pipelined(endpoints, keys * 10, max(ops // 1000, 2))))
+            if mc is not None:
+                runs["hash_get_many"].append(_mean_seconds(lambda: mc[1].get_many(keys), max(ops // 100, 10)))
+                runs["hash_get"].append(_mean_seconds(lambda: mc[1].get(keys[0]), max(ops // 5, 100)))
+    med = {name: statistics.median(values) for name, values in runs.items() if values}
+    raw_rtt = median_of(turns["raw"])
+    rows = [
+        Row(
+            f"get, 1 node (median of {len(turns['get'])})", median_of(turns["get"]), "s", raw_rtt, "≤ 1.2x raw REQ/REP"
+        ),
+        Row("set, 1 node", median_of(turns["set"]), "s", raw_rtt),
+    ]
+    if mc is not None:
+        hash_rate = 1 / med["hash_get"]
+        rows += [
+            Row("pymemcache get", median_of(turns["pymemcache get"]), "s", raw_rtt),
+            Row("get_many(100), 4 nodes", med["get_many"], "s", med["hash_get_many"], "≤ 0.33x HashClient"),
+            Row("async gets, 100 tasks", med["tasks"], "ops/s", hash_rate, "≥ 5x HashClient gets"),
+            Row("async gather(1000 gets)", med["gather"], "ops/s", hash_rate),
+        ]
     else:
-        rows.append(Row("get_many(100), 4 nodes", get_many, "s"))
-        rows.append(Row("async gets, 100 tasks", pipelined, "ops/s"))
-        rows.append(Row("async gather(1000 gets)", gathered, "ops/s"))
+        rows += [
+            Row("get_many(100), 4 nodes", med["get_many"], "s"),
+            Row("async gets, 100 tasks", med["tasks"], "ops/s"),
+            Row("async gather(1000 gets)", med["gather"], "ops/s"),
+        ]
     rows.append(Row("raw DEALER pipelined", raw_pipe, "req/s"))
     print_table(f"zmqkit bench cache (100-byte values, {os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f})", rows)
     if memory_test:

@@ -131,7 +131,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         route = self.req_gets.get(key) if type(key) is str else None
         if route is None or timeout is not None:
             return self._get_once(key, default, timeout)
-        frame, node, health = route
+        frame, node, health, _k = route
         try:
             state = self._local.sockets
         except AttributeError:  # this thread's first call
@@ -160,7 +160,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         route = self.req_get(key) if timeout is None else None
         if route is None or route[2].dead_until is not None:
             return super().get(key, default, timeout=timeout)
-        frame, node, _health = route
+        frame, node, _health, _k = route
         return self._get_result(key, default, node, self._request(node, REQ_RID, frame, self.timeout))
 
     def _get_result(self, key: Any, default: Any, node: int, reply: Reply | None) -> Any:

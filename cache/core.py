@@ -24,7 +24,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import Any
+from typing import Any, cast
 
 import mmh3
 
@@ -52,7 +52,8 @@ RESUME = object()  # fast_get_result: this reply needs the full _get
 # A REQ's gets may all carry this request id: libzmq (REQ_CORRELATE) matches a reply to its request, so a get's
 # frame can be made once per key instead of once per call.
 REQ_RID = b"\x00\x00\x00\x00"
-ReqGet = tuple[bytes, int, NodeHealth]  # a get's frame (with REQ_RID), its node's index, and its health
+# A get's frame (with REQ_RID), its node's index, its node's health, and the key's bytes.
+ReqGet = tuple[bytes, int, NodeHealth, bytes]
 _REQ_GETS_MAX = 4096  # keys whose ReqGet is remembered; the memo starts over when it is full
 
 
@@ -340,8 +341,10 @@ class ClientCore:
         copy per key, every node alive), else None."""
         if timeout is not None or self.replicas != 1 or not self.health.healthy:
             return None
-        k = self.key_bytes(key)
-        return k, self.health.by_endpoint[self.ring.get_node(k)].index
+        route = self.req_gets.get(key) if type(key) is str or type(key) is bytes else None
+        if route is None:
+            route = cast(ReqGet, self.req_get(key))  # (not None with one copy per key)
+        return route[3], route[1]
 
     def req_get(self, key: Any) -> ReqGet | None:
         """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
@@ -352,7 +355,7 @@ class ClientCore:
             return None
         k = self.key_bytes(key)
         node = self.health.by_endpoint[self.ring.get_node(k)]
-        route = (HEADER + REQ_RID + GET_OPCODE + k, node.index, node)
+        route = (HEADER + REQ_RID + GET_OPCODE + k, node.index, node, k)
         if type(key) is str or type(key) is bytes:
             if len(self.req_gets) >= _REQ_GETS_MAX:
                 self.req_gets.clear()
