@@ -159,7 +159,7 @@ def test_a_remembered_get_fails_over_and_rejoins(clock: FakeClock) -> None:
     try:
         cache["k"] = b"v1"
         assert cache.get("k") == b"v1" and "k" in cache.req_gets and cache.get("k") == b"v1"
-        _frame, owner, health = cache.req_gets["k"]
+        _frame, owner, health, _k = cache.req_gets["k"]
         assert not cache.health.failed(health, [])  # one missed answer: the next one that arrives forgets it
         assert cache.get("k") == b"v1" and health.failures == 0
         endpoint = cache.endpoints[owner]
