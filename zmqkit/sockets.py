@@ -250,17 +250,9 @@ def bind(sock: zmq.Socket, endpoint: str) -> str:
     return real.decode() if isinstance(real, bytes) else str(real)
 
 
-def connect(sock: zmq.Socket, endpoint: str, *, routing_id: bytes | None = None) -> str:
-    """Connect ``sock`` to a checked endpoint; return it.
-
-    ``routing_id`` (ROUTER only) names the peer at the other end of this connection, so a ROUTER that connects
-    to many peers can address each one by a name it chose (libzmq's ZMQ_CONNECT_ROUTING_ID).
-    """
+def connect(sock: zmq.Socket, endpoint: str) -> str:
+    """Connect ``sock`` to a checked endpoint; return it."""
     target = str(parse_endpoint(endpoint))
-    if routing_id is not None:
-        if not isinstance(routing_id, bytes) or not 0 < len(routing_id) <= 255 or routing_id[0] == 0:
-            raise ConfigurationError(f"bad routing_id {routing_id!r}: 1-255 bytes, not starting with a zero byte")
-        sock.setsockopt(zmq.CONNECT_ROUTING_ID, routing_id)
     try:
         sock.connect(target)
     except zmq.ZMQError as exc:
