@@ -1,9 +1,10 @@
 """The asyncio runner of the cache client core: ``zmqkit.asyncio.CacheClient``.
 
-Every call in flight shares one DEALER per node (pipelining): requests go out at once, a reader task per
-node hands each reply to the call waiting for its request id. Commands run their generator from ``core.py``;
-a plain ``get()`` (the hot path) skips it while all goes well: it returns a Future, and the gets of one loop
-iteration go to each node as one get_many; any outcome but a hit or a miss resumes ``_get`` with that reply.
+Every call in flight shares one DEALER per node (pipelining): requests go out at once; the event loop watches
+each socket's file descriptor, and what arrives is handed to the call waiting for its request id. Commands run
+their generator from ``core.py``; a plain ``get()`` (the hot path) skips it while all goes well: it returns a
+Future, and the gets of one loop iteration go to each node as one get_many; any outcome but a hit or a miss
+resumes ``_get`` with that reply.
 
 >>> async with CacheClient(["tcp://127.0.0.1:11311"]) as cache:
 ...     await cache.set("user:42", {"name": "Ada"})
@@ -21,11 +22,10 @@ from types import TracebackType
 from typing import Any, cast
 
 import zmq
-import zmq.asyncio
 
-from zmqkit.sockets import connect, make_socket
+from zmqkit.sockets import NOBLOCK, connect, has_input, make_socket, recv_frames, send_frames
 
-from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply
+from .actions import Batch, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply
 from .core import RESUME, ClientCore
 from .protocol import COMMANDS, HEAD
 
@@ -34,6 +34,7 @@ __all__ = ["AsyncCacheClient"]
 log = logging.getLogger(__name__)
 
 _GET = COMMANDS[b"get"][0]  # the opcode
+_RETRY_SEND = 0.005  # seconds between tries of sends a node was not connected for
 
 
 Settle = Callable[["Reply | None"], None]  # hands one request's reply (None: no answer) to whoever waits
@@ -77,40 +78,56 @@ class AsyncCacheClient(ClientCore):
 
     def __init__(self, endpoints: Any, **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
-        self._socks: list[zmq.asyncio.Socket] = []
-        self._readers: list[asyncio.Task[None]] = []
+        self._socks: list[zmq.Socket] = []
+        self._fds: list[int] = []  # each socket's file descriptor, watched by the loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the sockets
         self._pending: dict[bytes, Settle] = {}
         self._queued: dict[int, list[tuple[bytes, Settle]]] = {}  # gets to send at the end of this iteration
-        self._blocked: list[asyncio.Future[Any]] = []  # sends waiting for a node to connect
+        self._unsent: list[tuple[int, list[bytes], float]] = []  # (node, frames, give up at): node not connected
+        self._retry: asyncio.TimerHandle | None = None
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<asyncio CacheClient {len(self.endpoints)} nodes replicas={self.replicas}>"
 
-    def _open(self) -> list[zmq.asyncio.Socket]:
+    def _open(self) -> list[zmq.Socket]:
+        """Connect a DEALER per node and have the running loop watch them (plain sockets: pyzmq's asyncio ones
+        cost a future and several enum operations per message)."""
         if self._closed:
             raise RuntimeError("CacheClient is closed")
+        loop = asyncio.get_running_loop()
         try:
             for endpoint in self.endpoints:
-                sock = make_socket("dealer", self.options, asyncio=True)
+                sock = make_socket("dealer", self.options)
                 self._socks.append(sock)
                 connect(sock, endpoint)
+            for node, sock in enumerate(self._socks):
+                self._fds.append(int(sock.getsockopt(zmq.FD)))
+                loop.add_reader(self._fds[node], self._drain, node)
         except BaseException:
             self.close()
             raise
-        loop = asyncio.get_running_loop()
-        self._readers = [loop.create_task(self._read(sock)) for sock in self._socks]
+        self._loop = loop
         return self._socks
 
-    async def _read(self, sock: zmq.asyncio.Socket) -> None:
+    def _drain(self, node: int) -> None:
+        """Hand every reply waiting on ``node``'s socket to its call. Reading until EAGAIN re-arms the socket's
+        file descriptor (it signals a change, not each message)."""
+        sock = self._socks[node]
         pending = self._pending
         while True:
-            frames = await sock.recv_multipart()
+            try:
+                frames = recv_frames(sock, NOBLOCK)
+            except zmq.Again:
+                return
             parsed = parse_dealer_reply(frames)
             if parsed is not None:
                 settle = pending.pop(parsed[0], None)
                 if settle is not None:
-                    settle(parsed[1])
+                    try:
+                        settle(parsed[1])
+                    except Exception:  # a bug must not stop the replies behind it
+                        log.exception("settling a reply failed")
 
     # -- the fast get: no generator, no Task ----------------------------------------------------------------
 
@@ -167,7 +184,7 @@ class AsyncCacheClient(ClientCore):
             # One timer for the whole group: every get in it has the client's timeout.
             timer = loop.call_later(self.timeout, self._expire_call, call.rid)
             self._pending[call.rid] = functools.partial(_cancel_then, timer, settle)
-            self._send(call, self._blocked)
+            self._send(call.node, [b"", call.frame])
 
     def _expire_call(self, rid: bytes) -> None:
         settle = self._pending.pop(rid, None)
@@ -219,14 +236,29 @@ class AsyncCacheClient(ClientCore):
             self._open()
         return True
 
-    def _send(self, call: Call, blocked: list[asyncio.Future[Any]]) -> None:
-        sock = self._socks[call.node]
-        frames = [b"", call.frame]
-        sent = cast("asyncio.Future[Any]", sock.send_multipart(frames, flags=zmq.NOBLOCK))
-        if not sent.done():  # queued behind an earlier blocked send
-            blocked.append(sent)
-        elif sent.exception() is not None:  # not connected (yet, or any more): wait, until the call times out
-            blocked.append(asyncio.ensure_future(sock.send_multipart(frames)))
+    def _send(self, node: int, frames: list[bytes], give_up_at: float | None = None) -> None:
+        """Send ``frames`` to ``node``; if it is not connected (yet, or any more), try again now and then until
+        ``give_up_at`` (by then the call waiting for it has timed out)."""
+        sock = self._socks[node]
+        try:
+            send_frames(sock, frames, NOBLOCK)
+        except zmq.Again:
+            loop = cast(asyncio.AbstractEventLoop, self._loop)
+            self._unsent.append((node, frames, give_up_at or loop.time() + self.timeout))
+            if self._retry is None:
+                self._retry = loop.call_later(_RETRY_SEND, self._send_unsent)
+            return
+        # Sending may take the file descriptor's signal for a reply that came in meanwhile: look for one.
+        if has_input(sock):
+            self._drain(node)
+
+    def _send_unsent(self) -> None:
+        self._retry = None
+        unsent, self._unsent = self._unsent, []
+        now = cast(asyncio.AbstractEventLoop, self._loop).time()
+        for node, frames, give_up_at in unsent:
+            if now < give_up_at and not self._closed:
+                self._send(node, frames, give_up_at)
 
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
         if not self._socks:
@@ -237,7 +269,7 @@ class AsyncCacheClient(ClientCore):
         futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
         for call, fut in zip(calls, futures, strict=True):
             pending[call.rid] = functools.partial(_set_reply, fut)
-            self._send(call, self._blocked)
+            self._send(call.node, [b"", call.frame], loop.time() + batch.timeout)
         timer = loop.call_later(batch.timeout, _expire, futures)
         try:
             replies = {}
@@ -250,19 +282,22 @@ class AsyncCacheClient(ClientCore):
             timer.cancel()
             for call in calls:
                 pending.pop(call.rid, None)
-            if self._blocked:
-                self._blocked = [f for f in self._blocked if not f.done()]
 
     def close(self) -> None:
-        """Stop the reader tasks and close the sockets; the client cannot be used afterwards."""
+        """Stop watching the sockets and close them; the client cannot be used afterwards."""
         self._closed = True
-        for task in self._readers:
-            task.cancel()
+        loop, self._loop = self._loop, None
+        if loop is not None and not loop.is_closed():
+            for fd in self._fds:
+                loop.remove_reader(fd)
+        self._fds = []
         for sock in self._socks:
             sock.close(linger=0)
         self._socks = []  # a later call raises "closed" instead of using a closed socket
-        for send in self._blocked:
-            send.cancel()
+        if self._retry is not None:
+            self._retry.cancel()
+            self._retry = None
+        self._unsent = []
         pending, self._pending = self._pending, {}
         queued, self._queued = self._queued, {}
         for settle in [*pending.values(), *(s for entries in queued.values() for _, s in entries)]:
@@ -275,8 +310,6 @@ class AsyncCacheClient(ClientCore):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-        if self._readers:
-            await asyncio.gather(*self._readers, return_exceptions=True)
 
     def __enter__(self) -> AsyncCacheClient:
         return self

@@ -22,7 +22,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any, cast
+from typing import Any
 
 import zmq
 from zmq.backend import zmq_poll
@@ -37,6 +37,7 @@ from zmqkit.sockets import (
     bind,
     check_timeout,
     connect,
+    has_input,
     make_socket,
     resolve_options,
     send_frames,
@@ -55,20 +56,15 @@ __all__ = [
     "nudge_frame",
     "nudge_until_stopped",
     "recv_routed",
-    "sockopt",
 ]
 
 log = logging.getLogger(__name__)
 _ids = itertools.count(1)
 _POLL_MAX_MS = 3_600_000
 # Plain ints: pyzmq's enum flags cost microseconds per frame on the hot path.
-EVENTS, POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+POLLIN = int(zmq.POLLIN)
 _recv = zmq.backend.Socket.recv
 _send = zmq.backend.Socket.send
-# pyzmq's compiled getsockopt, without the zmq.Socket wrapper, for integer options such as EVENTS. It still maps
-# the option through pyzmq's SocketOption enum, so a server asks it only after replying, and only now and then
-# while nothing queues up.
-sockopt = cast("Callable[[zmq.Socket, int], int]", zmq.backend.Socket.get)
 _BURST = 64  # queued requests a server takes before it sends their replies
 _MISSES, _SKIP = 4, 32  # after this many empty looks for queued requests, skip that many
 _MORE_NOBLOCK = int(zmq.SNDMORE | zmq.NOBLOCK)
@@ -586,7 +582,7 @@ class Server(ServerCore, _Background):
                 # are not held back long and a flood cannot keep the leave deadline from being looked at.
                 if skip:
                     skip -= 1
-                elif sockopt(router, EVENTS) & POLLIN:
+                elif has_input(router):  # after replying, and only now and then while nothing queues up
                     misses = 0
                     with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
                         for _ in range(_BURST):

@@ -16,9 +16,9 @@ from typing import Any
 import zmq
 
 from zmqkit.errors import Unavailable
-from zmqkit.sockets import NOBLOCK, make_socket
+from zmqkit.sockets import NOBLOCK, has_input, make_socket
 
-from .reqrep import EVENTS, POLLIN, ClientCore, ServerCore, recv_routed, sockopt
+from .reqrep import ClientCore, ServerCore, recv_routed
 from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
 
 __all__ = ["AsyncClient", "AsyncServer"]
@@ -92,7 +92,7 @@ class AsyncClient(ClientCore):
             alias = look.pop()
             # One question (EVENTS) first: a third of the cost of the failed read that ends a drain, and a
             # socket just sent to seldom has replies waiting.
-            if sockopt(self._socks[alias], EVENTS) & POLLIN:
+            if has_input(self._socks[alias]):
                 self._drain(alias)  # what it reads may queue more to send (acks, requests that waited)
         if proto.completed:
             self._deliver()
@@ -228,7 +228,7 @@ class AsyncServer(ServerCore):
             if not proto.outbox:
                 return
             self._flush(sock)
-            if not sockopt(sock, EVENTS) & POLLIN:  # what came in while sending, if anything
+            if not has_input(sock):  # what came in while sending, if anything
                 return
 
     async def _answer(self, job: Job) -> tuple[int, int, bytes]:
@@ -247,7 +247,7 @@ class AsyncServer(ServerCore):
         sock = self._sock
         if sock is not None:
             self._flush(sock)
-            if sockopt(sock, EVENTS) & POLLIN:  # sending consumed the wake-up of what came in meanwhile
+            if has_input(sock):  # sending consumed the wake-up of what came in meanwhile
                 self._settle()
 
     async def leave(self, timeout: float = 10.0) -> bool:

@@ -11,7 +11,7 @@ import threading
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 import zmq.asyncio
@@ -39,6 +39,7 @@ __all__ = [
     "NOBLOCK",
     "check_timeout",
     "set_recv_timeout",
+    "has_input",
 ]
 
 ROLES: dict[str, int] = {
@@ -288,6 +289,18 @@ _RCVTIMEO = int(zmq.RCVTIMEO)
 # a one-frame message is the cheapest round trip libzmq makes.
 send_frame = _send = zmq.backend.Socket.send
 recv_frame = _recv = zmq.backend.Socket.recv
+
+
+_get = zmq.backend.Socket.get
+_EVENTS, _POLLIN = int(zmq.EVENTS), int(zmq.POLLIN)
+
+
+def has_input(sock: zmq.Socket) -> bool:
+    """Whether a message waits on ``sock`` (ZMQ_EVENTS). A socket's file descriptor signals a change, not each
+    message, and a send or receive may take that signal: a loop watching the descriptor asks this after one.
+    It costs a few microseconds (pyzmq maps the option through an enum): ask it once per wake-up, not per message.
+    """
+    return bool(cast(int, _get(sock, _EVENTS)) & _POLLIN)
 
 
 def send_frames(sock: zmq.Socket, frames: list[bytes], flags: int = 0) -> None:

@@ -5,8 +5,9 @@ import asyncio
 import pytest
 
 from zmqkit.asyncio import CacheClient
+from zmqkit.cache import CacheNode
 from zmqkit.errors import NodeUnavailable, ProtocolError
-from zmqkit.testing import CacheCluster
+from zmqkit.testing import CacheCluster, free_tcp_endpoint
 
 from .conftest import FakeClock
 
@@ -118,3 +119,15 @@ async def test_fast_get_errors_reach_their_own_awaiter() -> None:
                 await cache.get("plain")
     finally:
         cluster.close()
+
+
+async def test_a_call_made_before_its_node_listens_goes_out_once_it_does() -> None:
+    endpoint = free_tcp_endpoint()
+    async with CacheClient([endpoint], timeout=10) as cache:
+        stored = asyncio.ensure_future(cache.set("k", "v"))
+        while not cache._unsent:  # its send found no connection: it is tried again now and then
+            await asyncio.sleep(0.01)
+        with CacheNode(endpoint) as node:
+            node.start()
+            assert await asyncio.wait_for(stored, 5) is True
+            assert await cache.get("k") == "v"
