@@ -17,6 +17,7 @@ import asyncio
 import functools
 import inspect
 import logging
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, cast
@@ -83,19 +84,28 @@ class AsyncCacheClient(ClientCore):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the sockets
         self._pending: dict[bytes, Settle] = {}
         self._queued: dict[int, list[tuple[bytes, Settle]]] = {}  # gets to send at the end of this iteration
-        self._unsent: list[tuple[int, list[bytes], float]] = []  # (node, frames, give up at): node not connected
+        # Per node, in order: (request id, frames) not sent yet for want of a connection. A node runs one
+        # client's requests in the order they were made (a returning node's invalidation before the read behind
+        # it), so a request goes behind these, never past them.
+        self._unsent: dict[int, deque[tuple[bytes, list[bytes]]]] = {}
         self._retry: asyncio.TimerHandle | None = None
         self._closed = False
 
     def __repr__(self) -> str:
         return f"<asyncio CacheClient {len(self.endpoints)} nodes replicas={self.replicas}>"
 
+    def _ready(self) -> None:
+        """Open the sockets on first use, in the running loop; a client serves the loop it was first used in."""
+        if self._socks:
+            raise RuntimeError("this CacheClient is bound to the event loop it was first used in")
+        self._open()
+
     def _open(self) -> list[zmq.Socket]:
         """Connect a DEALER per node and have the running loop watch them (plain sockets: pyzmq's asyncio ones
         cost a future and several enum operations per message)."""
         if self._closed:
             raise RuntimeError("CacheClient is closed")
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         try:
             for endpoint in self.endpoints:
                 sock = make_socket("dealer", self.options)
@@ -107,7 +117,6 @@ class AsyncCacheClient(ClientCore):
         except BaseException:
             self.close()
             raise
-        self._loop = loop
         return self._socks
 
     def _drain(self, node: int) -> None:
@@ -137,9 +146,10 @@ class AsyncCacheClient(ClientCore):
         if target is None:
             return self._run(self._get(key, default, timeout))
         k, node = target
-        if not self._socks:
-            self._open()
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._ready()
+        fut = loop.create_future()
         self._enqueue(node, k, functools.partial(self._settle_get, fut, node, key, default))
         return fut
 
@@ -184,7 +194,7 @@ class AsyncCacheClient(ClientCore):
             # One timer for the whole group: every get in it has the client's timeout.
             timer = loop.call_later(self.timeout, self._expire_call, call.rid)
             self._pending[call.rid] = functools.partial(_cancel_then, timer, settle)
-            self._send(call.node, [b"", call.frame])
+            self._send(call.node, call.rid, [b"", call.frame])
 
     def _expire_call(self, rid: bytes) -> None:
         settle = self._pending.pop(rid, None)
@@ -232,44 +242,65 @@ class AsyncCacheClient(ClientCore):
         calls = batch.calls
         if len(calls) != 1 or batch.timeout != self.timeout or calls[0].frame[HEAD] != _GET:
             return False
-        if not self._socks:
-            self._open()
+        if asyncio.get_running_loop() is not self._loop:
+            self._ready()
         return True
 
-    def _send(self, node: int, frames: list[bytes], give_up_at: float | None = None) -> None:
-        """Send ``frames`` to ``node``; if it is not connected (yet, or any more), try again now and then until
-        ``give_up_at`` (by then the call waiting for it has timed out)."""
+    def _send(self, node: int, rid: bytes, frames: list[bytes]) -> None:
+        """Send request ``rid`` to ``node`` now, or, if the node is not connected (yet, or any more) or older
+        requests to it still wait, as soon as it is and they have gone; never once its call is over."""
+        waiting = self._unsent.get(node)
+        if waiting:
+            waiting.append((rid, frames))
+            return
         sock = self._socks[node]
         try:
             send_frames(sock, frames, NOBLOCK)
         except zmq.Again:
-            loop = cast(asyncio.AbstractEventLoop, self._loop)
-            self._unsent.append((node, frames, give_up_at or loop.time() + self.timeout))
+            self._unsent[node] = deque([(rid, frames)])
             if self._retry is None:
-                self._retry = loop.call_later(_RETRY_SEND, self._send_unsent)
-            return
-        # Sending may take the file descriptor's signal for a reply that came in meanwhile: look for one.
+                self._retry = cast(asyncio.AbstractEventLoop, self._loop).call_later(_RETRY_SEND, self._send_unsent)
+        except zmq.ZMQError as exc:  # the call times out, and its generator fails over
+            log.warning("cannot send to %s: %s", self.endpoints[node], exc.strerror)
+        # Trying to send may take the file descriptor's signal for a reply that came in meanwhile: look for one.
         if has_input(sock):
             self._drain(node)
 
     def _send_unsent(self) -> None:
+        """Send what waited for a connection, node by node in order, up to the first that still cannot go."""
         self._retry = None
-        unsent, self._unsent = self._unsent, []
-        now = cast(asyncio.AbstractEventLoop, self._loop).time()
-        for node, frames, give_up_at in unsent:
-            if now < give_up_at and not self._closed:
-                self._send(node, frames, give_up_at)
+        if self._closed:
+            return
+        pending = self._pending
+        for node, waiting in list(self._unsent.items()):
+            sock = self._socks[node]
+            while waiting:
+                rid, frames = waiting[0]
+                if rid in pending:  # else its call is over (timed out, cancelled): never send it late
+                    try:
+                        send_frames(sock, frames, NOBLOCK)
+                    except zmq.Again:
+                        break
+                    except zmq.ZMQError as exc:
+                        log.warning("cannot send to %s: %s", self.endpoints[node], exc.strerror)
+                waiting.popleft()
+            if not waiting:
+                del self._unsent[node]
+            if has_input(sock):
+                self._drain(node)
+        if self._unsent:
+            self._retry = cast(asyncio.AbstractEventLoop, self._loop).call_later(_RETRY_SEND, self._send_unsent)
 
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
-        if not self._socks:
-            self._open()
         loop = asyncio.get_running_loop()
+        if loop is not self._loop:
+            self._ready()
         calls = batch.calls
         pending = self._pending
         futures: list[asyncio.Future[Reply | None]] = [loop.create_future() for _ in calls]
         for call, fut in zip(calls, futures, strict=True):
             pending[call.rid] = functools.partial(_set_reply, fut)
-            self._send(call.node, [b"", call.frame], loop.time() + batch.timeout)
+            self._send(call.node, call.rid, [b"", call.frame])
         timer = loop.call_later(batch.timeout, _expire, futures)
         try:
             replies = {}
@@ -297,7 +328,7 @@ class AsyncCacheClient(ClientCore):
         if self._retry is not None:
             self._retry.cancel()
             self._retry = None
-        self._unsent = []
+        self._unsent = {}
         pending, self._pending = self._pending, {}
         queued, self._queued = self._queued, {}
         for settle in [*pending.values(), *(s for entries in queued.values() for _, s in entries)]:

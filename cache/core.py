@@ -97,6 +97,7 @@ class ClientCore:
         _check_number("max_hints", max_hints, 0, integer=True)
         if replicas > len(weights):
             raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
+        # Fixed for the client's life: the node table (health) and the key memo (req_gets) are built on it.
         self.ring = HashRing(weights, vnodes=vnodes)
         self.endpoints = list(weights)
         self.health = Health(

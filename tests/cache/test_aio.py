@@ -3,6 +3,7 @@
 import asyncio
 
 import pytest
+import zmq
 
 from zmqkit.asyncio import CacheClient
 from zmqkit.cache import CacheNode
@@ -131,3 +132,29 @@ async def test_a_call_made_before_its_node_listens_goes_out_once_it_does() -> No
             node.start()
             assert await asyncio.wait_for(stored, 5) is True
             assert await cache.get("k") == "v"
+
+
+async def test_requests_to_a_node_that_connects_late_keep_their_order() -> None:
+    endpoint = free_tcp_endpoint()
+    async with CacheClient([endpoint], timeout=10) as cache:
+        old = asyncio.ensure_future(cache.set("k", "old"))
+        while not cache._unsent:  # no connection: it waits
+            await asyncio.sleep(0.01)
+        with CacheNode(endpoint) as node:
+            node.start()
+            assert cache._socks[0].poll(5000, zmq.POLLOUT)  # connected, before the loop could send what waits
+            new = asyncio.ensure_future(cache.set("k", "new"))  # made after "old": it must not overtake it
+            assert await asyncio.wait_for(asyncio.gather(old, new), 5) == [True, True]
+            assert await cache.get("k") == "new"
+
+
+async def test_a_write_whose_caller_gave_up_before_it_went_out_never_goes_out() -> None:
+    endpoint = free_tcp_endpoint()
+    async with CacheClient([endpoint], timeout=10) as cache:
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(cache.set("k", "old"), 0.05)  # no node yet: it waited, then was cancelled
+        with CacheNode(endpoint) as node:
+            node.start()
+            assert cache._socks[0].poll(5000, zmq.POLLOUT)
+            assert await asyncio.wait_for(cache.set("k", "new"), 5) is True
+            assert await cache.get("k") == "new" and node.store.stats()["cmd_set"] == 1
