@@ -253,18 +253,27 @@ class AsyncCacheClient(ClientCore):
         if waiting:
             waiting.append((rid, frames))
             return
-        sock = self._socks[node]
-        try:
-            send_frames(sock, frames, NOBLOCK)
-        except zmq.Again:
+        if not self._try_send(node, frames):
             self._unsent[node] = deque([(rid, frames)])
-            if self._retry is None:
-                self._retry = cast(asyncio.AbstractEventLoop, self._loop).call_later(_RETRY_SEND, self._send_unsent)
-        except zmq.ZMQError as exc:  # the call times out, and its generator fails over
-            log.warning("cannot send to %s: %s", self.endpoints[node], exc.strerror)
+            self._retry_later()
         # Trying to send may take the file descriptor's signal for a reply that came in meanwhile: look for one.
-        if has_input(sock):
+        if has_input(self._socks[node]):
             self._drain(node)
+
+    def _try_send(self, node: int, frames: list[bytes]) -> bool:
+        """Send ``frames`` to ``node``; False if it is not connected. Another error is logged: the call times
+        out, and its generator fails over."""
+        try:
+            send_frames(self._socks[node], frames, NOBLOCK)
+        except zmq.Again:
+            return False
+        except zmq.ZMQError as exc:
+            log.warning("cannot send to %s: %s", self.endpoints[node], exc.strerror)
+        return True
+
+    def _retry_later(self) -> None:
+        if self._retry is None:
+            self._retry = cast(asyncio.AbstractEventLoop, self._loop).call_later(_RETRY_SEND, self._send_unsent)
 
     def _send_unsent(self) -> None:
         """Send what waited for a connection, node by node in order, up to the first that still cannot go."""
@@ -273,23 +282,18 @@ class AsyncCacheClient(ClientCore):
             return
         pending = self._pending
         for node, waiting in list(self._unsent.items()):
-            sock = self._socks[node]
             while waiting:
                 rid, frames = waiting[0]
-                if rid in pending:  # else its call is over (timed out, cancelled): never send it late
-                    try:
-                        send_frames(sock, frames, NOBLOCK)
-                    except zmq.Again:
-                        break
-                    except zmq.ZMQError as exc:
-                        log.warning("cannot send to %s: %s", self.endpoints[node], exc.strerror)
+                # A request whose call is over (timed out, cancelled) is dropped: never sent late.
+                if rid in pending and not self._try_send(node, frames):
+                    break
                 waiting.popleft()
             if not waiting:
                 del self._unsent[node]
-            if has_input(sock):
+            if has_input(self._socks[node]):
                 self._drain(node)
         if self._unsent:
-            self._retry = cast(asyncio.AbstractEventLoop, self._loop).call_later(_RETRY_SEND, self._send_unsent)
+            self._retry_later()
 
     async def _io(self, batch: Batch) -> dict[bytes, Reply]:
         loop = asyncio.get_running_loop()
