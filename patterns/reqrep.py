@@ -45,7 +45,7 @@ from zmqkit.sockets import (
 )
 
 from ._background import Background
-from .reqrep_protocol import HEADER, ClientProtocol, Job, ServerProtocol, run_handler
+from .reqrep_protocol import HEADER, ClientProtocol, Job, Outcome, ServerProtocol, run_handler
 
 __all__ = [
     "Client",
@@ -262,7 +262,7 @@ class Client(ClientCore):
 
     def __init__(self, endpoints: str | Sequence[str], **kwargs: Any) -> None:
         super().__init__(endpoints, **kwargs)
-        self._recv_ms = dict.fromkeys(self._socks, -1)  # each socket's receive timeout as last set
+        self._recv_s = dict.fromkeys(self._socks, 0.0)  # each socket's receive timeout (seconds) as last set
         self._sweep_at = 0.0
         self._poll_items = [(sock, POLLIN) for sock in self._socks.values()]
         self._alias_of = {sock: alias for alias, sock in self._socks.items()}
@@ -270,68 +270,83 @@ class Client(ClientCore):
     def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
         proto = self._proto
-        completed = proto.completed
-        completed.clear()  # an interrupted call may have left its outcome behind
         rid = self._submit(body, timeout)
         self._flush()
         try:
             # The short way while all goes well: the request went out at once, so wait on that server's socket
             # alone; its reply finishes the call without the protocol's pending entry and timer ever being made.
+            # What runs between the send and the receive overlaps the round trip; what runs before the send or
+            # after the reply adds to it, so that part is kept to the fewest steps.
+            outcome = None
             sent = proto.sent_now(rid)
-            now = proto.clock()
-            if sent is not None and now < self._sweep_at:
+            if sent is not None:
                 alias, attempt_deadline = sent
-                msg = self._recv_on(alias, min(_ms(attempt_deadline - now), _ms(self._sweep_at - now)))
-                if msg is not None:
-                    outcome = proto.quick_reply(rid, msg)
-                    if outcome is not None:
-                        completed.append((rid, outcome))
-                    else:
-                        proto.on_message(alias, msg)
-            # The long way: timers, retries, other servers' news.
-            while not completed:
-                self._wait(rid)
-                if proto.outbox:
-                    self._flush()
-        finally:
-            if not completed:  # interrupted (Ctrl-C): forget it, its late reply will be ignored
-                proto.cancel(rid)
-        for done_rid, (ok, value) in completed:
-            if done_rid == rid:
+                now = proto.clock()
+                sweep_at = self._sweep_at
+                if now < sweep_at:
+                    msg = self._recv_on(alias, attempt_deadline if attempt_deadline < sweep_at else sweep_at, now)
+                    if msg is not None:
+                        outcome = proto.quick_reply(rid, msg)
+                        if outcome is None:
+                            proto.on_message(alias, msg)
+            if outcome is None:
+                outcome = self._outcome(rid)  # the long way: timers, retries, other servers' news
+        except BaseException:  # interrupted (Ctrl-C): forget it, its late reply will be ignored
+            proto.cancel(rid)
+            raise
+        if outcome[0]:
+            return outcome[1]
+        raise outcome[1]
+
+    def _outcome(self, rid: bytes) -> Outcome:
+        """Wait until request ``rid`` is done; its outcome."""
+        proto = self._proto
+        completed = proto.completed
+        while True:
+            if completed:
+                # Others than ``rid`` are left over from calls interrupted after they finished: dropped.
+                mine = [outcome for done, outcome in completed if done == rid]
                 completed.clear()
-                if ok:
-                    return value
-                raise value
-        completed.clear()
-        raise RequestTimeout("request lost its reply slot")  # unreachable: completed held only other ids
+                if mine:
+                    return mine[0]
+            self._wait(rid)
+            if proto.outbox:
+                self._flush()
 
     def _wait(self, rid: bytes) -> None:
         """Wait for the next thing that moves request ``rid`` on: a message or the protocol's next timer."""
         proto = self._proto
         now = proto.clock()
-        wait = _ms(proto.next_deadline() - now)
-        if wait == 0:
+        deadline = proto.next_deadline()
+        if deadline <= now:
             proto.tick()
             return
         p = proto.pending.get(rid)
         peer = p.peer if p is not None else None
         if peer is None or now >= self._sweep_at:
-            self._sweep(0 if peer is not None else wait)
+            self._sweep(0 if peer is not None else _ms(deadline - now))
             return
         # The usual case: wait on the socket of the server that holds the request, bounded by the next timer and
         # the next sweep. A message from it (a goodbye too) is handled in order.
-        msg = self._recv_on(peer.alias, min(wait, _ms(self._sweep_at - now)))
+        msg = self._recv_on(peer.alias, min(deadline, self._sweep_at), now)
         if msg is not None:
             proto.on_message(peer.alias, msg)
 
-    def _recv_on(self, alias: bytes, wait_ms: int) -> bytes | None:
-        """One message from ``alias``'s socket, waiting at most ``wait_ms`` (rounded down to a power of two, so
-        the socket's receive timeout seldom needs setting again); None if none came."""
+    def _recv_on(self, alias: bytes, until: float, now: float) -> bytes | None:
+        """One message from ``alias``'s socket, waiting until ``until`` at most (or to the next millisecond);
+        None if none came.
+
+        The socket's receive timeout is a power of two milliseconds, set again only when it would wait past
+        ``until`` or is under a quarter of the time left: setting one costs as much as a receive, and waking
+        early costs only another turn of the caller's loop.
+        """
         sock = self._socks[alias]
-        wait_ms = _floor_pow2(wait_ms)
-        if wait_ms != self._recv_ms[alias]:
+        left = until - now
+        set_s = self._recv_s[alias]
+        if not 0 < set_s <= left < 4 * set_s:
+            wait_ms = _floor_pow2(_ms(left))
             set_recv_timeout(sock, wait_ms)
-            self._recv_ms[alias] = wait_ms
+            self._recv_s[alias] = wait_ms / 1000
         try:
             return _recv(sock)
         except zmq.Again:
@@ -397,9 +412,9 @@ class ServerCore:
         p = self._proto
         return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held}
 
-    def _execute(self, job: Job) -> tuple[int, int, bytes]:
-        """Run the handler on one job (overridden by RpcServer)."""
-        return run_handler(self.handler, self._codec, self._allow_pickle, job)
+    def _execute(self, codec: int, body: bytes) -> tuple[int, int, bytes]:
+        """Run the handler on a request's body: ``(kind, codec id, payload)`` (overridden by RpcServer)."""
+        return run_handler(self.handler, self._codec, self._allow_pickle, codec, body)
 
     def _open(self, router: zmq.Socket) -> None:
         """Bind and connect the ROUTER; remember the real endpoints."""
@@ -408,20 +423,25 @@ class ServerCore:
             connect(router, ep)
 
     def _flush(self, router: zmq.Socket) -> None:
-        proto = self._proto
-        for frames in proto.outbox:
-            try:
-                if len(frames) == 2:  # the usual answer: the client's routing id, the message
-                    _send(router, frames[0], _MORE_NOBLOCK)
-                    _send(router, frames[1], NOBLOCK)
-                else:
-                    send_frames(router, frames, NOBLOCK)
-            except zmq.ZMQError as exc:
-                # The client left (or stopped reading): its reply has nowhere to go.
-                log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
-                if exc.errno == zmq.EHOSTUNREACH:
-                    proto.client_gone(frames[:-1])
-        proto.outbox.clear()
+        """Send every answer the protocol queued."""
+        send = self._send_answer
+        for frames in self._proto.outbox:
+            send(router, frames[:-1], frames[-1])
+        self._proto.outbox.clear()
+
+    def _send_answer(self, router: zmq.Socket, envelope: list[bytes], answer: bytes) -> None:
+        """Send ``answer`` back along ``envelope``, the routing frames its request came with."""
+        try:
+            if len(envelope) == 1:  # straight from a client
+                _send(router, envelope[0], _MORE_NOBLOCK)
+                _send(router, answer, NOBLOCK)
+            else:
+                send_frames(router, [*envelope, answer], NOBLOCK)
+        except zmq.ZMQError as exc:
+            # The client left (or stopped reading): its answer has nowhere to go.
+            log.debug("reply undeliverable (%s) to %r", exc.strerror, envelope[0][:64])
+            if exc.errno == zmq.EHOSTUNREACH:
+                self._proto.client_gone(envelope)
 
 
 class Server(ServerCore, _Background):
@@ -523,7 +543,7 @@ class Server(ServerCore, _Background):
         try:
             connect(nudge, self._wake_ep)
             while (job := jobs.get()) is not None:
-                self._results.append((job, self._execute(job)))
+                self._results.append((job, self._execute(job.codec, job.body)))
                 nudge.send(self._nudge)
         finally:
             nudge.close(linger=0)
@@ -532,6 +552,8 @@ class Server(ServerCore, _Background):
         proto = self._proto
         on_message = proto.on_message
         finish = proto.finish
+        take_first = proto.take_first
+        answer_first = proto.answer_first
         execute = self._execute
         nudge = self._nudge
         items = [(router, POLLIN)]
@@ -555,7 +577,7 @@ class Server(ServerCore, _Background):
             job = on_message(frames)
             if job is not None:
                 if jobs is None:
-                    finish(job, *execute(job))
+                    finish(job, *execute(job.codec, job.body))
                 else:
                     jobs.put(job)
             return False
@@ -570,7 +592,12 @@ class Server(ServerCore, _Background):
                 wait = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
                 frames = recv_routed(router, NOBLOCK) if zmq_poll(items, wait) else None
             if frames is not None:
-                if take(frames):
+                first = take_first(frames[1]) if len(frames) == 2 and jobs is None else None
+                if first is not None:
+                    # The usual request, answered in the fewest steps (no Job, no outbox): every step before the
+                    # reply is sent adds to the client's round trip.
+                    self._send_answer(router, frames[:1], answer_first(frames[0], frames[1], *execute(*first)))
+                elif take(frames):
                     return
                 if proto.outbox:
                     self._flush(router)

@@ -74,6 +74,7 @@ _GOODBYE_CTL = HEADER + bytes([GOODBYE])
 _REQUEST_HEAD = HEADER + bytes([REQUEST])
 _REPLY_HEAD = HEADER + bytes([REPLY])
 _FIRST_REPLY_HEAD = _REPLY_HEAD + b"\x01"  # a reply to attempt 1
+_FIRST_REQUEST_HEAD = _REQUEST_HEAD + b"\x01"  # attempt 1 of a request
 
 # Server choice: a server this request has not tried beats any number of requests in flight on one it has.
 _UNTRIED_FIRST = 1 << 40
@@ -279,13 +280,13 @@ class ClientProtocol:
         asked of the protocol since ``submit``): the request is done, with no pending entry or timer ever made.
         None otherwise; the runner then hands ``msg`` to :meth:`on_message` as usual."""
         unbooked = self._unbooked
+        # The request id first: equal only if ``msg`` is long enough to hold it, and seldom equal by chance.
         if not (
-            len(unbooked) == 1
-            and unbooked[0][0] == rid
-            and len(msg) >= _BODY_AT
+            msg[_FIXED:_BODY_AT] == rid
             and msg[: KIND_AT + 2] == _FIRST_REPLY_HEAD
             and msg[_FIXED - 1] == _RID_SIZE
-            and msg[_FIXED:_BODY_AT] == rid
+            and len(unbooked) == 1
+            and unbooked[0][0] == rid
         ):
             return None
         unbooked.pop()[5].in_flight -= 1
@@ -694,7 +695,8 @@ class ServerProtocol:
     ) -> Job | None:
         if key is None:
             key = (*envelope, rid)
-        if self.window:
+        if self.window and attempt != 1:
+            # Only a retry can be in the window: a first attempt arrives once (the client numbers its attempts).
             seen = self._recent.get(key)
             if seen is None:
                 seen = self._older.get(key)
@@ -712,28 +714,58 @@ class ServerProtocol:
         job = Job(envelope, rid, attempt, codec, body, key)
         self.held += 1
         if self.window:
-            recent = self._recent
-            recent[key] = job
-            if len(recent) >= self.window:
-                self._older = recent
-                self._recent = {}
+            self._remember(key, job)
         return job
+
+    def take_first(self, msg: bytes) -> tuple[int, bytes] | None:
+        """``(codec, body)`` of ``msg``, a message straight from a client (one routing frame), if it is the first
+        attempt of a well-formed request and the server takes it now; else None, and ``msg`` goes to
+        :meth:`on_message` as usual.
+
+        For a runner that runs the handler at once and sends :meth:`answer_first` straight back: the usual request
+        then costs no Job and no outbox entry, and the window is not looked in (a first attempt arrives once).
+        """
+        size = len(msg)
+        n = _FIXED + msg[_FIXED - 1] if size >= _FIXED else 0
+        if (
+            _FIXED < n <= size
+            and n <= _FIXED + MAX_ID
+            and msg[: KIND_AT + 2] == _FIRST_REQUEST_HEAD
+            and not self.leaving
+            and self.held < self.max_queue
+        ):
+            return msg[KIND_AT + 2], msg[n:]
+        return None
+
+    def answer_first(self, peer: bytes, msg: bytes, kind: int, codec: int, payload: bytes) -> bytes:
+        """The answer frame to ``msg``, a request :meth:`take_first` took from the client ``peer``, once the
+        handler has run: counted and remembered in the window like any answer."""
+        n = _FIXED + msg[_FIXED - 1]
+        rid = msg[_FIXED:n]
+        answer = message(kind, 1, codec, rid, payload)
+        self.executed += 1
+        if self.window:
+            self._remember((peer, rid), answer)
+        return answer
+
+    def _remember(self, key: tuple[bytes, ...], value: Job | bytes) -> None:
+        """Into the window's newer generation; a full one becomes the older and the older is dropped."""
+        recent = self._recent
+        recent[key] = value
+        if len(recent) >= self.window:
+            self._older = recent
+            self._recent = {}
 
     def finish(self, job: Job, kind: int, codec: int, payload: bytes) -> None:
         """The handler is done with ``job``: queue its REPLY or ERROR (see :func:`error_payload`) and remember it
         in the window."""
         self.held -= 1
         self.executed += 1
-        rid = job.request_id
-        answer = (
-            _REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + payload
-            if kind == REPLY
-            else message(kind, job.attempt, codec, rid, payload)
-        )
+        answer = message(kind, job.attempt, codec, job.request_id, payload)
         if self.window:
             # A retry from now on gets this answer without running again. Into the newer generation even if the
             # job's entry has moved to the older one: the newer is looked in first.
-            self._recent[job.key] = answer
+            self._remember(job.key, answer)
         self.outbox.append([*job.envelope, answer])
 
     def leave(self) -> None:
@@ -776,12 +808,15 @@ def reply_of(codec: Codec, result: Any) -> tuple[int, int, bytes]:
     return REPLY, cid, payload
 
 
-def run_handler(handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job) -> tuple[int, int, bytes]:
-    """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, payload)``; failures become ERROR."""
+def run_handler(
+    handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, body_codec: int, body: bytes
+) -> tuple[int, int, bytes]:
+    """Decode a request's body, call ``handler``, encode the result: ``(kind, codec id, payload)``; failures become
+    ERROR."""
     try:
         # decode and reply_of written out: this runs once per request, and calls cost more than they look
         cid, payload = codec.pack(
-            handler(job.body if job.codec == 0 else unpack(job.codec, job.body, allow_pickle=allow_pickle))
+            handler(body if body_codec == 0 else unpack(body_codec, body, allow_pickle=allow_pickle))
         )
         return REPLY, cid, payload
     except Exception as exc:
