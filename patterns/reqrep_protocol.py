@@ -749,7 +749,8 @@ class ServerProtocol:
         return answer
 
     def _remember(self, key: tuple[bytes, ...], value: Job | bytes) -> None:
-        """Into the window's newer generation; a full one becomes the older and the older is dropped."""
+        """A request that arrived, into the window's newer generation; a full one becomes the older and the older is
+        dropped."""
         recent = self._recent
         recent[key] = value
         if len(recent) >= self.window:
@@ -763,9 +764,13 @@ class ServerProtocol:
         self.executed += 1
         answer = message(kind, job.attempt, codec, job.request_id, payload)
         if self.window:
-            # A retry from now on gets this answer without running again. Into the newer generation even if the
-            # job's entry has moved to the older one: the newer is looked in first.
-            self._remember(job.key, answer)
+            # A retry from now on gets this answer without running again. It replaces the job's entry where that
+            # is: a finish is not an arrival, and must not push the window on (which could drop a job that runs).
+            key = job.key
+            if key in self._older and key not in self._recent:
+                self._older[key] = answer
+            else:
+                self._recent[key] = answer
         self.outbox.append([*job.envelope, answer])
 
     def leave(self) -> None:

@@ -180,6 +180,38 @@ def test_retry_of_a_slow_request_is_not_run_twice(servers: Callable[..., Server]
     assert server.stats["duplicates"] >= 1
 
 
+@pytest.mark.timeout(20)
+def test_a_retry_of_a_request_answered_at_once_is_answered_from_the_window(
+    servers: Callable[..., Server], raw_socket: Any
+) -> None:
+    runs: list[bytes] = []
+    server = servers(lambda body: runs.append(body) or body + b"!")  # inline: a first attempt is answered at once
+    dealer = raw_socket(zmq.DEALER)
+    dealer.connect(server.endpoints[0])
+    for attempt in (1, 2, 3):  # a retry whose first reply was lost on the way
+        dealer.send(message(REQUEST, attempt, 0, b"rid-1", b"pay 10"))
+        assert dealer.poll(5000)
+        assert parse_message(dealer.recv()) == (REPLY, attempt, 0, b"rid-1", b"pay 10!")
+    assert runs == [b"pay 10"]
+    assert server.stats == {"executed": 1, "duplicates": 2, "held": 0}
+
+
+@pytest.mark.timeout(20)
+def test_sync_client_never_waits_past_what_it_was_given(servers: Callable[..., Server]) -> None:
+    # The receive timeout is reused while it fits; it shrinks when the time left does, and grows back.
+    server = servers()
+    with Client(server.endpoints) as client:
+        assert client.request(b"x") == b"x"  # the server's hello answer is read: nothing more will come
+        alias, sock = next(iter(client._socks.items()))
+        for left in (0.1, 0.09, 0.05, 0.02, 0.0005, 0.0, 0.1):
+            assert client._recv_on(alias, 100.0 + left, 100.0) is None  # nothing was sent: no message
+            ms = sock.rcvtimeo
+            if left >= 0.001:
+                assert ms & (ms - 1) == 0 and left / 4 < ms / 1000 <= left  # a power of two, within the time left
+            else:
+                assert ms == (1 if left > 0 else 0)  # the next millisecond, or no wait at all
+
+
 @pytest.mark.timeout(30)
 def test_window_off_runs_a_retry_again(servers: Callable[..., Server]) -> None:
     runs: list[bytes] = []

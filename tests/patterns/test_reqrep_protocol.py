@@ -279,6 +279,17 @@ def test_server_window_remembers_at_least_its_size() -> None:
     assert run(b"r4", attempt=3)  # six newer requests later it is forgotten (at most twice the window is kept)
 
 
+def test_server_window_keeps_a_running_job_when_others_finish() -> None:
+    # Handler threads: a, b and c run at once; a finishing must not push b (still running) out of the window.
+    proto = ServerProtocol(window=2)
+    jobs = {rid: proto.on_message(request(rid)) for rid in (b"a", b"b", b"c")}
+    job_a = jobs[b"a"]
+    assert job_a is not None
+    proto.finish(job_a, REPLY, 0, b"done")
+    assert proto.on_message(request(b"b", attempt=2)) is None  # still running: not run a second time
+    assert proto.duplicates == 1 and proto.held == 2
+
+
 def test_server_without_window_runs_duplicates() -> None:
     proto = ServerProtocol(window=0)
     assert proto.on_message(request(b"r1")) is not None
