@@ -271,8 +271,8 @@ class Client(ClientCore):
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable."""
         proto = self._proto
         rid = self._submit(body, timeout)
-        self._flush()
         try:
+            self._flush()
             # The short way while all goes well: the request went out at once, so wait on that server's socket
             # alone; its reply finishes the call without the protocol's pending entry and timer ever being made.
             # What runs between the send and the receive overlaps the round trip; what runs before the send or
@@ -412,9 +412,9 @@ class ServerCore:
         p = self._proto
         return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held}
 
-    def _execute(self, codec: int, body: bytes) -> tuple[int, int, bytes]:
-        """Run the handler on a request's body: ``(kind, codec id, payload)`` (overridden by RpcServer)."""
-        return run_handler(self.handler, self._codec, self._allow_pickle, codec, body)
+    def _execute(self, job: Job) -> tuple[int, int, bytes]:
+        """Run the handler on one job (overridden by RpcServer)."""
+        return run_handler(self.handler, self._codec, self._allow_pickle, job)
 
     def _open(self, router: zmq.Socket) -> None:
         """Bind and connect the ROUTER; remember the real endpoints."""
@@ -423,25 +423,20 @@ class ServerCore:
             connect(router, ep)
 
     def _flush(self, router: zmq.Socket) -> None:
-        """Send every answer the protocol queued."""
-        send = self._send_answer
-        for frames in self._proto.outbox:
-            send(router, frames[:-1], frames[-1])
-        self._proto.outbox.clear()
-
-    def _send_answer(self, router: zmq.Socket, envelope: list[bytes], answer: bytes) -> None:
-        """Send ``answer`` back along ``envelope``, the routing frames its request came with."""
-        try:
-            if len(envelope) == 1:  # straight from a client
-                _send(router, envelope[0], _MORE_NOBLOCK)
-                _send(router, answer, NOBLOCK)
-            else:
-                send_frames(router, [*envelope, answer], NOBLOCK)
-        except zmq.ZMQError as exc:
-            # The client left (or stopped reading): its answer has nowhere to go.
-            log.debug("reply undeliverable (%s) to %r", exc.strerror, envelope[0][:64])
-            if exc.errno == zmq.EHOSTUNREACH:
-                self._proto.client_gone(envelope)
+        proto = self._proto
+        for frames in proto.outbox:
+            try:
+                if len(frames) == 2:  # the usual answer: the client's routing id, the message
+                    _send(router, frames[0], _MORE_NOBLOCK)
+                    _send(router, frames[1], NOBLOCK)
+                else:
+                    send_frames(router, frames, NOBLOCK)
+            except zmq.ZMQError as exc:
+                # The client left (or stopped reading): its reply has nowhere to go.
+                log.debug("reply undeliverable (%s) to %r", exc.strerror, frames[0][:64])
+                if exc.errno == zmq.EHOSTUNREACH:
+                    proto.client_gone(frames[:-1])
+        proto.outbox.clear()
 
 
 class Server(ServerCore, _Background):
@@ -543,7 +538,7 @@ class Server(ServerCore, _Background):
         try:
             connect(nudge, self._wake_ep)
             while (job := jobs.get()) is not None:
-                self._results.append((job, self._execute(job.codec, job.body)))
+                self._results.append((job, self._execute(job)))
                 nudge.send(self._nudge)
         finally:
             nudge.close(linger=0)
@@ -552,8 +547,6 @@ class Server(ServerCore, _Background):
         proto = self._proto
         on_message = proto.on_message
         finish = proto.finish
-        take_first = proto.take_first
-        answer_first = proto.answer_first
         execute = self._execute
         nudge = self._nudge
         items = [(router, POLLIN)]
@@ -577,7 +570,7 @@ class Server(ServerCore, _Background):
             job = on_message(frames)
             if job is not None:
                 if jobs is None:
-                    finish(job, *execute(job.codec, job.body))
+                    finish(job, *execute(job))
                 else:
                     jobs.put(job)
             return False
@@ -592,12 +585,7 @@ class Server(ServerCore, _Background):
                 wait = _ms((leave_by if now >= settled else min(leave_by, settled)) - now)
                 frames = recv_routed(router, NOBLOCK) if zmq_poll(items, wait) else None
             if frames is not None:
-                first = take_first(frames[1]) if len(frames) == 2 and jobs is None else None
-                if first is not None:
-                    # The usual request, answered in the fewest steps (no Job, no outbox): every step before the
-                    # reply is sent adds to the client's round trip.
-                    self._send_answer(router, frames[:1], answer_first(frames[0], frames[1], *execute(*first)))
-                elif take(frames):
+                if take(frames):
                     return
                 if proto.outbox:
                     self._flush(router)

@@ -224,7 +224,7 @@ class AsyncServer(ServerCore):
                         self._jobs.add(task)
                         task.add_done_callback(self._jobs.discard)
                     else:
-                        proto.finish(job, *self._execute(job.codec, job.body))
+                        proto.finish(job, *self._execute(job))
             if not proto.outbox:
                 return
             self._flush(sock)

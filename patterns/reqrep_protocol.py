@@ -74,7 +74,6 @@ _GOODBYE_CTL = HEADER + bytes([GOODBYE])
 _REQUEST_HEAD = HEADER + bytes([REQUEST])
 _REPLY_HEAD = HEADER + bytes([REPLY])
 _FIRST_REPLY_HEAD = _REPLY_HEAD + b"\x01"  # a reply to attempt 1
-_FIRST_REQUEST_HEAD = _REQUEST_HEAD + b"\x01"  # attempt 1 of a request
 
 # Server choice: a server this request has not tried beats any number of requests in flight on one it has.
 _UNTRIED_FIRST = 1 << 40
@@ -695,8 +694,7 @@ class ServerProtocol:
     ) -> Job | None:
         if key is None:
             key = (*envelope, rid)
-        if self.window and attempt != 1:
-            # Only a retry can be in the window: a first attempt arrives once (the client numbers its attempts).
+        if self.window:
             seen = self._recent.get(key)
             if seen is None:
                 seen = self._older.get(key)
@@ -714,58 +712,28 @@ class ServerProtocol:
         job = Job(envelope, rid, attempt, codec, body, key)
         self.held += 1
         if self.window:
-            self._remember(key, job)
+            recent = self._recent
+            recent[key] = job
+            if len(recent) >= self.window:
+                self._older = recent
+                self._recent = {}
         return job
-
-    def take_first(self, msg: bytes) -> tuple[int, bytes] | None:
-        """``(codec, body)`` of ``msg``, a message straight from a client (one routing frame), if it is the first
-        attempt of a well-formed request and the server takes it now; else None, and ``msg`` goes to
-        :meth:`on_message` as usual.
-
-        For a runner that runs the handler at once and sends :meth:`answer_first` straight back: the usual request
-        then costs no Job and no outbox entry, and the window is not looked in (a first attempt arrives once).
-        """
-        size = len(msg)
-        n = _FIXED + msg[_FIXED - 1] if size >= _FIXED else 0
-        if (
-            _FIXED < n <= size
-            and n <= _FIXED + MAX_ID
-            and msg[: KIND_AT + 2] == _FIRST_REQUEST_HEAD
-            and not self.leaving
-            and self.held < self.max_queue
-        ):
-            return msg[KIND_AT + 2], msg[n:]
-        return None
-
-    def answer_first(self, peer: bytes, msg: bytes, kind: int, codec: int, payload: bytes) -> bytes:
-        """The answer frame to ``msg``, a request :meth:`take_first` took from the client ``peer``, once the
-        handler has run: counted and remembered in the window like any answer."""
-        n = _FIXED + msg[_FIXED - 1]
-        rid = msg[_FIXED:n]
-        answer = message(kind, 1, codec, rid, payload)
-        self.executed += 1
-        if self.window:
-            self._remember((peer, rid), answer)
-        return answer
-
-    def _remember(self, key: tuple[bytes, ...], value: Job | bytes) -> None:
-        """A request that arrived, into the window's newer generation; a full one becomes the older and the older is
-        dropped."""
-        recent = self._recent
-        recent[key] = value
-        if len(recent) >= self.window:
-            self._older = recent
-            self._recent = {}
 
     def finish(self, job: Job, kind: int, codec: int, payload: bytes) -> None:
         """The handler is done with ``job``: queue its REPLY or ERROR (see :func:`error_payload`) and remember it
         in the window."""
         self.held -= 1
         self.executed += 1
-        answer = message(kind, job.attempt, codec, job.request_id, payload)
+        rid = job.request_id
+        answer = (
+            _REPLY_HEAD + bytes((job.attempt, codec, len(rid))) + rid + payload
+            if kind == REPLY
+            else message(kind, job.attempt, codec, rid, payload)
+        )
         if self.window:
             # A retry from now on gets this answer without running again. It replaces the job's entry where that
-            # is: a finish is not an arrival, and must not push the window on (which could drop a job that runs).
+            # is: a finish is not an arrival, and must not fill the newer generation (which moves the window on,
+            # and can drop a job that still runs on a handler thread).
             key = job.key
             if key in self._older and key not in self._recent:
                 self._older[key] = answer
@@ -813,15 +781,12 @@ def reply_of(codec: Codec, result: Any) -> tuple[int, int, bytes]:
     return REPLY, cid, payload
 
 
-def run_handler(
-    handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, body_codec: int, body: bytes
-) -> tuple[int, int, bytes]:
-    """Decode a request's body, call ``handler``, encode the result: ``(kind, codec id, payload)``; failures become
-    ERROR."""
+def run_handler(handler: Callable[[Any], Any], codec: Codec, allow_pickle: bool, job: Job) -> tuple[int, int, bytes]:
+    """Decode ``job``, call ``handler``, encode the result: ``(kind, codec id, payload)``; failures become ERROR."""
     try:
         # decode and reply_of written out: this runs once per request, and calls cost more than they look
         cid, payload = codec.pack(
-            handler(body if body_codec == 0 else unpack(body_codec, body, allow_pickle=allow_pickle))
+            handler(job.body if job.codec == 0 else unpack(job.codec, job.body, allow_pickle=allow_pickle))
         )
         return REPLY, cid, payload
     except Exception as exc:

@@ -93,15 +93,15 @@ class _Methods:
             raise MethodNotFound(f"no method {name!r} on this server; it offers: {offered}")
         return fn(*args, **kwargs)
 
-    def _request_of(self, codec: int, body: bytes) -> Any:
-        if codec not in (CODEC_IDS["json"], CODEC_IDS["msgpack"], CODEC_IDS["pickle"]):
-            raise TypeError(f"RPC bodies are json or msgpack, got codec id {codec}")
-        return unpack(codec, body, allow_pickle=self._allow_pickle)
+    def _request_of(self, job: Job) -> Any:
+        if job.codec not in (CODEC_IDS["json"], CODEC_IDS["msgpack"], CODEC_IDS["pickle"]):
+            raise TypeError(f"RPC bodies are json or msgpack, got codec id {job.codec}")
+        return unpack(job.codec, job.body, allow_pickle=self._allow_pickle)
 
     @staticmethod
-    def _reply_of(codec: int, result: Any) -> tuple[int, int, bytes]:
+    def _reply_of(job: Job, result: Any) -> tuple[int, int, bytes]:
         # The reply goes back in the caller's codec, so a msgpack client gets msgpack even from a JSON default.
-        name = next(n for n, i in CODEC_IDS.items() if i == codec)
+        name = next(n for n, i in CODEC_IDS.items() if i == job.codec)
         codec_id, payload = get_codec(name).pack(result)
         return REPLY, codec_id, payload
 
@@ -121,9 +121,9 @@ class RpcServer(_Methods, Server):
         super().__init__(endpoints, self._call, **kwargs)
         self._setup_methods(self._codec.name)
 
-    def _execute(self, codec: int, body: bytes) -> tuple[int, int, bytes]:
+    def _execute(self, job: Job) -> tuple[int, int, bytes]:
         try:
-            return self._reply_of(codec, self._call(self._request_of(codec, body)))
+            return self._reply_of(job, self._call(self._request_of(job)))
         except Exception as exc:
             return ERROR, 0, describe_exception(exc)
 
@@ -149,7 +149,7 @@ class AsyncRpcServer(_Methods, AsyncServer):
 
     async def _answer(self, job: Job) -> tuple[int, int, bytes]:
         try:
-            return self._reply_of(job.codec, await self._acall(self._request_of(job.codec, job.body)))
+            return self._reply_of(job, await self._acall(self._request_of(job)))
         except Exception as exc:
             return ERROR, 0, describe_exception(exc)
 
