@@ -64,7 +64,9 @@ class AsyncClient(ClientCore):
         try:
             return await fut
         finally:
-            if not fut.done():
+            # Not done: interrupted some other way. Cancelled: the caller gave up (a cancelled task cancels the
+            # future it awaits). Either way the request is forgotten, so it holds no place and is not retried.
+            if not fut.done() or fut.cancelled():
                 self._futures.pop(rid, None)
                 self._proto.cancel(rid)
 

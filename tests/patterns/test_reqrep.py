@@ -295,6 +295,25 @@ async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Serve
 
 
 @pytest.mark.timeout(20)
+async def test_a_cancelled_async_call_is_forgotten_and_not_retried(servers: Callable[..., Server]) -> None:
+    release = threading.Event()
+    release.set()
+    server = servers(lambda body: release.wait(10) and body, concurrency=2)
+    try:
+        async with zasync.Client(server.endpoints, timeout=10, attempt_timeout=0.2) as client:
+            assert await client.request(b"warm") == b"warm"
+            release.clear()
+            with pytest.raises(asyncio.TimeoutError):
+                await asyncio.wait_for(client.request(b"given up"), 0.05)
+            # Forgotten at once: no place held on the server, no timer, no retry to come.
+            proto = client._proto
+            assert not proto.pending and not proto.completed
+            assert all(peer.in_flight == 0 for peer in proto.peers.values())
+    finally:
+        release.set()
+
+
+@pytest.mark.timeout(20)
 async def test_async_short_timeout_fires_while_a_longer_call_waits(servers: Callable[..., Server]) -> None:
     # The asyncio client sets its loop timer only when the first deadline moves earlier: a later, shorter call
     # must move it.
