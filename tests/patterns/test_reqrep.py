@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import os
+import signal
 import struct
 import threading
 from collections.abc import Callable, Iterator
@@ -292,6 +294,35 @@ async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Serve
 
         await asyncio.gather(*(one(i) for i in range(300)))
     assert fast.stats["executed"] > 4 * slow.stats["executed"]
+
+
+@pytest.mark.timeout(20)
+def test_an_interrupted_sync_call_is_forgotten(servers: Callable[..., Server]) -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def held(body: bytes) -> bytes:
+        started.set()
+        release.wait(10)
+        return body
+
+    server = servers(held, concurrency=2)
+    with Client(server.endpoints, timeout=10) as client:
+        release.set()
+        assert client.request(b"warm") == b"warm"
+        started.clear()
+        release.clear()
+        # Ctrl-C while the call waits for its reply: the server has the request.
+        killer = threading.Thread(target=lambda: started.wait(10) and os.kill(os.getpid(), signal.SIGINT))
+        killer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                client.request(b"held")
+        finally:
+            killer.join()
+            release.set()
+        proto = client._proto
+        assert not proto.pending and all(peer.in_flight == 0 for peer in proto.peers.values())
+        assert client.request(b"next") == b"next"  # the interrupted call's late reply is not taken for this one
 
 
 @pytest.mark.timeout(20)
