@@ -27,7 +27,7 @@ def test_example_runs(script: str, expected: str) -> None:
 def test_bench_cache_against_memcached_runs() -> None:
     pytest.importorskip("pymemcache")
     if shutil.which("memcached") is None:
-        pytest.skip("memcached is not installed")
+        pytest.skip("memcached is not installed (apt-get install memcached)")
     exe = Path(sys.executable).parent / "zmqkit"
     result = subprocess.run(
         [str(exe), "bench", "cache", "--ops", "200", "--vs-memcached"], capture_output=True, text=True, timeout=170
