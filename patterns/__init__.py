@@ -5,6 +5,7 @@ from zmqkit.errors import RemoteError as RemoteError
 from .fanout import Forwarder as Forwarder
 from .fanout import Publisher as Publisher
 from .fanout import Subscriber as Subscriber
+from .logs import LogHandler as LogHandler
 from .pipeline import Producer as Producer
 from .pipeline import Sink as Sink
 from .pipeline import Worker as Worker
@@ -32,6 +33,7 @@ __all__ = [
     # fanout and presence
     "Directory",
     "Forwarder",
+    "LogHandler",
     "Presence",
     "Publisher",
     "Subscriber",

@@ -1,9 +1,12 @@
-"""Fanout commands: ``zmqkit pub``, ``sub``, ``forwarder``, ``services`` and ``bench fanout``."""
+"""Fanout commands: ``zmqkit pub``, ``sub``, ``logs``, ``forwarder``, ``services`` and ``bench fanout``."""
 
 from __future__ import annotations
 
 import json
+import logging
+import logging.handlers
 import time
+from datetime import datetime
 from typing import Any
 
 import click
@@ -13,9 +16,10 @@ from zmqkit.cli import bench, main, stop_signals, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
 from .fanout import Forwarder, Publisher, Subscriber
+from .logs import LEVELS, log_topics
 from .presence import Directory
 
-__all__ = ["pub", "sub", "forwarder", "services", "bench_fanout"]
+__all__ = ["pub", "sub", "logs", "forwarder", "services", "bench_fanout"]
 
 
 @main.command()
@@ -71,6 +75,71 @@ def sub(
                 click.echo(json.dumps(record, default=repr))
             else:
                 click.echo(f"{msg.topic} {_text(msg.body)}")
+
+
+def _log_line(record: dict[str, Any]) -> str:
+    """One record as a journal-like line: time, service, level, logger, message (and its exception)."""
+    when = datetime.fromtimestamp(float(record.get("time", 0))).isoformat(sep=" ", timespec="milliseconds")
+    line = f"{when} {record.get('service', '?')} {record.get('level', '?')} {record.get('logger', '')}: "
+    line += str(record.get("message", ""))
+    exception = record.get("exception")
+    return f"{line}\n{str(exception).rstrip()}" if exception else line
+
+
+@main.command()
+@click.option("--connect", "connects", help="Endpoints to read from, comma-separated: services' binds or a forwarder.")
+@click.option("--bind", "binds", help="Endpoint to bind, for services whose handlers connect here.")
+@click.option("--service", "services_", multiple=True, help="Only this service (repeatable; default: all).")
+@click.option(
+    "--level",
+    default="debug",
+    show_default=True,
+    type=click.Choice(LEVELS, case_sensitive=False),
+    help="This level and above.",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line, as published.")
+@click.option("--to", "to_file", type=click.Path(dir_okay=False), help="Also append the lines to FILE (rotated).")
+@click.option("--max-bytes", default=10 * 2**20, show_default=True, type=click.IntRange(min=1), help="Rotate at.")
+@click.option("--backups", default=5, show_default=True, type=click.IntRange(min=0), help="Rotated files kept.")
+@click.option("--count", default=0, type=click.IntRange(min=0), help="Stop after this many records (0: never).")
+@click.option("--timeout", default=None, type=float, help="Stop with an error after this many idle seconds.")
+def logs(
+    connects: str | None,
+    binds: str | None,
+    services_: tuple[str, ...],
+    level: str,
+    as_json: bool,
+    to_file: str | None,
+    max_bytes: int,
+    backups: int,
+    count: int,
+    timeout: float | None,
+) -> None:
+    """Follow the log records of many services at once (published by zmqkit.patterns.LogHandler)."""
+    if not connects and not binds:
+        raise click.UsageError("give --connect ENDPOINTS or --bind ENDPOINT")
+    out: logging.Handler | None = None
+    if to_file:
+        out = logging.handlers.RotatingFileHandler(to_file, maxBytes=max_bytes, backupCount=backups)
+        out.setFormatter(logging.Formatter("%(message)s"))
+    topics = log_topics(services_, level)
+    endpoints = connects.split(",") if connects else None
+    with Subscriber(endpoints, bind=binds, topics=topics) as subscriber:
+        if binds:
+            click.echo(f"listening on {subscriber.endpoint}", err=True)
+        seen = 0
+        try:
+            while not count or seen < count:
+                body = subscriber.recv(timeout=timeout).body
+                record = body if isinstance(body, dict) else {"message": _text(body)}
+                line = json.dumps(record) if as_json else _log_line(record)
+                click.echo(line)
+                if out is not None:
+                    out.emit(logging.makeLogRecord({"msg": line}))
+                seen += 1
+        finally:
+            if out is not None:
+                out.close()
 
 
 @main.command()
