@@ -406,7 +406,6 @@ class ServerCore:
         self.endpoints: list[str] = []
         self._left_cleanly = False
 
-    @property
     def stats(self) -> dict[str, int]:
         """Requests executed, duplicates answered from the idempotency window, requests held now."""
         p = self._proto

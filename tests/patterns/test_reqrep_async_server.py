@@ -69,7 +69,7 @@ async def test_async_server_leaves_under_load_without_a_failed_call() -> None:
             assert await servers[0].leave(10) is True
             await lanes
         assert done == 400
-        assert servers[0].stats["executed"] > 0 and servers[1].stats["executed"] > 0
+        assert servers[0].stats()["executed"] > 0 and servers[1].stats()["executed"] > 0
     finally:
         for s in servers:
             s.close()

@@ -1,0 +1,63 @@
+"""Prometheus metrics read the objects' counters at scrape time, over real HTTP and real sockets."""
+
+import re
+import urllib.request
+
+import pytest
+
+from zmqkit import ConfigurationError
+from zmqkit.metrics import serve_metrics
+from zmqkit.patterns import Client, Producer, Server, Worker
+
+pytest.importorskip("prometheus_client", reason="needs the metrics extra: pip install 'zmqkit[metrics]'")
+
+
+def scrape(url: str) -> dict[str, float]:
+    """``{series{labels}: value}`` from one GET of the metrics page."""
+    with urllib.request.urlopen(url, timeout=10) as response:
+        text = response.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[re.sub(r"\{.*\}", "", name)] = float(value)
+    return values
+
+
+@pytest.mark.timeout(30)
+def test_a_server_counts_exactly_the_requests_it_executed() -> None:
+    with (
+        Server("tcp://127.0.0.1:0", lambda body: body) as server,
+        Client(server.endpoints, timeout=5) as client,
+        serve_metrics(server, port=0, bind="127.0.0.1", service="echo") as metrics,
+    ):
+        before = scrape(metrics.url)["zmqkit_reqrep_executed_total"]
+        for i in range(7):
+            assert client.request(b"%d" % i) == b"%d" % i
+        after = scrape(metrics.url)
+    assert after["zmqkit_reqrep_executed_total"] - before == 7
+    assert after["zmqkit_reqrep_in_flight"] == 0
+
+
+@pytest.mark.timeout(30)
+def test_a_producer_counts_acknowledged_messages() -> None:
+    with Producer(bind="tcp://127.0.0.1:0") as producer:
+        worker = Worker(lambda msg: msg, connect=producer.endpoint).start()
+        try:
+            with serve_metrics(producer, port=0, bind="127.0.0.1", service="jobs") as metrics:
+                for i in range(25):
+                    producer.send(i)
+                producer.join(timeout=20)
+                values = scrape(metrics.url)
+        finally:
+            worker.close()
+    assert values["zmqkit_pipeline_acked_total"] == 25
+    assert values["zmqkit_pipeline_dead_letters_total"] == 0
+    assert values["zmqkit_pipeline_in_flight"] == 0
+
+
+def test_bad_arguments_raise_at_once() -> None:
+    with pytest.raises(ConfigurationError, match="70000"):
+        serve_metrics(object(), port=70000)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="no metrics for"):
+        serve_metrics(object(), port=0)  # type: ignore[arg-type]
