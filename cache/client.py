@@ -92,8 +92,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
     ``codec="auto+pickle"`` lets values JSON cannot carry travel as pickle (trusted nodes only).
     """
 
-    def __init__(self, endpoints: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, **kwargs)
+    def _setup(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []
