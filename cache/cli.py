@@ -90,12 +90,16 @@ def serve(bind: str, count: int, memory: str, max_item: str) -> None:
 EXIT_MISSING, EXIT_UNREACHABLE, EXIT_ERROR = 1, 3, 4  # `cache get`'s exit codes (2 is click's usage error)
 
 
-class _Exit(click.ClickException):
-    """A one-line error with its own exit code."""
+class _Missing(click.ClickException):
+    exit_code = EXIT_MISSING
 
-    def __init__(self, message: str, code: int) -> None:
-        super().__init__(message)
-        self.exit_code = code
+
+class _Unreachable(click.ClickException):
+    exit_code = EXIT_UNREACHABLE
+
+
+class _Failed(click.ClickException):
+    exit_code = EXIT_ERROR
 
 
 @cache.command()
@@ -118,11 +122,11 @@ def get(key: str, nodes: str, timeout: float) -> None:
         with _client(nodes, timeout) as client:
             value = client.get(key, missing)
     except (Unavailable, RequestTimeout) as exc:
-        raise _Exit(str(exc), EXIT_UNREACHABLE) from None
+        raise _Unreachable(str(exc)) from None
     except ZmqkitError as exc:
-        raise _Exit(str(exc), EXIT_ERROR) from None
+        raise _Failed(str(exc)) from None
     if value is missing:
-        raise _Exit(f"{key!r} not found", EXIT_MISSING)
+        raise _Missing(f"{key!r} not found")
     click.echo(_show(value))
 
 
