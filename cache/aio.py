@@ -77,8 +77,7 @@ class AsyncCacheClient(ClientCore):
     releases its sockets.
     """
 
-    def __init__(self, endpoints: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, **kwargs)
+    def _setup(self) -> None:
         self._socks: list[zmq.Socket] = []
         self._fds: list[int] = []  # each socket's file descriptor, watched by the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the sockets

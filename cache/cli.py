@@ -14,7 +14,7 @@ import click
 
 from zmqkit.cli import ZmqkitGroup, bench, main, stop_signals, wait_until_stopped
 from zmqkit.endpoints import parse_endpoint
-from zmqkit.errors import ConfigurationError
+from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable, ZmqkitError
 
 from .client import CacheClient
 from .node import CacheNode
@@ -87,17 +87,46 @@ def serve(bind: str, count: int, memory: str, max_item: str) -> None:
                 node.stop()
 
 
+EXIT_MISSING, EXIT_UNREACHABLE, EXIT_ERROR = 1, 3, 4  # `cache get`'s exit codes (2 is click's usage error)
+
+
+class _Missing(click.ClickException):
+    exit_code = EXIT_MISSING
+
+
+class _Unreachable(click.ClickException):
+    exit_code = EXIT_UNREACHABLE
+
+
+class _Failed(click.ClickException):
+    exit_code = EXIT_ERROR
+
+
 @cache.command()
 @click.argument("key")
 @_NODES
 @_TIMEOUT
 def get(key: str, nodes: str, timeout: float) -> None:
-    """Print the value of KEY (exit 1 if it is not there)."""
+    """Print the value of KEY.
+
+    \b
+    Exit codes:
+      0  found (the value is printed)
+      1  KEY is not there
+      2  bad usage
+      3  no node answered (unreachable, or timed out)
+      4  any other error (bad key, refused by a node)
+    """
     missing = object()
-    with _client(nodes, timeout) as client:
-        value = client.get(key, missing)
+    try:
+        with _client(nodes, timeout) as client:
+            value = client.get(key, missing)
+    except (Unavailable, RequestTimeout) as exc:
+        raise _Unreachable(str(exc)) from None
+    except ZmqkitError as exc:
+        raise _Failed(str(exc)) from None
     if value is missing:
-        raise click.ClickException(f"{key!r} not found")
+        raise _Missing(f"{key!r} not found")
     click.echo(_show(value))
 
 

@@ -90,10 +90,11 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
     ``timeout`` is per attempt; a node that misses ``retries + 1`` answers in a row is skipped for
     ``dead_timeout`` seconds (on ``clock``). ``replicas=N`` writes every key to N nodes.
     ``codec="auto+pickle"`` lets values JSON cannot carry travel as pickle (trusted nodes only).
+    ``max_item=None`` lets each node's own max item size decide (a bigger value raises ``TooLarge``); a size also
+    refuses bigger values here. Keys are str, bytes, int or tuples (``zmqkit.cache.keys``).
     """
 
-    def __init__(self, endpoints: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, **kwargs)
+    def _setup(self) -> None:
         self._local = threading.local()
         self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []

@@ -36,9 +36,10 @@ from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
 from .health import Health, NodeHealth
+from .keys import canonical, key_bytes
 from .protocol import GET_OPCODE, HEADER, Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
-from .store import MAX_KEY, RELATIVE_TTL_LIMIT, parse_size
+from .store import MAX_KEY, TooLarge, check_ttl, parse_size
 
 __all__ = ["ClientCore", "RESUME", "map_op", "REQ_RID", "ReqGet"]
 
@@ -82,7 +83,7 @@ class ClientCore:
         dead_timeout: float = 10.0,
         replicas: int = 1,
         codec: str | Codec = "auto",
-        max_item: int | str = "1M",
+        max_item: int | str | None = None,
         vnodes: int = DEFAULT_VNODES,
         max_hints: int = 10_000,
         clock: Callable[[], float] = time.monotonic,
@@ -106,44 +107,37 @@ class ClientCore:
         self.timeout = float(timeout)
         self.dead_timeout = float(dead_timeout)
         self.replicas = replicas
-        self.max_item = parse_size(max_item)
+        self.options = resolve_options(options, curve)
+        # None: each node's own limit holds (it refuses a bigger value with TOO_LARGE); a size: refused here too.
+        self.max_item = None if max_item is None else parse_size(max_item)
+        # Without a limit of its own, the client still refuses what no node could receive (a message above the
+        # sockets' MAXMSGSIZE would cost the connection, not get an answer).
+        frame_max = self.options.max_msg_size - MAX_KEY - 64 if self.options.max_msg_size > 0 else 2**62
+        self._max_payload = (self.max_item or frame_max) - 1
         self.max_hints = max_hints
         self.codec = get_codec(codec)
         fallback = self.codec.fallback if isinstance(self.codec, AutoCodec) else self.codec
         self.allow_pickle = isinstance(fallback, PickleCodec)
         self.clock = clock
-        self.options = resolve_options(options, curve)
         self._rids = itertools.count(1)
-        self.req_gets: dict[str | bytes, ReqGet] = {}  # see req_get
+        self.req_gets: dict[str | bytes | int, ReqGet] = {}  # see req_get
+        self._setup()
+
+    def _setup(self) -> None:
+        """The runner's own state, made last in ``__init__`` (so the runners keep this explicit signature)."""
 
     def _run(self, op: Op) -> Any:
         raise NotImplementedError  # the runner's job
 
     # -- keys and values -----------------------------------------------------------------------------------
 
-    @staticmethod
-    def key_bytes(key: Any) -> bytes:
-        """Key as sent: str as UTF-8, bytes as is; other hashables (cachetools' tuple keys) by their repr."""
-        if type(key) is str:
-            raw = key.encode()
-        elif isinstance(key, (bytes, bytearray, memoryview)):
-            raw = bytes(key)
-        elif key is None or isinstance(key, (float, bool)):
-            raise ConfigurationError(f"bad key {key!r}: use str, bytes, or a tuple of them")
-        else:
-            text = repr(key).encode()
-            # A derived key may be long: keep it within memcached's limit by its murmur3 hash.
-            return text if len(text) <= MAX_KEY else b"h:" + mmh3.hash_bytes(text).hex().encode()
-        if not 0 < len(raw) <= MAX_KEY:
-            raise ConfigurationError(f"bad key {key!r:.80}: a key is 1 to {MAX_KEY} bytes")
-        return raw
+    key_bytes = staticmethod(key_bytes)  # the one key encoding (keys.py): str, bytes, int, tuple
 
     def encode_value(self, key: bytes, value: Any) -> bytes:
         codec_id, payload = self.codec.pack(value)
-        if len(payload) > self.max_item - 1:
-            raise ConfigurationError(
-                f"value for key {key[:60]!r} is {len(payload)} bytes; the max item size is {self.max_item}"
-            )
+        if len(payload) > self._max_payload:
+            limit = self.max_item or f"{self._max_payload + 1} (what a socket takes)"
+            raise TooLarge(f"value for key {key[:60]!r} is {len(payload)} bytes; the max item size is {limit}")
         return _CODEC_BYTE[codec_id] + payload
 
     def decode_value(self, frame: bytes) -> Any:
@@ -153,12 +147,7 @@ class ClientCore:
 
     @staticmethod
     def _ttl(ttl: float) -> bytes:
-        if not isinstance(ttl, (int, float)) or isinstance(ttl, bool) or ttl < 0:
-            raise ConfigurationError(f"bad ttl {ttl!r}: seconds >= 0 (0 = never expires)")
-        whole = int(ttl) + (ttl % 1 > 0)  # round up: a 0.5 s TTL must not mean "never"
-        if RELATIVE_TTL_LIMIT < whole < 10**9 or whole > 0xFFFFFFFF:
-            raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time (u32)")
-        return u32(whole)
+        return u32(check_ttl(ttl))
 
     # -- routing -------------------------------------------------------------------------------------------
 
@@ -331,7 +320,7 @@ class ClientCore:
         if status in _ERRORS:
             message = reply[1].decode(errors="replace") or "no message"
             if status == Status.TOO_LARGE:
-                raise ConfigurationError(message)
+                raise TooLarge(message)
             name = Status(status).name if status in Status.__members__.values() else str(status)
             raise RemoteError(name, message)
 
@@ -342,7 +331,8 @@ class ClientCore:
         copy per key, every node alive), else None."""
         if timeout is not None or self.replicas != 1 or not self.health.healthy:
             return None
-        route = self.req_gets.get(key) if type(key) is str or type(key) is bytes else None
+        kind = type(key)
+        route = self.req_gets.get(key) if kind is str or kind is bytes or kind is int else None
         if route is None:
             route = cast(ReqGet, self.req_get(key))  # (not None with one copy per key)
         return route[3], route[1]
@@ -350,14 +340,15 @@ class ClientCore:
     def req_get(self, key: Any) -> ReqGet | None:
         """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
         the runner checks that the node is alive, as routing would only send it there then); else None.
-        Remembered in :attr:`req_gets` for str and bytes keys (other types may equal one and encode otherwise),
-        so the next get of the key costs a dict lookup: the ring and the node list do not change."""
+        Remembered in :attr:`req_gets` for str, bytes and int keys (a lookup checks the exact type first: True
+        equals 1, 1.0 equals 1), so the next get of the key costs a dict lookup: the ring and the node list do
+        not change."""
         if self.replicas != 1:
             return None
         k = self.key_bytes(key)
         node = self.health.by_endpoint[self.ring.get_node(k)]
         route = (HEADER + REQ_RID + GET_OPCODE + k, node.index, node, k)
-        if type(key) is str or type(key) is bytes:
+        if type(key) is str or type(key) is bytes or type(key) is int:
             if len(self.req_gets) >= _REQ_GETS_MAX:
                 self.req_gets.clear()
             self.req_gets[key] = route
@@ -609,7 +600,10 @@ class ClientCore:
         """Decorator: cache a function's results by its arguments, computing each one once across processes.
 
         When many callers miss the same key at once, one gets a lease and computes; the others wait for its
-        value (up to ``lease`` seconds, then they compute themselves).
+        value (up to ``lease`` seconds, then they compute themselves). The key is the function's name and a hash
+        of its arguments' canonical encoding (``keys.canonical``: the same in every process); an argument of
+        another type than str, bytes, int, float, bool, None, or tuples, lists, dicts and sets of them raises
+        ConfigurationError naming its type.
         """
         self._ttl(ttl)
         _check_number("lease", lease, 0.001)
@@ -618,7 +612,8 @@ class ClientCore:
             prefix = f"zmqkit.memo:{fn.__module__}.{fn.__qualname__}:"
 
             def memoized(*args: Any, **kwargs: Any) -> Any:
-                digest = mmh3.hash_bytes(repr((args, sorted(kwargs.items()))).encode()).hex()
+                # canonical: the same key in every process (a set's repr depends on PYTHONHASHSEED)
+                digest = mmh3.hash_bytes(canonical((args, kwargs))).hex()
                 key = (prefix[: MAX_KEY - 40] + digest).encode()
                 return self._run(self._memoized(key, fn, args, kwargs, ttl, lease, timeout))
 

@@ -99,6 +99,7 @@ class CacheNode:
         rep = make_socket("rep", self.options)
         try:
             self.endpoint = bind(rep, self._bind)
+            self.service.peer = f"a client of {self.endpoint}"
             bind(rep, self._control)  # stop() asks on this in-process endpoint, so the loop needs no poll
             self._ready.set()
             if ready is not None:

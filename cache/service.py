@@ -1,6 +1,7 @@
 """The node's request handler, sans-I/O: a request message in, the reply frame out, run against a Store.
 
-A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving.
+A malformed request gets a BAD_REQUEST reply (never an exception), so the node keeps serving; it is counted
+(``malformed`` in stats) and logged at most once per :data:`MALFORMED_LOG_INTERVAL` per peer, with a count.
 
 >>> service = Service(Store())
 >>> service.handle(HEADER + b"\\x00\\x00\\x00\\x01\\x13")  # ping
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Callable
 
 from zmqkit._version import __version__
@@ -34,12 +36,41 @@ from .protocol import (
 )
 from .store import MAX_KEY, NotANumber, Store, TooLarge
 
-__all__ = ["Service"]
+__all__ = ["Service", "LogLimit", "MALFORMED_LOG_INTERVAL"]
 
 log = logging.getLogger(__name__)
 _OK = Status.OK
 _H = len(HEADER)
 _Handler = Callable[[list[bytes]], tuple[Status, bytes]]
+MALFORMED_LOG_INTERVAL = 10.0  # seconds between two warnings about one peer's bad requests
+_PEERS_MAX = 1024  # peers whose warnings are timed; the longest quiet goes first
+
+
+class LogLimit:
+    """Log one warning per peer per ``interval`` (on ``clock``), saying how many were held back meanwhile; the
+    peer table is bounded (``max_peers``), so a flood from many addresses costs bounded memory."""
+
+    def __init__(self, clock: Callable[[], float], interval: float = MALFORMED_LOG_INTERVAL) -> None:
+        self.clock = clock
+        self.interval = interval
+        self.max_peers = _PEERS_MAX
+        self._peers: OrderedDict[str, list[float]] = OrderedDict()  # peer -> [time of its last line, held back]
+
+    def warn(self, peer: str, message: str) -> bool:
+        """Log ``message`` for ``peer`` unless it had a line less than ``interval`` ago; True if logged."""
+        now = self.clock()
+        seen = self._peers.get(peer)
+        if seen is not None and now - seen[0] < self.interval:
+            seen[1] += 1
+            return False
+        held = int(seen[1]) if seen is not None else 0
+        self._peers[peer] = [now, 0]
+        self._peers.move_to_end(peer)
+        if len(self._peers) > self.max_peers:
+            self._peers.popitem(last=False)
+        more = f" ({held} more from this peer in the last {now - seen[0]:.0f}s)" if seen is not None and held else ""
+        log.warning("bad request from %s: %s%s", peer, message, more)
+        return True
 
 
 def _key(frame: bytes) -> bytes:
@@ -61,9 +92,15 @@ def _value(frame: bytes) -> bytes:
 class Service:
     """Runs requests on ``store``: ``handle(request frame) -> the reply frame``."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, clock: Callable[[], float] | None = None) -> None:
         self.store = store
         self.node_id = os.urandom(8)  # changes on every start: a client can tell a restarted node
+        self.malformed = 0  # requests answered BAD_REQUEST
+        self.log_limit = LogLimit(clock or store.clock)
+        # A REP socket does not say which peer sent a message (libzmq keeps the address in each message's
+        # metadata, and reading every request as a zmq.Frame to see it would slow the hot path), so every
+        # request to this node counts as from one peer: its endpoint, once the node knows it.
+        self.peer = "a client"
         s = store
         self._handlers: dict[bytes, _Handler] = {
             b"gets": self._gets,
@@ -114,11 +151,11 @@ class Service:
         exc = ProtocolError(f"a request is one frame, got {len(frames)}")
         return self._error(request_id(frames[0] if frames else b""), exc)
 
-    @staticmethod
-    def _error(rid: bytes, exc: Exception) -> bytes:
+    def _error(self, rid: bytes, exc: Exception) -> bytes:
         """The error reply for ``exc``: the client's fault, the value's, or the node's."""
         if isinstance(exc, ProtocolError):
-            log.warning("bad request: %s", exc)
+            self.malformed += 1
+            self.log_limit.warn(self.peer, str(exc))
             return encode_reply(rid, Status.BAD_REQUEST, str(exc).encode())
         if isinstance(exc, TooLarge):
             return encode_reply(rid, Status.TOO_LARGE, str(exc).encode())
@@ -162,7 +199,7 @@ class Service:
 
     def _stats(self, args: list[bytes]) -> tuple[Status, bytes]:
         out: list[bytes] = []
-        for name, value in self.store.stats().items():
+        for name, value in {**self.store.stats(), "malformed": self.malformed}.items():
             out += [name.encode(), b"%d" % value]
         return _OK, pack_list(out)
 

@@ -14,6 +14,7 @@ with the stored bytes unchanged.
 from __future__ import annotations
 
 import contextlib
+import math
 import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable
@@ -30,7 +31,10 @@ __all__ = [
     "MAX_KEY",
     "ITEM_OVERHEAD",
     "RELATIVE_TTL_LIMIT",
+    "LEASE_OVERHEAD",
+    "LEASE_SHARE",
     "parse_size",
+    "check_ttl",
 ]
 
 MAX_KEY = 250  # bytes, as memcached
@@ -39,6 +43,10 @@ RELATIVE_TTL_LIMIT = 30 * 24 * 3600  # memcached: a TTL above 30 days is an abso
 # headers, the slots in cachetools' dicts, OrderedDict node and expiry heap item. Measured with tracemalloc
 # and RSS after filling a node many times over (malloc keeps some freed memory), so that RSS tracks --memory.
 ITEM_OVERHEAD = 560
+# Bytes a lease costs beyond its key: its slot and link in the OrderedDict, the (token, deadline) tuple and its
+# int and float, the key's bytes header. Measured with tracemalloc over 100k leases (tests/cache/test_store.py).
+LEASE_OVERHEAD = 256
+LEASE_SHARE = 4  # leases may take up to 1/LEASE_SHARE of --memory (evicting items); past that, the oldest lease goes
 _U64_MAX = 2**64 - 1
 _NEVER = float("inf")
 
@@ -49,6 +57,20 @@ class TooLarge(ConfigurationError):
 
 class NotANumber(ConfigurationError):
     """incr/decr on a value that is not a 64-bit unsigned decimal number."""
+
+
+def check_ttl(ttl: Any) -> int:
+    """A TTL as the whole seconds sent on the wire (rounded up: a 0.5 s TTL must not mean "never"); every bad one
+    (negative, NaN, infinite, not a number, a bool, a relative TTL above 30 days that is no unix time, above u32)
+    is a ConfigurationError naming it. The one check: both clients and the store use it."""
+    if not isinstance(ttl, (int, float)) or isinstance(ttl, bool):
+        raise ConfigurationError(f"bad ttl {ttl!r}: expected seconds >= 0 (0 = never expires), a number")
+    if not (0 <= ttl < 2**32) or (isinstance(ttl, float) and not math.isfinite(ttl)):
+        raise ConfigurationError(f"bad ttl {ttl!r}: expected seconds from 0 (never expires) to 2**32-1 (unix time)")
+    whole = math.ceil(ttl)
+    if RELATIVE_TTL_LIMIT < whole < 10**9 or whole > 0xFFFFFFFF:
+        raise ConfigurationError(f"bad ttl {ttl!r}: above 30 days a TTL is an absolute unix time (u32)")
+    return whole
 
 
 def parse_size(text: str | int) -> int:
@@ -139,11 +161,14 @@ class Store:
         self.max_item = parse_size(max_item)
         if self.max_item + MAX_KEY + ITEM_OVERHEAD > self.memory:
             raise ConfigurationError(f"max item size {max_item!r} does not fit in memory {memory!r}")
-        self._clock = clock
+        self._clock = self.clock = clock
         self._wall = wall
         self._lru = _LRU(self.memory, clock)
         self._cas = 0
-        self._leases: dict[bytes, tuple[int, float]] = {}
+        # key -> (token, deadline), oldest grant first: expiry and the bound pop from the front, in O(1).
+        self._leases: OrderedDict[bytes, tuple[int, float]] = OrderedDict()
+        self.lease_bytes = 0  # what the leases cost, counted in ``memory`` with the items
+        self.lease_limit = self.memory // LEASE_SHARE
         self.started = clock()
         self.hits = 0
         self.misses = 0
@@ -158,8 +183,8 @@ class Store:
 
     def _expires(self, ttl: int) -> float:
         """memcached TTL -> monotonic deadline: 0 never, up to 30 days relative, above that unix time."""
-        if ttl < 0:
-            return -1.0
+        if type(ttl) is not int or not 0 <= ttl <= RELATIVE_TTL_LIMIT:  # (the node's u32 TTLs skip the call)
+            ttl = check_ttl(ttl)
         if ttl == 0:
             return _NEVER
         now = self._clock()
@@ -178,8 +203,11 @@ class Store:
         if len(value) > self.max_item:
             raise TooLarge(f"item {key[:60]!r} is {len(value)} bytes; the max item size is {self.max_item}")
         self._cas += 1
-        self._leases.pop(key, None)
+        if self._leases:
+            self._drop_lease(key)
         self._lru[key] = _Entry(value, self._cas, expires, size)
+        if self.lease_bytes:
+            self._make_room()
         return self._cas
 
     # -- memcached commands --------------------------------------------------------------------------------
@@ -275,7 +303,8 @@ class Store:
         return True
 
     def delete(self, key: bytes) -> bool:
-        self._leases.pop(key, None)
+        if self._leases:
+            self._drop_lease(key)
         present = key in self._lru
         # KeyError: already gone, or expired (cachetools raises after removing an expired item).
         with contextlib.suppress(KeyError):
@@ -312,8 +341,14 @@ class Store:
     def flush_all(self) -> None:
         self._lru.clear()
         self._leases.clear()
+        self.lease_bytes = 0
 
     # -- leases (stampede protection) ----------------------------------------------------------------------
+    #
+    # A lease costs LEASE_OVERHEAD + its key, counted in ``memory`` beside the items: granting one evicts items
+    # (least recently used first) when the two together would pass ``memory``. Leases may take at most
+    # ``memory // LEASE_SHARE`` bytes; past that a new lease pushes out the oldest one (its holder's lease_set
+    # then stores nothing), so a flood of lease requests costs O(1) each and never empties the cache.
 
     def lease_get(self, key: bytes, lease_seconds: float) -> tuple[bytes | None, int, bool]:
         """``(value, 0, False)`` on a hit; on a miss ``(None, token, False)`` grants the caller a lease to fill
@@ -323,13 +358,25 @@ class Store:
         if value is not None:
             return value, 0, False
         now = self._clock()
-        held = self._leases.get(key)
-        if held is not None and now < held[1]:
-            return None, 0, True
-        if len(self._leases) > 1024:
-            self._leases = {k: v for k, v in self._leases.items() if now < v[1]}
+        leases = self._leases
+        held = leases.get(key)
+        if held is not None:
+            if now < held[1]:
+                return None, 0, True
+            self._drop_lease(key)
+        # Expired leases at the front go first; a lease behind a longer one waits its turn, counted meanwhile.
+        while leases:
+            first = next(iter(leases.items()))
+            if now < first[1][1]:
+                break
+            self._drop_lease(first[0])
+        cost = LEASE_OVERHEAD + len(key)
+        while leases and self.lease_bytes + cost > self.lease_limit:
+            self._drop_lease(next(iter(leases)))
         self._cas += 1
-        self._leases[key] = (self._cas, now + lease_seconds)
+        leases[key] = (self._cas, now + lease_seconds)
+        self.lease_bytes += cost
+        self._make_room()
         return None, self._cas, False
 
     def lease_set(self, key: bytes, value: bytes, ttl: int, token: int) -> bool:
@@ -339,6 +386,21 @@ class Store:
             return False
         self.set(key, value, ttl)
         return True
+
+    def _drop_lease(self, key: bytes) -> None:
+        if self._leases.pop(key, None) is not None:
+            self.lease_bytes -= LEASE_OVERHEAD + len(key)
+
+    def _make_room(self) -> None:
+        """Evict items until items and leases together fit in ``memory``."""
+        lru = self._lru
+        while lru and lru.currsize + self.lease_bytes > self.memory:
+            lru.popitem()
+
+    @property
+    def leases(self) -> int:
+        """Leases in the table (live, or expired and not swept yet)."""
+        return len(self._leases)
 
     # -- stats ---------------------------------------------------------------------------------------------
 
@@ -352,7 +414,9 @@ class Store:
         return {
             "uptime": int(self._clock() - self.started),
             "items": len(self._lru),
-            "bytes": int(self._lru.currsize),
+            "bytes": int(self._lru.currsize) + self.lease_bytes,
+            "leases": len(self._leases),
+            "lease_bytes": self.lease_bytes,
             "limit_maxbytes": self.memory,
             "max_item_size": self.max_item,
             "get_hits": self.hits,

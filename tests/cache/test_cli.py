@@ -73,6 +73,7 @@ def test_get_set_delete_stats_flush(served: str) -> None:
     assert code == 0
     lines = {line.split()[0]: line.split()[1:] for line in out.splitlines()[1:]}
     assert lines["items"][-1] == "2" and lines["limit_maxbytes"][-1] == str(2 * 8 * 2**20)
+    assert lines["malformed"][-1] == "0" and lines["leases"][-1] == "0"
     assert cli("cache", "delete", "greeting", "--nodes", served) == (0, "deleted\n")
     code, out = cli("cache", "get", "greeting", "--nodes", served)
     assert (code, out) == (1, "Error: 'greeting' not found\n")
@@ -82,10 +83,13 @@ def test_get_set_delete_stats_flush(served: str) -> None:
 
 @pytest.mark.timeout(30)
 def test_unreachable_node_is_one_line_error() -> None:
+    # exit 1 means "missing" and nothing else: no node answering is 3, any other error 4 (see --help)
     code, out = cli("cache", "get", "k", "--nodes", f"tcp://127.0.0.1:{free_port()}", "--timeout", "0.2")
-    assert code == 1 and out.startswith("Error: no cache node answers") and "Traceback" not in out
+    assert code == 3 and out.startswith("Error: no cache node answers") and "Traceback" not in out
     code, out = cli("cache", "get", "k", "--nodes", "nonsense")
-    assert code == 1 and "bad endpoint 'nonsense'" in out
+    assert code == 4 and "bad endpoint 'nonsense'" in out
+    code, out = cli("cache", "get", "--help")
+    assert code == 0 and "1  KEY is not there" in out and "3  no node answered" in out
 
 
 @pytest.mark.timeout(30)

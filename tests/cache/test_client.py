@@ -183,17 +183,24 @@ def test_a_remembered_get_fails_over_and_rejoins(clock: FakeClock) -> None:
 
 
 def test_remembered_gets_tell_keys_apart(cache_cluster: CacheCluster, monkeypatch: pytest.MonkeyPatch) -> None:
-    class Color(str, enum.Enum):  # equal to "red", but sent as its repr like any other non-str key
+    class Color(str, enum.Enum):  # equal to "red": refused, as it would be one key with "red" or another
         RED = "red"
 
     monkeypatch.setattr("zmqkit.cache.core._REQ_GETS_MAX", 8)
     cache = cache_cluster.client()
-    cache.set_many({"red": "plain", b"raw": "bytes key", "n": 7})
-    cache.set(Color.RED, "enum")  # (a dict would take it for "red")
+    cache.set_many({"red": "plain", b"raw": "bytes key", "n": 7, 7: "int key", "7": "str key"})
+    with pytest.raises(ConfigurationError, match="not Color"):
+        cache.set(Color.RED, "enum")
     for _ in range(2):
-        assert cache.get("red") == "plain" and cache.get(Color.RED) == "enum"
+        assert cache.get("red") == "plain" and cache.get(7) == "int key" and cache.get("7") == "str key"
         assert cache.get(b"raw") == "bytes key" and cache.get("n") == 7 and cache.get("none", 0) == 0
-    assert all(type(k) in (str, bytes) for k in cache.req_gets)  # Color.RED is not remembered
+        # 7.0 == 7 and True == 1 (as dict keys too), but neither is the int key: both are refused
+        with pytest.raises(ConfigurationError, match="not float"):
+            cache.get(7.0)
+        cache[1] = "one"
+        with pytest.raises(ConfigurationError, match="not bool"):
+            cache.get(True)
+    assert all(type(k) in (str, bytes, int) for k in cache.req_gets)
     for i in range(20):
         cache.get(f"k{i}")
     assert 0 < len(cache.req_gets) <= 8  # bounded: it starts over when full

@@ -126,3 +126,22 @@ def test_packed_lists() -> None:
     assert unpack_list(b"") == []
     with pytest.raises(ProtocolError, match="inside a length prefix"):
         unpack_list(b"\x00\x00")
+
+
+def test_bad_request_warnings_are_rate_limited_per_peer(caplog: pytest.LogCaptureFixture) -> None:
+    from zmqkit.cache.service import MALFORMED_LOG_INTERVAL, LogLimit, Service
+    from zmqkit.cache.store import Store
+
+    now = [0.0]
+    service = Service(Store(clock=lambda: now[0]))
+    with caplog.at_level("WARNING", logger="zmqkit.cache.service"):
+        for _ in range(1000):
+            service.handle(b"garbage")
+        assert len(caplog.records) == 1 and service.malformed == 1000
+        now[0] += MALFORMED_LOG_INTERVAL
+        service.handle(b"garbage")
+        assert len(caplog.records) == 2 and "999 more from this peer" in caplog.records[1].getMessage()
+        limit = LogLimit(lambda: now[0])
+        limit.max_peers = 4
+        assert all(limit.warn(f"peer{i}", "bad") for i in range(10))  # each peer's first line
+        assert not limit.warn("peer9", "bad") and len(limit._peers) == 4  # bounded table

@@ -215,3 +215,45 @@ def test_hot_read_keeps_lru_order_ttl_and_counts(clock: FakeClock, read: str) ->
     # hits: k0 by hit() and by get_many; misses: k2 by get, k1 by get_many (hit() counts only hits);
     # cmd_get: the hit() that hit (a node's get) and the get()
     assert (stats["get_hits"], stats["get_misses"], stats["cmd_get"], stats["expired"]) == (2, 2, 2, 1)
+
+
+def test_leases_are_bounded_by_memory_and_expire_in_order(clock: FakeClock) -> None:
+    from zmqkit.cache.store import LEASE_OVERHEAD
+
+    store = Store("1M", "64K", clock=clock)
+    for i in range(100_000):  # a flood of distinct keys, every lease live
+        assert store.lease_get(b"flood:%d" % i, 60)[1] > 0
+        assert store.lease_bytes <= store.lease_limit
+    assert store.leases == store.lease_bytes // (LEASE_OVERHEAD + len(b"flood:99999")) < 1000
+    # the oldest leases went first: the newest still hold, and their holders can fill their keys
+    _, token, _ = store.lease_get(b"fresh", 60)
+    assert store.lease_set(b"fresh", b"\x00v", 0, token)
+    wait = store.lease_get(b"flood:99999", 60)[2]
+    assert wait and not store.lease_set(b"flood:0", b"\x00v", 0, 1)
+    clock.now += 61  # all expired: the next grant sweeps them from the front
+    store.lease_get(b"after", 1)
+    assert store.leases == 1 and store.lease_bytes == LEASE_OVERHEAD + len(b"after")
+
+
+def test_leases_count_in_memory_and_evict_items(clock: FakeClock) -> None:
+    store = Store("1M", "64K", clock=clock)
+    for i in range(2000):
+        store.set(b"item:%d" % i, b"\x00" + b"x" * 1000)
+    assert store.stats()["evictions"] > 0  # full
+    for i in range(5000):
+        store.lease_get(b"lease:%d" % i, 60)
+        stats = store.stats()
+        assert stats["bytes"] <= store.memory
+    # leases took their share (a quarter) from the items, no more
+    assert store.lease_bytes > store.memory // 5 and len(store) > 0.7 * store.memory / 1600
+    store.flush_all()
+    assert store.stats()["bytes"] == 0 and store.leases == 0
+
+
+def test_a_cancelled_lease_frees_its_bytes(clock: FakeClock) -> None:
+    store = Store("1M", "64K", clock=clock)
+    _, token, _ = store.lease_get(b"a", 60)
+    store.lease_get(b"b", 60)
+    store.delete(b"b")
+    assert store.lease_set(b"a", b"\x00v", 0, token)
+    assert store.leases == 0 and store.lease_bytes == 0
