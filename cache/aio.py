@@ -24,6 +24,7 @@ from typing import Any, cast
 
 import zmq
 
+from zmqkit.loops import check_new_loop
 from zmqkit.sockets import NOBLOCK, connect, has_input, make_socket, recv_frames, send_frames
 
 from .actions import Batch, Op, Reply, Sleep, advance, first_reply, parse_dealer_reply
@@ -95,8 +96,7 @@ class AsyncCacheClient(ClientCore):
 
     def _ready(self) -> None:
         """Open the sockets on first use, in the running loop; a client serves the loop it was first used in."""
-        if self._socks:
-            raise RuntimeError("this CacheClient is bound to the event loop it was first used in")
+        check_new_loop(self._loop, f"CacheClient for {self.endpoints!r}", movable=False)
         self._open()
 
     def _open(self) -> list[zmq.Socket]:

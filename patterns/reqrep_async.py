@@ -16,6 +16,7 @@ from typing import Any
 import zmq
 
 from zmqkit.errors import Unavailable
+from zmqkit.loops import check_new_loop
 from zmqkit.sockets import NOBLOCK, has_input, make_socket
 
 from .reqrep import ClientCore, ServerCore, recv_routed
@@ -43,24 +44,20 @@ class AsyncClient(ClientCore):
         self._look: set[bytes] = set()  # servers whose socket may hold something unread
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = math.inf  # the protocol deadline the timer is set for
-        self._settle_soon = False
+        self._soon: asyncio.Handle | None = None  # a _settle the loop runs on its next turn
 
     async def request(self, body: Any, timeout: float | None = None) -> Any:
         """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable."""
-        rid = self._submit(body, timeout)
         loop = asyncio.get_running_loop()
+        if loop is not self._reader:
+            self._watch(loop)
+        rid = self._submit(body, timeout)
         fut: asyncio.Future[Any] = loop.create_future()
         self._futures[rid] = fut
-        if not self._settle_soon:
+        if self._soon is None:
             # Send once every coroutine that is ready has queued its request: one batch of sends, one look at
             # each socket and one look at the timer per turn of the loop, rather than per request.
-            self._settle_soon = True
-            loop.call_soon(self._settle_safely)
-        if self._reader is None:
-            for alias, fd in self._fds.items():
-                loop.add_reader(fd, self._readable, alias)
-            self._reader = loop
-            self._look.update(self._fds)  # what arrived before the loop watched (the servers' ready answers)
+            self._soon = loop.call_soon(self._settle_soon)
         try:
             return await fut
         finally:
@@ -69,6 +66,40 @@ class AsyncClient(ClientCore):
             if not fut.done() or fut.cancelled():
                 self._futures.pop(rid, None)
                 self._proto.cancel(rid)
+
+    def _watch(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``loop`` watch the sockets: on first use, or after the loop that watched them stopped (a client
+        outliving an ``asyncio.run``). ConfigurationError if that loop still runs, in another thread."""
+        if self.closed:
+            return  # _submit says so
+        old = self._reader
+        check_new_loop(old, f"request-reply client for {self.endpoints!r}", movable=True)
+        if old is not None:
+            self._leave(old)
+        for alias, fd in self._fds.items():
+            loop.add_reader(fd, self._readable, alias)
+        self._reader = loop
+        self._look.update(self._fds)  # what arrived while no loop watched (the servers' ready answers)
+
+    def _leave(self, old: asyncio.AbstractEventLoop) -> None:
+        """Stop watching from ``old`` (a loop that is not running); its timer and scheduled look are gone
+        with it. Calls still waiting there are forgotten, as a cancelled call is, and fail if it runs again."""
+        if not old.is_closed():
+            for fd in self._fds.values():
+                old.remove_reader(fd)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._timer_at = math.inf
+        if self._soon is not None:  # else it would run in that loop, if that loop ran again
+            self._soon.cancel()
+            self._soon = None
+        moved = Unavailable(f"request-reply client for {self.endpoints!r} moved to another event loop")
+        for rid, fut in self._futures.items():
+            self._proto.cancel(rid)
+            if not fut.done() and not old.is_closed():
+                fut.set_exception(moved)
+        self._futures.clear()
 
     def _readable(self, alias: bytes) -> None:
         self._look.add(alias)
@@ -81,7 +112,6 @@ class AsyncClient(ClientCore):
         waits for; so every socket used is looked at (EVENTS) and read until empty, and the next arrival
         signals again.
         """
-        self._settle_soon = False
         if self.closed:
             return
         proto = self._proto
@@ -114,6 +144,11 @@ class AsyncClient(ClientCore):
         if not self.closed:
             self._proto.tick()
             self._settle_safely()
+
+    def _settle_soon(self) -> None:
+        """The settle ``request`` asked of the loop's next turn, for the requests queued in this one."""
+        self._soon = None
+        self._settle_safely()
 
     def _settle_safely(self) -> None:
         """``_settle`` from a loop callback, where an error would reach no caller: fail the callers instead."""

@@ -35,7 +35,7 @@ def req(endpoint: str, message: str, timeout: float, retries: int) -> None:
 
 @main.command()
 @click.argument("endpoint")
-@click.option("--echo", is_flag=True, required=True, help="Answer every request with its own body.")
+@click.option("--echo", is_flag=True, help="Answer every request with its own body (the default, and only, mode).")
 @click.option("--concurrency", default=1, show_default=True, help="Handler threads.")
 @click.option("--connect", is_flag=True, help="Connect to ENDPOINT (a proxy's backend) instead of binding it.")
 def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:

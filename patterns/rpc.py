@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, TypeVar, overload
 
 from zmqkit.codecs import CODEC_IDS, get_codec
-from zmqkit.errors import ConfigurationError
+from zmqkit.errors import ConfigurationError, ProtocolError
 
 from .reqrep import Client, ClientCore, Server
 from .reqrep_async import AsyncClient, AsyncServer
@@ -186,8 +186,22 @@ class RpcClient:
         self.api = _Api(self.call)
 
     def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call ``method`` remotely; its result (an awaitable on the asyncio client)."""
-        return self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
+        """Call ``method`` remotely; its result."""
+        reply = self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
+        return self._answer(method, reply)
+
+    def _answer(self, method: str, reply: Any) -> Any:
+        """``reply``, unless no RpcServer sent it (ProtocolError): a plain request-reply server, an echo, sends
+        the call itself back, ``[method, [args], {kwargs}]``; and a method list is a map of maps."""
+        echoed = type(reply) is list and len(reply) == 3 and reply[0] == method and type(reply[2]) is dict
+        listed = method != METHODS or (type(reply) is dict and all(type(info) is dict for info in reply.values()))
+        if listed and not echoed:
+            return reply
+        endpoints = self._client.endpoints
+        where = endpoints[0] if len(endpoints) == 1 else "one of " + ", ".join(endpoints)
+        raise ProtocolError(
+            f"{where}: not an RPC server (its reply is not an RPC answer); call it with zmqkit req or a Client"
+        )
 
     def methods(self, timeout: float | None = None) -> Any:
         """What the server offers: ``{name: {"signature": ..., "doc": ...}}``."""
@@ -207,6 +221,11 @@ class AsyncRpcClient(RpcClient):
     """The asyncio RpcClient (``zmqkit.asyncio.RpcClient``): ``await client.api.resize(img, 128)``."""
 
     _client_class = AsyncClient
+
+    async def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        """Call ``method`` remotely; await its result."""
+        reply = await self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
+        return self._answer(method, reply)
 
     async def __aenter__(self) -> AsyncRpcClient:
         return self

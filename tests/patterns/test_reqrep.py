@@ -296,7 +296,17 @@ async def test_slow_server_does_not_drag_the_others(servers: Callable[..., Serve
     assert fast.stats()["executed"] > 4 * slow.stats()["executed"]
 
 
+@pytest.fixture
+def ctrl_c_interrupts() -> Iterator[None]:
+    """SIGINT raises KeyboardInterrupt here, however pytest was started: a process started in the background
+    (``nohup``, ``cmd &`` in a script) inherits SIGINT ignored, and Python then leaves it ignored."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.timeout(20)
+@pytest.mark.usefixtures("ctrl_c_interrupts")
 def test_an_interrupted_sync_call_is_forgotten(servers: Callable[..., Server]) -> None:
     started, release = threading.Event(), threading.Event()
 

@@ -1,4 +1,4 @@
-"""The request-reply CLI: req, rep --echo, rpc, proxy, bench reqrep."""
+"""The request-reply CLI: req, rep (an echo server), rpc, proxy, bench reqrep."""
 
 from __future__ import annotations
 
@@ -51,6 +51,22 @@ def test_rpc_lists_and_calls() -> None:
     assert listed.exit_code == 0 and "area(w: float, h: float) -> float  Area of a rectangle." in listed.output
     assert called.exit_code == 0 and called.output.strip() == "7.5"
     assert missing.exit_code == 1 and "MethodNotFound" in missing.output and "'volume'" in missing.output
+
+
+@pytest.mark.timeout(30)
+def test_rpc_against_a_plain_server_says_it_is_not_an_rpc_server(tmp_path: Path) -> None:
+    endpoint = free_tcp_endpoint()
+    echo = zmqkit_process(tmp_path, "rep", endpoint)  # echoing is what rep does: no option needed
+    try:
+        listed = CliRunner().invoke(main, ["rpc", endpoint, "--timeout", "10"])
+        called = CliRunner().invoke(main, ["rpc", endpoint, "add", "1", "2", "--timeout", "10"])
+    finally:
+        echo.send_signal(signal.SIGINT)
+        assert echo.wait(15) == 0, echo.stderr.read() if echo.stderr else ""
+    for result in (listed, called):
+        assert result.exit_code == 1, result.output
+        assert result.output.startswith(f"Error: {endpoint}: not an RPC server (its reply is not an RPC answer)")
+        assert "Traceback" not in result.output and len(result.output.strip().splitlines()) == 1
 
 
 @pytest.mark.timeout(30)

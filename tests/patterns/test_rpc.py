@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Iterator
 
 import pytest
 
 import zmqkit.asyncio as zasync
-from zmqkit import ConfigurationError, RemoteError
-from zmqkit.patterns import RpcClient, RpcServer
+from zmqkit import ConfigurationError, ProtocolError, RemoteError
+from zmqkit.patterns import RpcClient, RpcServer, Server
 
 
 class Images:
@@ -129,6 +130,32 @@ async def test_asyncio_rpc_server_awaits_async_methods_at_once_and_runs_plain_on
         assert info.value.remote_type == "KeyError"
         with pytest.raises(RemoteError, match="MethodNotFound"):
             await client.api.nope()
+
+
+@pytest.mark.timeout(20)
+async def test_a_plain_server_is_not_taken_for_an_rpc_server() -> None:
+    # An echo sends the call back, [method, args, kwargs]; a plain server's answer to _methods is no method map.
+    not_rpc = re.escape("not an RPC server (its reply is not an RPC answer)")
+    with Server("tcp://127.0.0.1:0", lambda body: body) as echo, Server("tcp://127.0.0.1:0", lambda body: 7) as seven:
+        with RpcClient(echo.endpoints, timeout=5) as client:
+            with pytest.raises(ProtocolError, match=f"^{re.escape(echo.endpoints[0])}: {not_rpc}"):
+                client.methods()
+            with pytest.raises(ProtocolError, match=not_rpc):
+                client.api.add(1, b=2)
+        async with zasync.RpcClient(echo.endpoints, timeout=5) as aclient:
+            with pytest.raises(ProtocolError, match=not_rpc):
+                await aclient.methods()
+            with pytest.raises(ProtocolError, match=not_rpc):
+                await aclient.api.add(1, b=2)
+        with RpcClient(seven.endpoints, timeout=5) as client, pytest.raises(ProtocolError, match=not_rpc):
+            client.methods()
+
+
+@pytest.mark.timeout(20)
+def test_a_method_may_return_a_list_like_a_call(server: RpcServer) -> None:
+    server.method("pair")(lambda a, b: [a, b, {}])
+    with RpcClient(server.endpoints) as client:
+        assert client.api.pair("other", []) == ["other", [], {}]  # not the call sent: no false alarm
 
 
 def test_bad_registrations_raise_at_once() -> None:
