@@ -73,6 +73,10 @@ class CacheNode:
     def __repr__(self) -> str:
         return f"<CacheNode {self.endpoint or self._bind} items={len(self.store)}>"
 
+    def stats(self) -> dict[str, int]:
+        """The store's counters, safe to read from any thread while the node serves (for metrics)."""
+        return self.store.counters()
+
     def start(self, timeout: float = 5.0) -> str:
         """Serve in a background thread; return the bound endpoint once it listens."""
         if self._thread is not None:

@@ -405,8 +405,14 @@ class Store:
     # -- stats ---------------------------------------------------------------------------------------------
 
     def stats(self) -> dict[str, int]:
+        """Counters and levels, expired items dropped first (from the node's own thread)."""
         self._lru.expire()
-        commands = self.commands.copy()
+        return self.counters()
+
+    def counters(self) -> dict[str, int]:
+        """:meth:`stats` without dropping expired items first: it changes nothing, so another thread (a metrics
+        scrape) may call it while the node serves."""
+        commands = Counter(dict(self.commands))  # dict() copies in one step under the GIL; Counter.copy iterates
         gets = self.hits + self.misses - self.other_lookups  # every get is a hit or a miss
         if gets:
             commands[b"get"] += gets

@@ -488,6 +488,10 @@ class _WorkerBase:
     def endpoint(self) -> str:
         return self.endpoints[0]
 
+    def stats(self) -> dict[str, int]:
+        """Messages handled (``processed``) and handler failures (``failed``) since start."""
+        return {"processed": self.processed, "failed": self.failed}
+
     def _value(self, task: Task) -> Any:
         return unpack(task.codec, task.payload, allow_pickle=self.allow_pickle)
 

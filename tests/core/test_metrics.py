@@ -6,6 +6,7 @@ import urllib.request
 import pytest
 
 from zmqkit import ConfigurationError
+from zmqkit.cache import CacheClient, CacheNode
 from zmqkit.metrics import serve_metrics
 from zmqkit.patterns import Client, Producer, Server, Worker
 
@@ -61,3 +62,37 @@ def test_bad_arguments_raise_at_once() -> None:
         serve_metrics(object(), port=70000)  # type: ignore[arg-type]
     with pytest.raises(ConfigurationError, match="no metrics for"):
         serve_metrics(object(), port=0)  # type: ignore[arg-type]
+
+
+@pytest.mark.timeout(30)
+def test_a_cache_node_counts_exactly_the_hits_made() -> None:
+    with (
+        CacheNode() as node,
+        CacheClient([node.start()], timeout=5) as cache,
+        serve_metrics(node, port=0, bind="127.0.0.1", service="cache") as metrics,
+    ):
+        cache["k"] = "v"
+        before = scrape(metrics.url)
+        for _ in range(9):
+            assert cache["k"] == "v"
+        assert cache.get("missing") is None
+        after = scrape(metrics.url)
+    assert after["zmqkit_cache_hits_total"] - before["zmqkit_cache_hits_total"] == 9
+    assert after["zmqkit_cache_misses_total"] - before["zmqkit_cache_misses_total"] == 1
+    assert after["zmqkit_cache_items"] == 1 and after["zmqkit_cache_bytes"] > 0
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_counts_what_it_processed() -> None:
+    with Producer(bind="tcp://127.0.0.1:0") as producer:
+        worker = Worker(lambda msg: msg, connect=producer.endpoint).start()
+        try:
+            with serve_metrics(worker, port=0, bind="127.0.0.1") as metrics:
+                for i in range(12):
+                    producer.send(i)
+                producer.join(timeout=20)
+                values = scrape(metrics.url)
+        finally:
+            worker.close()
+    assert values["zmqkit_pipeline_processed_total"] == 12
+    assert values["zmqkit_pipeline_failed_total"] == 0
