@@ -116,7 +116,7 @@ def test_a_call_left_on_a_stopped_loop_fails_there_and_the_new_loop_is_served() 
             held = old.create_task(client.request(b"held"))
 
             async def until_held() -> None:
-                while not server.stats["held"]:
+                while not server.stats()["held"]:
                     await asyncio.sleep(0.01)
 
             old.run_until_complete(asyncio.wait_for(until_held(), 10))  # stopped, not closed, with a call waiting
