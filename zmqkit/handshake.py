@@ -14,6 +14,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -23,7 +24,7 @@ from zmq.utils.monitor import recv_monitor_message
 from .errors import AuthenticationFailed
 from .sockets import track_socket
 
-__all__ = ["HandshakeWatch", "refusal", "warn_refused"]
+__all__ = ["HandshakeWatch", "refusal", "wait_writable"]
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,14 @@ def refusal(watches: Iterable[HandshakeWatch], *, every: Iterable[str] | None = 
     return AuthenticationFailed(endpoint, reason)
 
 
-def warn_refused(watch: HandshakeWatch | None, what: str) -> None:
-    """:meth:`HandshakeWatch.warn_new` when there is a watch."""
-    if watch is not None:
-        watch.warn_new(what)
+def wait_writable(sock: zmq.Socket, watch: HandshakeWatch, timeout_ms: int) -> bool:
+    """Wait up to ``timeout_ms`` for ``sock`` (not connected yet) to take a message: False on the timeout or as
+    soon as ``watch`` sees its handshake refused (ask the watch why)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    items = [(sock, zmq.POLLOUT), (watch.socket, zmq.POLLIN)]
+    while True:
+        ready = dict(zmq.zmq_poll(items, max(0, int((deadline - time.monotonic()) * 1000)) + 1))
+        if ready.get(sock):
+            return True
+        if not ready or watch.refused() or time.monotonic() >= deadline:
+            return False
