@@ -102,13 +102,16 @@ class HandshakeWatch:
         self.socket.close(linger=0)
 
 
-def refusal(watches: Iterable[HandshakeWatch], *, every: Iterable[str] | None = None) -> AuthenticationFailed | None:
-    """An AuthenticationFailed for the first refused endpoint among ``watches``; with ``every`` (endpoints), only
-    if each of them refused (so a client with another server to try does not give up early)."""
+def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> AuthenticationFailed | None:
+    """An AuthenticationFailed for the first endpoint among ``watches`` that refused us; with ``every``, only if
+    each watch saw a refusal (so a client with another server to try does not give up early)."""
     refused: dict[str, str] = {}
     for watch in watches:
-        refused.update(watch.refused())
-    if not refused or (every is not None and any(ep not in refused for ep in every)):
+        seen = watch.refused()
+        if every and not seen:
+            return None
+        refused.update(seen)
+    if not refused:
         return None
     endpoint, reason = next(iter(refused.items()))
     return AuthenticationFailed(endpoint, reason)
