@@ -255,13 +255,15 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             remaining = deadline - time.monotonic()
             if (not waiting and not unsent) or remaining <= 0:
                 return replies
+            # A node not connected may have refused our handshake: it is not waited for, and its monitor wakes us.
+            unsent.difference_update([n for n in unsent if state.watches[n].refused()])
+            if not waiting and not unsent:
+                return replies
             items = [(socks[n], zmq.POLLIN) for n in waiting] + [(socks[n], zmq.POLLOUT) for n in unsent]
-            # A node not connected may have refused our handshake: its monitor wakes us, and it is not waited for.
             items += [(state.watches[n].socket, zmq.POLLIN) for n in unsent]
             for sock, events in zmq.zmq_poll(items, int(remaining * 1000) + 1):
                 node = state.node_of.get(sock, -1)
-                if node < 0:
-                    unsent.difference_update([n for n in unsent if state.watches[n].refused()])
+                if node < 0:  # a monitor: looked at on the next turn
                     continue
                 if events & zmq.POLLIN:
                     try:

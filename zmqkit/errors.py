@@ -62,8 +62,8 @@ class AuthenticationFailed(ZmqkitError):
 
     def __init__(self, endpoint: str, reason: str) -> None:
         super().__init__(
-            f"CURVE handshake refused by {endpoint}: {reason}; check --curve-server / --curve-secret / the server's"
-            " --curve-allow (or the curve= keys in code)"
+            f"authentication failed: {endpoint} refused our CURVE handshake: {reason}; check --curve-server /"
+            " --curve-secret / the server's --curve-allow (or the curve= keys in code)"
         )
         self.endpoint = endpoint
         self.reason = reason

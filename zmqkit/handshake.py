@@ -65,7 +65,7 @@ class HandshakeWatch:
             return self._refused
         while True:
             try:
-                event: dict[str, Any] = recv_monitor_message(self.socket, zmq.NOBLOCK)
+                event: dict[str, Any] = dict(recv_monitor_message(self.socket, zmq.NOBLOCK))
             except zmq.Again:
                 return self._refused
             endpoint = event["endpoint"].decode(errors="replace")
@@ -120,6 +120,8 @@ def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> Authen
 def wait_writable(sock: zmq.Socket, watch: HandshakeWatch, timeout_ms: int) -> bool:
     """Wait up to ``timeout_ms`` for ``sock`` (not connected yet) to take a message: False on the timeout or as
     soon as ``watch`` sees its handshake refused (ask the watch why)."""
+    if watch.refused():  # (libzmq does not try again after a ZAP refusal: no event would come)
+        return False
     deadline = time.monotonic() + timeout_ms / 1000
     items = [(sock, zmq.POLLOUT), (watch.socket, zmq.POLLIN)]
     while True:
