@@ -24,6 +24,8 @@ from typing import Any, cast
 
 import zmq
 
+from zmqkit.errors import AuthenticationFailed
+from zmqkit.handshake import HandshakeWatch, refusal
 from zmqkit.loops import check_new_loop
 from zmqkit.sockets import NOBLOCK, connect, has_input, make_socket, recv_frames, send_frames
 
@@ -80,6 +82,7 @@ class AsyncCacheClient(ClientCore):
 
     def _setup(self) -> None:
         self._socks: list[zmq.Socket] = []
+        self._watches: list[HandshakeWatch] = []  # each DEALER's handshake outcome, read when a node is silent
         self._fds: list[int] = []  # each socket's file descriptor, watched by the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop watching the sockets
         self._pending: dict[bytes, Settle] = {}
@@ -109,6 +112,7 @@ class AsyncCacheClient(ClientCore):
             for endpoint in self.endpoints:
                 sock = make_socket("dealer", self.options)
                 self._socks.append(sock)
+                self._watches.append(HandshakeWatch(sock))
                 connect(sock, endpoint)
             for node, sock in enumerate(self._socks):
                 self._fds.append(int(sock.getsockopt(zmq.FD)))
@@ -136,6 +140,9 @@ class AsyncCacheClient(ClientCore):
                         settle(parsed[1])
                     except Exception:  # a bug must not stop the replies behind it
                         log.exception("settling a reply failed")
+
+    def refused(self, node: int) -> AuthenticationFailed | None:
+        return refusal(self._watches[node : node + 1])
 
     # -- the fast get: no generator, no Task ----------------------------------------------------------------
 
@@ -285,6 +292,10 @@ class AsyncCacheClient(ClientCore):
                 rid, frames = waiting[0]
                 # A request whose call is over (timed out, cancelled) is dropped: never sent late.
                 if rid in pending and not self._try_send(node, frames):
+                    if self._watches[node].refused():  # never connects: its calls are over now, not at timeout
+                        for lost, _ in waiting:
+                            self._expire_call(lost)
+                        waiting.clear()
                     break
                 waiting.popleft()
             if not waiting:
@@ -325,6 +336,9 @@ class AsyncCacheClient(ClientCore):
             for fd in self._fds:
                 loop.remove_reader(fd)
         self._fds = []
+        for watch in self._watches:
+            watch.close()
+        self._watches = []
         for sock in self._socks:
             sock.close(linger=0)
         self._socks = []  # a later call raises "closed" instead of using a closed socket

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from zmqkit.cli import ZmqkitGroup, bench, main, stop_signals, wait_until_stopped
+from zmqkit.cli import CurveFlags, ZmqkitGroup, bench, curve_options, main, stop_signals, wait_until_stopped
 from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable, ZmqkitError
 
@@ -49,8 +49,8 @@ _NODES = click.option(
 _TIMEOUT = click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a node.")
 
 
-def _client(nodes: str, timeout: float) -> CacheClient:
-    return CacheClient(node_endpoints(nodes), timeout=timeout, retries=0)
+def _client(nodes: str, timeout: float, curve: CurveFlags) -> CacheClient:
+    return CacheClient(node_endpoints(nodes), timeout=timeout, retries=0, curve=curve.for_client())
 
 
 def _show(value: Any) -> str:
@@ -71,10 +71,12 @@ def cache() -> None:
 @click.option("--nodes", "count", default=1, show_default=True, help="Run N nodes on consecutive ports.")
 @click.option("--memory", default="64M", show_default=True, help="Memory per node for keys and values.")
 @click.option("--max-item", default="1M", show_default=True, help="Largest value a node stores.")
-def serve(bind: str, count: int, memory: str, max_item: str) -> None:
-    """Run cache nodes until Ctrl-C or SIGTERM."""
+@curve_options("server")
+def serve(bind: str, count: int, memory: str, max_item: str, curve: CurveFlags) -> None:
+    """Run cache nodes until Ctrl-C or SIGTERM (with --nodes N, all N serve with the same CURVE key)."""
     endpoints = node_endpoints(str(count), bind)
-    nodes = [CacheNode(ep, memory=memory, max_item=max_item) for ep in endpoints]
+    security = curve.for_server()
+    nodes = [CacheNode(ep, memory=memory, max_item=max_item, curve=security) for ep in endpoints]
     with stop_signals() as stop:
         try:
             for node in nodes:
@@ -106,7 +108,8 @@ class _Failed(click.ClickException):
 @click.argument("key")
 @_NODES
 @_TIMEOUT
-def get(key: str, nodes: str, timeout: float) -> None:
+@curve_options("client")
+def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Print the value of KEY.
 
     \b
@@ -115,11 +118,11 @@ def get(key: str, nodes: str, timeout: float) -> None:
       1  KEY is not there
       2  bad usage
       3  no node answered (unreachable, or timed out)
-      4  any other error (bad key, refused by a node)
+      4  any other error (authentication refused, bad key, refused by a node)
     """
     missing = object()
     try:
-        with _client(nodes, timeout) as client:
+        with _client(nodes, timeout, curve) as client:
             value = client.get(key, missing)
     except (Unavailable, RequestTimeout) as exc:
         raise _Unreachable(str(exc)) from None
@@ -137,7 +140,8 @@ def get(key: str, nodes: str, timeout: float) -> None:
 @click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (stored as a number, list, ...).")
 @_NODES
 @_TIMEOUT
-def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: float) -> None:
+@curve_options("client")
+def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Store VALUE (text, or JSON with --json) under KEY."""
     if as_json:
         try:
@@ -146,7 +150,7 @@ def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: flo
             raise click.BadParameter(f"{value!r} is not JSON: {exc}", param_hint="VALUE") from None
     else:
         parsed = value
-    with _client(nodes, timeout) as client:
+    with _client(nodes, timeout, curve) as client:
         client.set(key, parsed, ttl=ttl)
     click.echo("stored")
 
@@ -155,9 +159,10 @@ def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: flo
 @click.argument("key")
 @_NODES
 @_TIMEOUT
-def delete(key: str, nodes: str, timeout: float) -> None:
+@curve_options("client")
+def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Remove KEY (exit 1 if it was not there)."""
-    with _client(nodes, timeout) as client:
+    with _client(nodes, timeout, curve) as client:
         if not client.delete(key):
             raise click.ClickException(f"{key!r} not found")
     click.echo("deleted")
@@ -166,9 +171,10 @@ def delete(key: str, nodes: str, timeout: float) -> None:
 @cache.command()
 @_NODES
 @_TIMEOUT
-def stats(nodes: str, timeout: float) -> None:
+@curve_options("client")
+def stats(nodes: str, timeout: float, curve: CurveFlags) -> None:
     """A table of each node's counters, and their total."""
-    with _client(nodes, timeout) as client:
+    with _client(nodes, timeout, curve) as client:
         per_node = client.stats()
         endpoints = client.endpoints
     if not per_node:
@@ -191,9 +197,10 @@ def stats(nodes: str, timeout: float) -> None:
 @cache.command()
 @_NODES
 @_TIMEOUT
-def flush(nodes: str, timeout: float) -> None:
+@curve_options("client")
+def flush(nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Empty every node."""
-    with _client(nodes, timeout) as client:
+    with _client(nodes, timeout, curve) as client:
         answered = client.flush_all()
         total = len(client.endpoints)
     if answered < total:

@@ -21,6 +21,8 @@ from typing import Any
 
 import zmq
 
+from zmqkit.errors import AuthenticationFailed
+from zmqkit.handshake import HandshakeWatch, refusal, wait_writable
 from zmqkit.sockets import (
     NOBLOCK,
     SocketOptions,
@@ -66,10 +68,12 @@ class _ThreadSockets:
 
     def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
         self.reqs: list[zmq.Socket] = []
+        self.watches: list[HandshakeWatch] = []  # each REQ's handshake outcome, read only when a node is silent
         try:
             for endpoint in endpoints:
                 sock = make_socket("req", options)
                 self.reqs.append(sock)
+                self.watches.append(HandshakeWatch(sock))
                 connect(sock, endpoint)
         except BaseException:
             self.close()
@@ -79,6 +83,8 @@ class _ThreadSockets:
         self.thread = threading.current_thread()
 
     def close(self) -> None:
+        for watch in self.watches:
+            watch.close()
         for sock in self.reqs:
             sock.close(linger=0)
 
@@ -106,6 +112,13 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         return f"<CacheClient {len(self.endpoints)} nodes replicas={self.replicas}>"
 
     # -- the runner ----------------------------------------------------------------------------------------
+
+    def refused(self, node: int) -> AuthenticationFailed | None:
+        try:
+            state = self._local.sockets
+        except AttributeError:
+            return None
+        return refusal(state.watches[node : node + 1])
 
     def _sockets(self) -> _ThreadSockets:
         try:
@@ -243,9 +256,16 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             remaining = deadline - time.monotonic()
             if (not waiting and not unsent) or remaining <= 0:
                 return replies
+            # A node not connected may have refused our handshake: it is not waited for, and its monitor wakes us.
+            unsent.difference_update([n for n in unsent if state.watches[n].refused()])
+            if not waiting and not unsent:
+                return replies
             items = [(socks[n], zmq.POLLIN) for n in waiting] + [(socks[n], zmq.POLLOUT) for n in unsent]
+            items += [(state.watches[n].socket, zmq.POLLIN) for n in unsent]
             for sock, events in zmq.zmq_poll(items, int(remaining * 1000) + 1):
-                node = state.node_of[sock]
+                node = state.node_of.get(sock, -1)
+                if node < 0:  # a monitor: looked at on the next turn
+                    continue
                 if events & zmq.POLLIN:
                     try:
                         parsed = parse_reply(recv_frame(sock, NOBLOCK))
@@ -270,7 +290,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             send_frame(sock, frame, NOBLOCK)
         except zmq.Again:  # not connected (yet, or any more): wait for it within the timeout
             deadline = time.monotonic() + timeout
-            if not zmq.zmq_poll([(sock, zmq.POLLOUT)], wait_ms):
+            if not wait_writable(sock, state.watches[node], wait_ms):  # (a refused handshake ends it at once)
                 return None
             send_frame(sock, frame, NOBLOCK)
             wait_ms = max(1, int((deadline - time.monotonic()) * 1000))

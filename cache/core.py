@@ -30,7 +30,7 @@ import mmh3
 
 from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
 from zmqkit.endpoints import parse_endpoints
-from zmqkit.errors import ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
+from zmqkit.errors import AuthenticationFailed, ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, resolve_options
 
@@ -129,6 +129,16 @@ class ClientCore:
     def _run(self, op: Op) -> Any:
         raise NotImplementedError  # the runner's job
 
+    def refused(self, node: int) -> AuthenticationFailed | None:
+        """Whether ``node`` refused our CURVE handshake (the runner reads its sockets' monitors); asked only when a
+        node did not answer, so a refused one is reported as such, not as down."""
+        return None
+
+    def _check_refused(self, node: int) -> None:
+        error = self.refused(node)
+        if error is not None:
+            raise error
+
     # -- keys and values -----------------------------------------------------------------------------------
 
     key_bytes = staticmethod(key_bytes)  # the one key encoding (keys.py): str, bytes, int, tuple
@@ -216,6 +226,7 @@ class ClientCore:
                 node = nodes[call.node]
                 reply = replies.get(call.rid)
                 if reply is None:
+                    self._check_refused(call.node)
                     if health.failed(node, [keys[i] for i in call.items] if write else []):
                         given_up += [(i, call.node) for i in call.items]
                     pending += call.items
@@ -280,6 +291,7 @@ class ClientCore:
                 node = nodes[call.node]
                 reply = replies.get(call.rid)
                 if reply is None or call.node in not_rejoined:
+                    self._check_refused(call.node)
                     if health.failed(node, [keys[i] for i in call.items] if write else []):
                         for i in call.items:
                             tried[i].add(call.node)
@@ -460,6 +472,9 @@ class ClientCore:
                 out[node.endpoint] = reply
             elif command == b"flush_all":
                 self.health.missed_flush(node)
+        for call in calls:
+            if call.rid not in replies:
+                self._check_refused(call.node)
         return out
 
     def _flush_all(self, timeout: float | None) -> Op:

@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from zmqkit.bench import Row, print_table, raw_pubsub, spawn
-from zmqkit.cli import bench, main, stop_signals, wait_until_stopped
+from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
 from .fanout import Forwarder, Publisher, Subscriber
@@ -30,10 +30,13 @@ __all__ = ["pub", "sub", "logs", "forwarder", "services", "bench_fanout"]
 @click.option("--bind", "do_bind", is_flag=True, help="Bind ENDPOINT instead of connecting to it.")
 @click.option("--wait", default=1, show_default=True, type=click.IntRange(min=0), help="Subscribers to wait for.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for them.")
-def pub(endpoint: str, topic: str, message: str, count: int, do_bind: bool, wait: int, timeout: float) -> None:
+@curve_options("bind")
+def pub(
+    endpoint: str, topic: str, message: str, count: int, do_bind: bool, wait: int, timeout: float, curve: CurveFlags
+) -> None:
     """Publish MESSAGE on TOPIC, after WAIT subscribers joined (connects to a forwarder's XSUB by default)."""
     kwargs: dict[str, Any] = {"bind": endpoint} if do_bind else {"connect": endpoint}
-    with Publisher(codec="str", **kwargs) as publisher:
+    with Publisher(codec="str", curve=curve.for_side(serving=do_bind), **kwargs) as publisher:
         if wait:
             publisher.wait_for_subscribers(wait, timeout=timeout)
         for _ in range(count):
@@ -54,12 +57,19 @@ def _text(body: Any) -> Any:
 @click.option("--count", default=0, type=click.IntRange(min=0), help="Stop after this many messages (0: never).")
 @click.option("--timeout", default=None, type=float, help="Stop with an error after this many idle seconds.")
 @click.option("--bind", "do_bind", is_flag=True, help="Bind ENDPOINT instead of connecting to it.")
+@curve_options("bind")
 def sub(
-    endpoint: str, topics: tuple[str, ...], as_json: bool, count: int, timeout: float | None, do_bind: bool
+    endpoint: str,
+    topics: tuple[str, ...],
+    as_json: bool,
+    count: int,
+    timeout: float | None,
+    do_bind: bool,
+    curve: CurveFlags,
 ) -> None:
     """Print messages on TOPICS (prefixes or subjects like orders.*.paid, logs.>; none: everything)."""
     kwargs: dict[str, Any] = {"bind": endpoint} if do_bind else {"endpoints": endpoint}
-    with Subscriber(topics=list(topics) or [""], **kwargs) as subscriber:
+    with Subscriber(topics=list(topics) or [""], curve=curve.for_side(serving=do_bind), **kwargs) as subscriber:
         seen = 0
         while not count or seen < count:
             msg = subscriber.recv(timeout=timeout)
@@ -146,9 +156,15 @@ def logs(
 @click.option("--xsub", required=True, help="Endpoint publishers connect to, e.g. tcp://*:5557.")
 @click.option("--xpub", required=True, help="Endpoint subscribers connect to, e.g. tcp://*:5558.")
 @click.option("--last-value-cache", default=0, show_default=True, type=click.IntRange(min=0), help="Topics to cache.")
-def forwarder(xsub: str, xpub: str, last_value_cache: int) -> None:
-    """Run an XSUB/XPUB forwarder until Ctrl-C or SIGTERM."""
-    with stop_signals() as stop, Forwarder(xsub, xpub, last_value_cache=last_value_cache) as fwd:
+@curve_options("server")
+def forwarder(xsub: str, xpub: str, last_value_cache: int, curve: CurveFlags) -> None:
+    """Run an XSUB/XPUB forwarder until Ctrl-C or SIGTERM.
+
+    CURVE: the forwarder binds both sides, so it is the CURVE server to publishers and subscribers alike: both
+    connect with --curve-server set to the forwarder's public key, and --curve-allow (if given) must list both.
+    """
+    security = curve.for_server()
+    with stop_signals() as stop, Forwarder(xsub, xpub, last_value_cache=last_value_cache, curve=security) as fwd:
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
         wait_until_stopped(stop)
 
@@ -157,9 +173,10 @@ def forwarder(xsub: str, xpub: str, last_value_cache: int) -> None:
 @click.option("--fabric", required=True, help="Where announcements arrive: a forwarder's XPUB or a Presence.")
 @click.option("--listen", default=2.5, show_default=True, help="Seconds to collect heartbeats before printing.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-def services(fabric: str, listen: float, as_json: bool) -> None:
+@curve_options("client")
+def services(fabric: str, listen: float, as_json: bool, curve: CurveFlags) -> None:
     """Print the directory of services announced on FABRIC (name, status, endpoint, meta)."""
-    with Directory(fabric) as directory:
+    with Directory(fabric, curve=curve.for_client()) as directory:
         # A listening window, not a synchronisation: heartbeats come once per interval (default 1 s), so
         # every live service is heard within a little more than one interval (a last-value cache: at once).
         time.sleep(listen)

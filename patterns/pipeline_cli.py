@@ -10,7 +10,7 @@ from collections.abc import Callable
 import click
 
 from ..bench import Row, print_table, raw_pushpull, spawn
-from ..cli import bench, main, stop_signals, wait_until_stopped
+from ..cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 from ..errors import RequestTimeout
 from ..sockets import SocketOptions
 from .pipeline import Producer, Worker
@@ -25,11 +25,12 @@ __all__ = ["push", "pull", "bench_pipeline"]
 @click.option("--acks/--no-acks", default=True, show_default=True, help="Wait for acks, or fire and forget.")
 @click.option("--codec", default="str", show_default=True, help="How to encode each message (str, json, bytes...).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for workers to finish.")
-def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeout: float) -> None:
+@curve_options("bind")
+def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeout: float, curve: CurveFlags) -> None:
     """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters."""
     lines = [line.rstrip("\n") for line in sys.stdin] if message == "-" else [message]
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    with Producer(**where, acks=acks, codec=codec) as producer:
+    with Producer(**where, acks=acks, codec=codec, curve=curve.for_side(serving=bind)) as producer:
         if bind:
             click.echo(f"producer on {producer.endpoint}", err=True)
         for line in lines:
@@ -64,7 +65,8 @@ def _json(text: str) -> object:
 @click.option("--acks/--no-acks", default=True, show_default=True, help="Acknowledge (acked producer) or plain PULL.")
 @click.option("--count", default=0, show_default=True, help="Stop after this many messages (0: until Ctrl-C).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
-def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) -> None:
+@curve_options("bind")
+def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, curve: CurveFlags) -> None:
     """Take messages from a pipeline and print each one (acknowledging it) until Ctrl-C or --count."""
     done = threading.Event()
     seen = 0
@@ -77,7 +79,7 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) 
             done.set()
 
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)
+    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle, curve=curve.for_side(serving=bind))
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
     with stop_signals(done), worker:

@@ -29,7 +29,8 @@ from zmq.backend import zmq_poll
 
 from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
-from zmqkit.errors import ConfigurationError, RequestTimeout
+from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable
+from zmqkit.handshake import HandshakeWatch, refusal
 from zmqkit.security import Curve
 from zmqkit.sockets import (
     NOBLOCK,
@@ -185,10 +186,12 @@ class ClientCore:
         # Plain sockets for both runners: the asyncio one only sends and reads without blocking, and waits on
         # each socket's file descriptor.
         self._socks: dict[bytes, zmq.Socket] = {}
+        self._watches: dict[bytes, HandshakeWatch] = {}  # each socket's handshake outcome, read when sends fail
         self.closed = False
         try:
             for alias, ep in peers.items():
                 self._socks[alias] = make_socket("dealer", dealer_options)
+                self._watches[alias] = HandshakeWatch(self._socks[alias])
                 connect(self._socks[alias], ep)
         except BaseException:
             self._close_sockets()
@@ -207,6 +210,7 @@ class ClientCore:
         out = proto.outbox
         socks = self._socks
         i = 0
+        unconnected = False
         while i < len(out):  # undeliverable() may queue more (a request moved to another server)
             alias, msg = out[i]
             i += 1
@@ -214,10 +218,26 @@ class ClientCore:
                 _send(socks[alias], msg, NOBLOCK)
             except zmq.Again:  # IMMEDIATE, and a queue with room for all we may send: not connected
                 proto.undeliverable(alias, msg)
+                unconnected = True
             else:
                 if sent_to is not None:
                     sent_to.add(alias)
         out.clear()
+        if unconnected:
+            # Every server refused our handshake: what waits for one fails now, not at its deadline as "down".
+            refused = refusal(self._watches.values(), every=True)
+            if refused is not None:
+                proto.fail_all(refused)
+
+    def _explain(self, error: Exception) -> Exception:
+        """A request's failure; "no server ready" or a timeout becomes AuthenticationFailed if a server refused
+        our handshake (asked only when a request failed)."""
+        if isinstance(error, (Unavailable, RequestTimeout)):
+            refused = refusal(self._watches.values())
+            if refused is not None:
+                refused.__cause__ = error
+                return refused
+        return error
 
     def _drain(self, alias: bytes) -> None:
         """Feed every message waiting on ``alias``'s socket to the protocol.
@@ -242,6 +262,8 @@ class ClientCore:
 
     def _close_sockets(self) -> None:
         self.closed = True
+        for watch in self._watches.values():
+            watch.close()
         for sock in self._socks.values():
             sock.close(linger=0)
 
@@ -296,7 +318,7 @@ class Client(ClientCore):
             raise
         if outcome[0]:
             return outcome[1]
-        raise outcome[1]
+        raise self._explain(outcome[1])
 
     def _outcome(self, rid: bytes) -> Outcome:
         """Wait until request ``rid`` is done; its outcome."""

@@ -170,7 +170,7 @@ class AsyncClient(ClientCore):
                 if ok:
                     fut.set_result(value)
                 else:
-                    fut.set_exception(value)
+                    fut.set_exception(self._explain(value))
         self._proto.completed.clear()
 
     def close(self) -> None:

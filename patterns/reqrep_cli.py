@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from zmqkit.bench import RawReqRep, Row, median_of, print_table, raw_dealer, spawn, take_turns
-from zmqkit.cli import bench, main, stop_signals, wait_until_stopped
+from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 
 from .reqrep import Client, Proxy, Server
 from .reqrep_async import AsyncClient
@@ -26,9 +26,10 @@ __all__ = ["req", "rep", "rpc", "proxy", "bench_reqrep"]
 @click.argument("message")
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
 @click.option("--retries", default=2, show_default=True, help="Retries (on another server) after a timeout.")
-def req(endpoint: str, message: str, timeout: float, retries: int) -> None:
+@curve_options("client")
+def req(endpoint: str, message: str, timeout: float, retries: int, curve: CurveFlags) -> None:
     """Send MESSAGE to the server(s) at ENDPOINT (comma-separated for many) and print the reply."""
-    with Client(endpoint, timeout=timeout, retries=retries) as client:
+    with Client(endpoint, timeout=timeout, retries=retries, curve=curve.for_client()) as client:
         reply = client.request(message.encode())
     click.echo(reply.decode(errors="replace") if isinstance(reply, bytes) else json.dumps(reply))
 
@@ -38,10 +39,18 @@ def req(endpoint: str, message: str, timeout: float, retries: int) -> None:
 @click.option("--echo", is_flag=True, help="Answer every request with its own body (the default, and only, mode).")
 @click.option("--concurrency", default=1, show_default=True, help="Handler threads.")
 @click.option("--connect", is_flag=True, help="Connect to ENDPOINT (a proxy's backend) instead of binding it.")
-def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:
-    """Serve requests on ENDPOINT: an echo server (Ctrl-C leaves gracefully)."""
+@curve_options("bind")
+def rep(endpoint: str, echo: bool, concurrency: int, connect: bool, curve: CurveFlags) -> None:
+    """Serve requests on ENDPOINT: an echo server (Ctrl-C leaves gracefully).
+
+    CURVE: binding, this is the server; with --connect (to a proxy), a client of the proxy's backend.
+    """
     server = Server(
-        None if connect else endpoint, lambda body: body, concurrency=concurrency, connect=endpoint if connect else ()
+        None if connect else endpoint,
+        lambda body: body,
+        concurrency=concurrency,
+        connect=endpoint if connect else (),
+        curve=curve.for_side(serving=not connect),
     )
     with stop_signals() as stop:
         server.start()
@@ -56,9 +65,10 @@ def rep(endpoint: str, echo: bool, concurrency: int, connect: bool) -> None:
 @click.argument("method", required=False)
 @click.argument("args", nargs=-1)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
-def rpc(endpoint: str, method: str | None, args: tuple[str, ...], timeout: float) -> None:
+@curve_options("client")
+def rpc(endpoint: str, method: str | None, args: tuple[str, ...], timeout: float, curve: CurveFlags) -> None:
     """Call METHOD with ARGS (each parsed as JSON, else taken as a string); without METHOD, list the methods."""
-    with RpcClient(endpoint, timeout=timeout) as client:
+    with RpcClient(endpoint, timeout=timeout, curve=curve.for_client()) as client:
         if method is None:
             for name, info in sorted(client.methods().items()):
                 click.echo(f"{name}{info.get('signature', '')}  {info.get('doc', '')}".rstrip())
@@ -75,9 +85,14 @@ def rpc(endpoint: str, method: str | None, args: tuple[str, ...], timeout: float
 @main.command()
 @click.option("--frontend", required=True, help="Endpoint clients connect to (ROUTER).")
 @click.option("--backend", required=True, help="Endpoint servers connect to (DEALER).")
-def proxy(frontend: str, backend: str) -> None:
-    """A queue device between clients and servers, so clients know one address."""
-    with stop_signals() as stop, Proxy(frontend, backend) as device:
+@curve_options("server")
+def proxy(frontend: str, backend: str, curve: CurveFlags) -> None:
+    """A queue device between clients and servers, so clients know one address.
+
+    CURVE: the proxy binds both sides, so it is the CURVE server to clients and servers alike: both connect with
+    --curve-server set to the proxy's public key, and --curve-allow (if given) must list both.
+    """
+    with stop_signals() as stop, Proxy(frontend, backend, curve=curve.for_server()) as device:
         click.echo(f"proxy: clients -> {device.frontend}, servers -> {device.backend}", err=True)
         wait_until_stopped(stop)
 

@@ -5,6 +5,7 @@ from .codecs import Codec as Codec
 from .codecs import get_codec as get_codec
 from .endpoints import Endpoint as Endpoint
 from .endpoints import parse_endpoint as parse_endpoint
+from .errors import AuthenticationFailed as AuthenticationFailed
 from .errors import ConfigurationError as ConfigurationError
 from .errors import NodeUnavailable as NodeUnavailable
 from .errors import ProtocolError as ProtocolError
@@ -30,6 +31,7 @@ __all__ = [
     "ProtocolError",
     "Unavailable",
     "NodeUnavailable",
+    "AuthenticationFailed",
     "Curve",
     "KeyPair",
     "generate_keys",

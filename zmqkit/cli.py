@@ -3,20 +3,33 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import os
 import signal
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from ._version import __version__
 from .errors import ZmqkitError
-from .security import generate_keys
+from .security import ALLOW_ANY, Curve, generate_keys
 
-__all__ = ["main", "bench", "ZmqkitGroup", "stop_signals", "wait_until_stopped"]
+__all__ = [
+    "main",
+    "bench",
+    "ZmqkitGroup",
+    "stop_signals",
+    "wait_until_stopped",
+    "CurveFlags",
+    "curve_options",
+]
 
 
 class ZmqkitGroup(click.Group):
@@ -54,6 +67,104 @@ def wait_until_stopped(stop: threading.Event) -> None:
         pass
 
 
+@dataclass(frozen=True)
+class CurveFlags:
+    """What ``--curve-secret``, ``--curve-server`` and ``--curve-allow`` (or ``ZMQKIT_CURVE_*``) asked for."""
+
+    secret: str | None = None
+    server: str | None = None
+    allow: tuple[str, ...] = ()
+    from_env: frozenset[str] = frozenset()  # which of secret/server/allow came from the environment
+
+    def for_server(self) -> Curve | None:
+        """The ``Curve`` of a side that serves (binds): None without a secret key."""
+        self._not_for("server", "clients (the connecting side)")
+        if self.secret is None:
+            if self.allow and "allow" not in self.from_env:
+                raise click.UsageError("--curve-allow needs --curve-secret (this side's key pair)")
+            return None
+        return Curve.server(self.secret, allow=list(self.allow) if self.allow else ALLOW_ANY)
+
+    def for_client(self) -> Curve | None:
+        """The ``Curve`` of a side that connects: None without the server's key; a fresh pair without a secret."""
+        self._not_for("allow", "servers (the side that binds)")
+        if self.server is None:
+            if self.secret is not None and "secret" not in self.from_env:
+                raise click.UsageError("--curve-secret on a client needs --curve-server (the server's public key)")
+            return None
+        return Curve.client(self.server, self.secret)
+
+    def for_side(self, serving: bool) -> Curve | None:
+        return self.for_server() if serving else self.for_client()
+
+    def _not_for(self, name: str, who: str) -> None:
+        # From the command line a misplaced option is a mistake; from the environment (shared by every command
+        # run in that shell) it is just not this side's.
+        if getattr(self, name) and name not in self.from_env:
+            raise click.UsageError(f"--curve-{name} is for {who}; this command is not one here")
+
+
+_CURVE_HELP = {
+    "server": "This command binds, so it is the CURVE server. ",
+    "client": "This command connects, so it is a CURVE client. ",
+    "bind": "Binding its endpoint, this command is the CURVE server (--curve-secret, --curve-allow); connecting,"
+    " a client (--curve-server, optional --curve-secret). ",
+}
+
+
+def curve_options(side: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add ``--curve-secret``, ``--curve-server`` and ``--curve-allow`` (with their ``ZMQKIT_CURVE_*`` variables)
+    to a command, which then gets ``curve: CurveFlags`` instead; ``side`` is "server", "client" or "bind"
+    (which one depends on the command's --bind), only for the help text."""
+    lead = _CURVE_HELP[side]
+    options = [
+        click.option(
+            "--curve-secret",
+            envvar="ZMQKIT_CURVE_SECRET",
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help=lead + "This side's secret key file (NAME.key_secret from `zmqkit keys generate`); a server needs"
+            " it to use CURVE, a client without it makes a fresh key pair.",
+        ),
+        click.option(
+            "--curve-server",
+            envvar="ZMQKIT_CURVE_SERVER",
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="Clients: the server's public key file (NAME.key); turns CURVE on.",
+        ),
+        click.option(
+            "--curve-allow",
+            envvar="ZMQKIT_CURVE_ALLOW",
+            show_envvar=True,
+            multiple=True,
+            type=click.Path(exists=True),
+            help="Servers, repeatable: a client's public key file, or a folder of them (the variable: paths"
+            f" separated by {os.pathsep!r}). Without it any client with a valid CURVE handshake is let in.",
+        ),
+    ]
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            ctx = click.get_current_context()
+            from_env = frozenset(
+                name
+                for name in ("secret", "server", "allow")
+                if ctx.get_parameter_source(f"curve_{name}") is ParameterSource.ENVIRONMENT
+            )
+            flags = CurveFlags(
+                kwargs.pop("curve_secret"), kwargs.pop("curve_server"), tuple(kwargs.pop("curve_allow")), from_env
+            )
+            return fn(curve=flags, **kwargs)
+
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
+
+
 @click.group(cls=ZmqkitGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, "--version", prog_name="zmqkit")
 @click.option(
@@ -83,9 +194,15 @@ def keys() -> None:
     type=click.Path(file_okay=False),
     help="Folder to write NAME.key and NAME.key_secret into.",
 )
-def keys_generate(name: str, directory: str) -> None:
-    """Write a new key pair NAME.key (public, share it) and NAME.key_secret (keep it)."""
-    public, secret = generate_keys(name, directory)
+@click.option("--force", is_flag=True, help="Replace an existing NAME key pair (peers trusting it are locked out).")
+def keys_generate(name: str, directory: str, force: bool) -> None:
+    """Write a new key pair NAME.key (public, share it) and NAME.key_secret (keep it); an existing pair is kept
+    unless --force."""
+    folder = Path(directory)
+    new_folder = not folder.exists()
+    public, secret = generate_keys(name, folder, force=force)
+    if new_folder:
+        click.echo(f"created folder {folder}")
     click.echo(f"public key: {public}")
     click.echo(f"secret key: {secret}")
 

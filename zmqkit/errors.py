@@ -10,6 +10,7 @@ __all__ = [
     "ProtocolError",
     "Unavailable",
     "NodeUnavailable",
+    "AuthenticationFailed",
 ]
 
 
@@ -51,3 +52,21 @@ class Unavailable(ZmqkitError):
 
 class NodeUnavailable(Unavailable):
     """A cache node (or every node a key could live on) is not answering."""
+
+
+class AuthenticationFailed(ZmqkitError):
+    """A peer refused our CURVE handshake (not allowed, wrong server key, or one side without CURVE).
+
+    ``endpoint`` is the peer that refused and ``reason`` what libzmq's socket monitor said about it.
+    """
+
+    def __init__(self, endpoint: str, reason: str) -> None:
+        super().__init__(
+            f"authentication failed: {endpoint} refused our CURVE handshake: {reason}; check --curve-server /"
+            " --curve-secret / the server's --curve-allow (or the curve= keys in code)"
+        )
+        self.endpoint = endpoint
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[type, tuple[str, str]]:
+        return (type(self), (self.endpoint, self.reason))

@@ -42,11 +42,20 @@ class KeyPair:
         return cls(public, secret)
 
 
-def generate_keys(name: str, directory: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``NAME.key`` (public) and ``NAME.key_secret`` into ``directory`` (zmq.auth format)."""
+def generate_keys(name: str, directory: str | os.PathLike[str], *, force: bool = False) -> tuple[Path, Path]:
+    """Write ``NAME.key`` (public) and ``NAME.key_secret`` into ``directory`` (zmq.auth format).
+
+    An existing pair is kept unless ``force``: a new secret for a server locks out every client that trusts it.
+    """
     if not name or "/" in name or name.startswith("."):
         raise ConfigurationError(f"bad key name {name!r}: use a plain file name such as 'server'")
     folder = Path(directory)
+    existing = [str(p) for p in (folder / f"{name}.key", folder / f"{name}.key_secret") if p.exists()]
+    if existing and not force:
+        raise ConfigurationError(
+            f"key pair {name!r} exists ({', '.join(existing)}): not overwritten; pass --force (force=True) to"
+            " replace it, which locks out every peer that trusts the old key"
+        )
     folder.mkdir(parents=True, exist_ok=True)
     public, secret = zmq.auth.create_certificates(str(folder), name)
     os.chmod(secret, 0o600)

@@ -40,6 +40,7 @@ __all__ = [
     "check_timeout",
     "set_recv_timeout",
     "has_input",
+    "track_socket",
 ]
 
 ROLES: dict[str, int] = {
@@ -330,6 +331,11 @@ def set_recv_timeout(sock: zmq.Socket, ms: int) -> None:
     then a recv: one call into libzmq instead of two, no poll set to build.
     """
     sock.setsockopt(_RCVTIMEO, ms)
+
+
+def track_socket(sock: zmq.Socket) -> None:
+    """Count a socket the core made outside :func:`make_socket` (a monitor's) in :func:`open_sockets`."""
+    _open_sockets.add(sock)
 
 
 def open_sockets() -> list[zmq.Socket]:

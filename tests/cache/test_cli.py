@@ -5,6 +5,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,3 +117,39 @@ def test_bench_cache_is_registered() -> None:
 def test_serve_bad_memory_is_one_line_error() -> None:
     code, out = cli("cache", "serve", "--memory", "lots", "--bind", "tcp://127.0.0.1:0")
     assert code == 1 and out == "Error: bad size 'lots': expected bytes or a number with K, M or G (64M)\n"
+
+
+@pytest.mark.timeout(60)
+def test_curve_serve_answers_the_right_keys_and_names_authentication_to_others(tmp_path: Path) -> None:
+    """The acceptance of issue 12: a CURVE node serves set/get given the right keys; without them, get fails
+    within its timeout with a message about authentication, not "down"."""
+    for name in ("server", "client", "stranger"):
+        assert cli("keys", "generate", name, "--dir", str(tmp_path))[0] == 0
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    (allowed / "client.key").write_bytes((tmp_path / "client.key").read_bytes())
+    port = free_port()
+    proc, endpoints = start_serve(
+        "--bind", f"tcp://127.0.0.1:{port}", "--nodes", "1",
+        "--curve-secret", str(tmp_path / "server.key_secret"), "--curve-allow", str(allowed),
+    )  # fmt: skip
+    try:
+        node = endpoints[0]
+        keys = ["--curve-server", str(tmp_path / "server.key"), "--curve-secret", str(tmp_path / "client.key_secret")]
+        assert cli("cache", "set", "greeting", "hello", "--nodes", node, *keys) == (0, "stored\n")
+        assert cli("cache", "get", "greeting", "--nodes", node, *keys) == (0, "hello\n")
+        wrong = [
+            [],  # no CURVE against a CURVE node
+            ["--curve-server", str(tmp_path / "server.key"), "--curve-secret", str(tmp_path / "stranger.key_secret")],
+            ["--curve-server", str(tmp_path / "server.key")],  # a fresh key pair: not allowed either
+            ["--curve-server", str(tmp_path / "stranger.key"), "--curve-secret", str(tmp_path / "client.key_secret")],
+        ]
+        for args in wrong:
+            started = time.monotonic()
+            code, out = cli("cache", "get", "greeting", "--nodes", node, "--timeout", "5", *args)
+            assert code != 0 and "authentication" in out.lower() and "down" not in out, (args, out)
+            assert node in out
+            assert time.monotonic() - started < 5, (args, out)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0

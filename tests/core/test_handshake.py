@@ -1,0 +1,120 @@
+"""A client refused by CURVE hears AuthenticationFailed naming the endpoint, at once, not Unavailable at timeout."""
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from zmqkit import AuthenticationFailed, Curve, KeyPair, ZmqkitError
+from zmqkit.cache import CacheClient, CacheNode
+from zmqkit.cache.aio import AsyncCacheClient
+from zmqkit.patterns import Client, RpcClient, Server
+from zmqkit.patterns.reqrep_async import AsyncClient
+
+SERVER, CLIENT, STRANGER = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
+SERVER_CURVE = Curve.server(SERVER, allow=[CLIENT.public])
+TIMEOUT = 5.0
+
+REFUSED = {
+    "not allowed": (Curve.client(SERVER.public, STRANGER), "not allowed"),
+    "wrong server key": (Curve.client(STRANGER.public, CLIENT), "wrong server public key"),
+    "no curve": (None, "requires CURVE"),
+}
+
+
+@pytest.fixture(scope="module")
+def node() -> Iterator[str]:
+    with CacheNode("tcp://127.0.0.1:0", curve=SERVER_CURVE) as n:
+        n.start()
+        yield str(n.endpoint)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[str]:
+    with Server("tcp://127.0.0.1:0", lambda body: body, curve=SERVER_CURVE) as s:
+        s.start()
+        yield s.endpoints[0]
+
+
+def _refused(call: object, endpoint: str, why: str) -> None:
+    started = time.monotonic()
+    with pytest.raises(AuthenticationFailed) as info:
+        call()  # type: ignore[operator]
+    assert time.monotonic() - started < TIMEOUT / 2, "refusal seen only at the timeout"
+    assert isinstance(info.value, ZmqkitError) and info.value.endpoint == endpoint
+    assert why in info.value.reason and "authentication failed" in str(info.value)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", REFUSED, ids=str)
+def test_cache_client_refused(node: str, case: str) -> None:
+    curve, why = REFUSED[case]
+    with CacheClient([node], timeout=TIMEOUT, curve=curve) as cache:
+        _refused(lambda: cache.get("k"), node, why)
+        _refused(lambda: cache.set("k", "v"), node, why)
+        _refused(lambda: cache.get_many(["a", "b"]), node, why)
+        _refused(cache.stats, node, why)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", REFUSED, ids=str)
+def test_async_cache_client_refused(node: str, case: str) -> None:
+    curve, why = REFUSED[case]
+
+    async def run() -> None:
+        async with AsyncCacheClient([node], timeout=TIMEOUT, curve=curve) as cache:
+            for call in (lambda: cache.get("k"), lambda: cache.set("k", "v"), cache.stats):
+                started = time.monotonic()
+                with pytest.raises(AuthenticationFailed) as info:
+                    await call()
+                assert time.monotonic() - started < TIMEOUT / 2 and why in info.value.reason
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(30)
+def test_cache_client_with_the_right_keys_is_served(node: str) -> None:
+    with CacheClient([node], timeout=TIMEOUT, curve=Curve.client(SERVER.public, CLIENT)) as cache:
+        cache.set("k", "v")
+        assert cache.get("k") == "v"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", REFUSED, ids=str)
+def test_reqrep_client_refused(server: str, case: str) -> None:
+    curve, why = REFUSED[case]
+    with Client(server, timeout=TIMEOUT, curve=curve) as client:
+        _refused(lambda: client.request(b"hi"), server, why)
+    with RpcClient(server, timeout=TIMEOUT, curve=curve) as rpc:
+        _refused(rpc.methods, server, why)
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("case", REFUSED, ids=str)
+def test_async_reqrep_client_refused(server: str, case: str) -> None:
+    curve, why = REFUSED[case]
+
+    async def run() -> None:
+        async with AsyncClient(server, timeout=TIMEOUT, curve=curve) as client:
+            started = time.monotonic()
+            with pytest.raises(AuthenticationFailed) as info:
+                await client.request(b"hi")
+            assert time.monotonic() - started < TIMEOUT / 2 and why in info.value.reason
+
+    asyncio.run(run())
+
+
+@pytest.mark.timeout(30)
+def test_one_refusing_server_among_good_ones_does_not_fail_the_request(server: str) -> None:
+    """A server that refuses us is skipped while another one serves: the refusal is no reason to give up."""
+    with Server("tcp://127.0.0.1:0", lambda body: b"plain " + body) as plain:
+        plain.start()
+        with Client([server, plain.endpoints[0]], timeout=TIMEOUT) as client:
+            assert client.request(b"hi") == b"plain hi"
+
+
+@pytest.mark.timeout(30)
+def test_reqrep_client_with_the_right_keys_is_served(server: str) -> None:
+    with Client(server, timeout=TIMEOUT, curve=Curve.client(SERVER.public, CLIENT)) as client:
+        assert client.request(b"hi") == b"hi"

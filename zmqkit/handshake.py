@@ -1,0 +1,132 @@
+"""Handshake watch: which endpoints refused a connecting socket's handshake, from libzmq's socket monitor.
+
+A refused CURVE handshake (not allowed by ZAP, wrong server key, one side without CURVE) looks like a dead peer
+to a socket: nothing connects. The monitor says why. A client makes a watch with each connecting socket (before
+connect), and asks it only where it would give up on a peer, so a healthy round trip never pays for it.
+
+>>> watch = HandshakeWatch(sock)     # right after make_socket, before connect
+>>> connect(sock, "tcp://10.0.0.1:5555")
+>>> watch.reason("tcp://10.0.0.1:5555")   # None, or e.g. "not allowed (ZAP status 400)"
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import time
+from collections.abc import Iterable
+from typing import Any
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from .errors import AuthenticationFailed
+from .sockets import track_socket
+
+__all__ = ["HandshakeWatch", "refusal", "wait_writable"]
+
+log = logging.getLogger(__name__)
+
+_FAILED = {
+    int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL),
+    int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL),
+    int(zmq.EVENT_HANDSHAKE_FAILED_AUTH),
+}
+_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_EVENTS = _SUCCEEDED | sum(_FAILED)
+_MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
+_ZAP_STATUS = {300: "temporary ZAP failure", 400: "not allowed", 500: "ZAP internal error"}
+_ids = itertools.count(1)
+
+
+class HandshakeWatch:
+    """The last handshake outcome of each endpoint ``sock`` connects to; make it before connecting, use it and
+    close it in the socket's thread, and close it before (or with) the socket."""
+
+    def __init__(self, sock: zmq.Socket) -> None:
+        # A fresh inproc name each time: libzmq frees a closed monitor's name later than the socket's descriptor.
+        address = f"inproc://zmqkit-handshake-{os.getpid()}-{next(_ids)}"
+        self._curve = int(sock.getsockopt(zmq.MECHANISM)) == int(zmq.CURVE)
+        sock.monitor(address, _EVENTS)
+        # A plain socket on the same libzmq context (asyncio sockets' contexts are shadows of it): it is only
+        # ever read without blocking.
+        ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
+        self.socket: zmq.Socket = ctx.socket(zmq.PAIR)
+        self.socket.linger = 0
+        self.socket.connect(address)
+        track_socket(self.socket)
+        self._refused: dict[str, str] = {}
+        self._warned: set[str] = set()
+
+    def refused(self) -> dict[str, str]:
+        """``{endpoint: reason}`` for each endpoint whose last handshake failed (reads what the monitor said)."""
+        if self.socket.closed:
+            return self._refused
+        while True:
+            try:
+                event: dict[str, Any] = dict(recv_monitor_message(self.socket, zmq.NOBLOCK))
+            except zmq.Again:
+                return self._refused
+            endpoint = event["endpoint"].decode(errors="replace")
+            if event["event"] == _SUCCEEDED:
+                self._refused.pop(endpoint, None)
+            elif event["event"] in _FAILED:
+                self._refused[endpoint] = self._why(int(event["event"]), int(event["value"]))
+
+    def reason(self, endpoint: str) -> str | None:
+        """Why ``endpoint`` refused the handshake, or None if it did not (or has not yet)."""
+        return self.refused().get(endpoint)
+
+    def warn_new(self, what: str) -> None:
+        """Log a WARNING once per endpoint that refused ``what``'s handshake (for sides with no call to fail)."""
+        for endpoint, reason in self.refused().items():
+            if endpoint not in self._warned:
+                self._warned.add(endpoint)
+                log.warning("%s: %s", what, AuthenticationFailed(endpoint, reason))
+
+    def _why(self, event: int, value: int) -> str:
+        if event == int(zmq.EVENT_HANDSHAKE_FAILED_AUTH):
+            return f"{_ZAP_STATUS.get(value, 'refused')} (ZAP status {value})"
+        if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
+            if value == _MISMATCH:
+                if self._curve:
+                    return "the peer does not use CURVE (security mechanism mismatch)"
+                return "the peer requires CURVE and this side has no keys (security mechanism mismatch)"
+            return f"protocol error {value:#x} during the handshake"
+        if self._curve:
+            return "the peer could not read our CURVE hello (wrong server public key?)"
+        return f"handshake failed (errno {value})"
+
+    def close(self) -> None:
+        self.socket.close(linger=0)
+
+
+def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> AuthenticationFailed | None:
+    """An AuthenticationFailed for the first endpoint among ``watches`` that refused us; with ``every``, only if
+    each watch saw a refusal (so a client with another server to try does not give up early)."""
+    refused: dict[str, str] = {}
+    for watch in watches:
+        seen = watch.refused()
+        if every and not seen:
+            return None
+        refused.update(seen)
+    if not refused:
+        return None
+    endpoint, reason = next(iter(refused.items()))
+    return AuthenticationFailed(endpoint, reason)
+
+
+def wait_writable(sock: zmq.Socket, watch: HandshakeWatch, timeout_ms: int) -> bool:
+    """Wait up to ``timeout_ms`` for ``sock`` (not connected yet) to take a message: False on the timeout or as
+    soon as ``watch`` sees its handshake refused (ask the watch why)."""
+    if watch.refused():  # (libzmq does not try again after a ZAP refusal: no event would come)
+        return False
+    deadline = time.monotonic() + timeout_ms / 1000
+    items = [(sock, zmq.POLLOUT), (watch.socket, zmq.POLLIN)]
+    while True:
+        ready = dict(zmq.zmq_poll(items, max(0, int((deadline - time.monotonic()) * 1000)) + 1))
+        if ready.get(sock):
+            return True
+        if not ready or watch.refused() or time.monotonic() >= deadline:
+            return False
