@@ -41,8 +41,12 @@ def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeou
         finally:
             for result in producer.results(timeout=0):
                 click.echo(f"{result.id}\t{result.value!r}")
-            for letter in producer.dead_letters():
-                click.echo(f"dead {letter.id}\t{letter.value!r}\t{letter.error}", err=True)
+            offset, page = 0, producer.dead_letters(0)
+            while page:
+                for letter in page:
+                    click.echo(f"dead {letter.id}\t{letter.value!r}\t{letter.error}", err=True)
+                offset += len(page)
+                page = producer.dead_letters(offset)
         stats = producer.stats()
         click.echo(f"acked {stats['acked']}, dead {stats['dead']}, retried {stats['retried']}", err=True)
         if stats["dead"]:
