@@ -415,6 +415,7 @@ class Producer(_ProducerBase):
                 return []
             self._closed = True
             self._cond.notify_all()
+            self._wake()  # the I/O thread may be polling: no need to wait out its poll
         if self._thread is not None:
             self._thread.join()
         left = self._leftovers()
@@ -635,10 +636,16 @@ class Worker(_WorkerBase):
             poller.register(sock, zmq.POLLIN)
         with lane.lock:
             for sock, proto in zip(lane.socks, lane.protos, strict=True):
-                _send(sock, proto.ready())  # lost if the producer is not up yet: it will say HELLO
+                if not _send(sock, proto.ready()):  # the producer is not connected yet
+                    proto.unreachable()
         deadline = None
+        watching: set[Any] = set()  # sockets polled for POLLOUT: their producer is to be greeted once connected
         while True:
             received: list[tuple[Any, WorkerProtocol, list[bytes]]] = []
+            for sock, proto in zip(lane.socks, lane.protos, strict=True):
+                if proto.greet != (sock in watching):
+                    poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if proto.greet else 0))
+                    watching.symmetric_difference_update([sock])
             with lane.lock:
                 if self._stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self.stop_timeout
@@ -649,9 +656,12 @@ class Worker(_WorkerBase):
                     all(p.closed and not p.held for p in lane.protos) or time.monotonic() > deadline
                 ):
                     return
-                for sock, _ in poller.poll(100):
+                for sock, events in poller.poll(100):
                     proto = lane.protos[lane.socks.index(sock)]
-                    received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
+                    if events & zmq.POLLOUT and proto.greet:
+                        _send(sock, proto.greeting())  # just connected (IMMEDIATE: writable only then)
+                    if events & zmq.POLLIN:
+                        received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
                     lane.beat()
             for sock, proto, frames in received:

@@ -81,7 +81,10 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool) 
             done.set()
 
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle)
+    # A pull usually waits for a producer that is not up yet: retry the connection every 100 ms instead of
+    # backing off to 2 s, so a `zmqkit push` started later is served at once (the Worker greets it on connect).
+    options = SocketOptions(reconnect_ivl_max_ms=0)
+    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle, options=options)
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
     with stop_signals(done), worker:

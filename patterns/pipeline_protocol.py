@@ -658,6 +658,7 @@ class WorkerProtocol:
     held: int = 0
     closing: bool = False  # we sent BYE
     closed: bool = False  # the producer answered BYE: nothing more will come
+    greet: bool = False  # a send failed (no producer connected): send READY the moment the socket is writable
     _acks: list[int] = field(default_factory=list)
     _results: list[bytes] = field(default_factory=list)
     _fails: list[list[bytes]] = field(default_factory=list)
@@ -674,9 +675,18 @@ class WorkerProtocol:
         return [b"", HDR, BYE] if self.closing and not self.closed else [b"", HDR, HB]
 
     def unreachable(self) -> None:
-        """The producer could not be sent to: while stopping, that means nothing more will come from it."""
+        """The producer could not be sent to: while stopping, that means nothing more will come from it;
+        otherwise greet it with READY as soon as it is connected (runners watch for the socket to be writable),
+        rather than wait for a heartbeat to be answered with HELLO."""
         if self.closing:
             self.closed = True
+        else:
+            self.greet = True
+
+    def greeting(self) -> list[bytes]:
+        """READY for a producer that just became reachable (see :meth:`unreachable`)."""
+        self.greet = False
+        return self.ready()
 
     def bye(self) -> list[bytes]:
         self.closing = True

@@ -148,3 +148,66 @@ def test_100k_dead_letters_keep_the_producer_within_its_cap() -> None:
         tracemalloc.stop()
     assert len(proto.dead) == 10_000 and proto.stats()["dead_dropped"] == 92_000
     assert after - capped < 1_000_000, f"memory grew by {after - capped} bytes while the cap was full"
+
+
+# -- a worker greets a producer that comes up after it at once, not at its next heartbeat ----------------------
+
+
+@pytest.mark.timeout(30)
+def test_a_worker_greets_a_late_producer_on_connect_not_at_its_next_heartbeat(tmp_path: Path) -> None:
+    endpoint = f"ipc://{tmp_path}/queue"
+    # A heartbeat far beyond the join timeout: only READY-on-connect can get the message through in time.
+    with Worker(str.upper, connect=endpoint, heartbeat=60) as worker:
+        worker.start()
+        wait_until(lambda: worker.lanes[0].protos[0].greet, 10, "the worker's first READY to find no producer")
+        with Producer(bind=endpoint) as producer:
+            producer.send("hi")
+            producer.join(timeout=10)
+            assert [r.value for r in producer.results(timeout=0)] == ["HI"]
+        assert not worker.lanes[0].protos[0].greet
+
+
+@pytest.mark.timeout(30)
+def test_an_asyncio_worker_greets_a_late_producer_on_connect(tmp_path: Path) -> None:
+    import asyncio
+
+    from zmqkit.asyncio import Worker as AsyncWorker
+
+    endpoint = f"ipc://{tmp_path}/queue"
+
+    async def main() -> None:
+        async with AsyncWorker(str.upper, connect=endpoint, heartbeat=60) as worker:
+            worker.start()
+            proto = worker.lanes[0].protos[0]
+            deadline = time.monotonic() + 10
+            while not proto.greet:
+                assert time.monotonic() < deadline, "the worker's first READY never failed"
+                await asyncio.sleep(0.01)
+            with Producer(bind=endpoint) as producer:
+                producer.send("hi")
+                await asyncio.to_thread(producer.join, 10)
+
+    asyncio.run(main())
+
+
+@pytest.mark.timeout(60)
+def test_push_to_a_running_pull_is_served_as_soon_as_they_connect(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from click.testing import CliRunner
+
+    from zmqkit.cli import main
+
+    endpoint = f"ipc://{tmp_path}/queue"
+    zmqkit = str(Path(sys.executable).parent / "zmqkit")
+    pull = subprocess.Popen([zmqkit, "pull", endpoint, "--count", "1"], stdout=subprocess.PIPE, text=True)
+    try:
+        # That it completes (bounded) and the pull got it; the greeting itself is tested just above.
+        result = CliRunner().invoke(main, ["push", endpoint, "hello", "--timeout", "5"])
+        out, _ = pull.communicate(timeout=20)
+    finally:
+        pull.kill()
+        pull.wait()
+    assert result.exit_code == 0, result.output
+    assert "acked 1, dead 0" in result.output and out.splitlines() == ["hello"]
