@@ -11,6 +11,7 @@ from .pipeline import Sink as Sink
 from .pipeline import Worker as Worker
 from .pipeline_protocol import Backoff as Backoff
 from .pipeline_protocol import DeadLetter as DeadLetter
+from .pipeline_protocol import Refused as Refused
 from .pipeline_protocol import Result as Result
 from .pipeline_protocol import Retry as Retry
 from .presence import Directory as Directory
@@ -25,6 +26,7 @@ __all__ = [
     # pipeline
     "Backoff",
     "DeadLetter",
+    "Refused",
     "Producer",
     "Result",
     "Retry",

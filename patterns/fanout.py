@@ -23,6 +23,7 @@ from zmqkit.sockets import check_timeout as _check_timeout
 from ._background import Background
 from .fanout_protocol import (
     HELLO_PREFIX,
+    MAX_TOPICS,
     Message,
     PublisherState,
     SubscriberCounter,
@@ -53,10 +54,11 @@ class _PublisherBase:
         *,
         connect: Endpoints = None,
         codec: str | Codec = "auto",
+        max_topics: int = MAX_TOPICS,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
     ) -> None:
-        self._state = PublisherState(codec)
+        self._state = PublisherState(codec, max_topics=max_topics)
         self._counter = SubscriberCounter()
         self.id = self._state.id
         self._sock = make_socket("xpub", resolve_options(options, curve), asyncio=self._asyncio)
@@ -165,10 +167,11 @@ class _SubscriberBase:
         *,
         bind: Endpoints = None,
         allow_pickle: bool = False,
+        max_topics: int = MAX_TOPICS,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
     ) -> None:
-        self._state = SubscriberState(TopicFilter(topics), allow_pickle=allow_pickle)
+        self._state = SubscriberState(TopicFilter(topics), allow_pickle=allow_pickle, max_topics=max_topics)
         self._feed = self._state.feed
         self._feed_pair = self._state.feed_pair
         self.id = new_id()
@@ -199,7 +202,7 @@ class _SubscriberBase:
         return self._state.malformed
 
     def stats(self) -> dict[str, int]:
-        """All counters: received, missed, gaps, joined_late, duplicates, malformed, filtered."""
+        """All counters: received, missed, gaps, joined_late, duplicates, malformed, filtered, restarts, forgotten."""
         return self._state.stats()
 
     def _timeout(self, timeout: float) -> RequestTimeout:

@@ -5,6 +5,8 @@ publisher's ``data`` starts with a 21-byte header (``ZKF``, version, publisher i
 anything else is a raw ``[topic, body]`` message from a plain PUB peer and is delivered as-is.
 Sequence numbers count per publisher *and topic*: a subscriber either gets every message of a topic or none
 (prefix filters look at the whole topic), so a hole in one topic's numbers is a message it really missed.
+Both sides remember at most ``max_topics`` topics (two generations of a dict: what was not used while the newer
+one filled is forgotten); a forgotten topic's numbers start again at 1, which the subscriber takes as a new run.
 """
 
 from __future__ import annotations
@@ -43,6 +45,13 @@ HEADER_SIZE = _HEADER.size
 _MAGIC = FANOUT.header
 _unpack_fields = struct.Struct(">8sQB").unpack_from  # what follows the magic
 _new_message = tuple.__new__
+MAX_TOPICS = 10_000  # default bound on the topics a publisher (or publisher-topic pairs a subscriber) remembers
+
+
+def _check_max_topics(max_topics: object) -> int:
+    if not isinstance(max_topics, int) or isinstance(max_topics, bool) or max_topics < 2:
+        raise ConfigurationError(f"bad max_topics {max_topics!r}: expected an integer >= 2")
+    return max_topics
 
 
 def new_id() -> bytes:
@@ -124,14 +133,34 @@ class TopicFilter:
         return self._regex is not None and self._regex.fullmatch(topic) is not None
 
 
-class PublisherState:
-    """Encodes messages: a precomputed header prefix, one sequence counter per topic."""
+def _alias(topic: str | bytes) -> str | bytes | None:
+    """The same wire topic in the other type (None for bytes that are not UTF-8)."""
+    if isinstance(topic, str):
+        return topic.encode()
+    try:
+        return topic.decode()
+    except UnicodeDecodeError:
+        return None
 
-    def __init__(self, codec: str | Codec = "auto", publisher_id: bytes | None = None) -> None:
+
+class PublisherState:
+    """Encodes messages: a precomputed header prefix, one sequence counter per recently used topic.
+
+    At most ``max_topics`` topics are remembered: those not published while ``max_topics / 2`` others were are
+    forgotten, and their numbers start again at 1 (subscribers take that as a new run, not a gap).
+    """
+
+    def __init__(
+        self, codec: str | Codec = "auto", publisher_id: bytes | None = None, *, max_topics: int = MAX_TOPICS
+    ) -> None:
         self.id = publisher_id or new_id()
         self.codec = get_codec(codec)
         self._pack = self.codec.pack
-        self._topics: dict[str | bytes, list[Any]] = {}  # topic -> [topic bytes, last sequence number]
+        self._half = _check_max_topics(max_topics) // 2
+        # topic as given (str or bytes) -> [topic bytes, last sequence number]; the older generation is
+        # consulted on a miss and dropped when the newer one is full.
+        self._topics: dict[str | bytes, list[Any]] = {}
+        self._old: dict[str | bytes, list[Any]] = {}
 
     def encode(self, topic: str | bytes, body: Any) -> tuple[bytes, bytes]:
         """Return the two frames ``(topic, data)`` for the next message on ``topic``."""
@@ -142,19 +171,36 @@ class PublisherState:
         codec_id, data = self._pack(body)
         return entry[0], _HEADER.pack(FANOUT.header, self.id, entry[1], codec_id) + data
 
+    def _find(self, topic: str | bytes) -> list[Any] | None:
+        # "a" and b"a" are one topic on the wire: they share one counter, under whichever key was used.
+        alias = _alias(topic)
+        for table in (self._topics, self._old):
+            entry = table.get(topic)
+            if entry is None and alias is not None:
+                entry = table.get(alias)
+            if entry is not None:
+                return entry
+        return None
+
     def _entry(self, topic: str | bytes) -> list[Any]:
-        # "a" and b"a" are one topic on the wire, so they share one counter (kept under both keys).
-        wire = _topic_bytes(topic)
-        entry = self._topics.get(wire)
+        entry = self._find(topic)
         if entry is None:
-            entry = self._topics[wire] = [wire, 0]
+            entry = [_topic_bytes(topic), 0]
+        if len(self._topics) >= self._half:
+            self._old, self._topics = self._topics, {}
         self._topics[topic] = entry
         return entry
 
     def published(self, topic: str | bytes) -> int:
-        """How many messages went out on ``topic`` (its last sequence number)."""
-        entry = self._topics.get(_topic_bytes(topic))
+        """How many messages went out on ``topic`` since it was last forgotten (its last sequence number)."""
+        _topic_bytes(topic)
+        entry = self._find(topic)
         return 0 if entry is None else int(entry[1])
+
+    @property
+    def topics(self) -> int:
+        """How many topic keys are remembered now (at most ``max_topics``)."""
+        return len(self._topics) + len(self._old)
 
 
 class SubscriberState:
@@ -162,9 +208,12 @@ class SubscriberState:
 
     ``missed`` counts holes inside a publisher's topic stream (dropped at a high-water mark) plus
     ``joined_late``: messages a publisher sent on a topic before this subscriber's first one arrived.
+    At most ``max_topics`` (publisher, topic) pairs are remembered (those not seen while ``max_topics / 2``
+    others were are forgotten, counted in ``forgotten``); once any was forgotten, a pair seen for the first
+    time might be a forgotten one, so its earlier numbers no longer count as ``joined_late``.
     """
 
-    def __init__(self, topics: TopicFilter, *, allow_pickle: bool = False) -> None:
+    def __init__(self, topics: TopicFilter, *, allow_pickle: bool = False, max_topics: int = MAX_TOPICS) -> None:
         self.filter = topics
         # With no wildcard, libzmq's prefix filter has already done all the work: nothing to match here.
         self._match = topics.match if topics.needed else None
@@ -175,7 +224,11 @@ class SubscriberState:
         self.duplicates = 0
         self.malformed = 0
         self.filtered = 0
-        self._last: dict[tuple[bytes, bytes], int] = {}
+        self.restarts = 0
+        self.forgotten = 0
+        self._half = _check_max_topics(max_topics) // 2
+        self._last: dict[tuple[bytes, bytes], int] = {}  # (publisher, topic) -> last number; newer generation
+        self._old: dict[tuple[bytes, bytes], int] = {}
 
     @property
     def missed(self) -> int:
@@ -196,7 +249,9 @@ class SubscriberState:
             return self._other(topic, data)
         publisher, seq, codec_id = _unpack_fields(data, 4)
         key = (publisher, topic)
-        last = self._last.get(key, 0)
+        last = self._last.get(key)
+        if last is None:
+            last = self._recall(key)
         if seq != last + 1 and not self._irregular(last, seq):
             return None
         self._last[key] = seq
@@ -210,14 +265,32 @@ class SubscriberState:
         # tuple.__new__ skips NamedTuple's Python-level __new__: this is the hot path.
         return _new_message(Message, (topic.decode("utf-8", "surrogateescape"), body, publisher, seq))
 
+    def _recall(self, key: tuple[bytes, bytes]) -> int:
+        """The last number of a pair not in the newer generation (0: unknown); makes room for it there."""
+        last = self._old.pop(key, 0)
+        if len(self._last) >= self._half:
+            self.forgotten += len(self._old)
+            self._old, self._last = self._last, {}
+        return last
+
+    @property
+    def pairs(self) -> int:
+        """How many (publisher, topic) pairs are remembered now (at most ``max_topics``)."""
+        return len(self._last) + len(self._old)
+
     def _irregular(self, last: int, seq: int) -> bool:
         """Account for a number that is not the next one; False when the message is a duplicate."""
+        if seq == 1:
+            # The publisher forgot this topic (or restarted it): a new run, not a duplicate.
+            self.restarts += 1
+            return True
         if seq <= last:
             # The same message by two paths (a forwarder's last-value cache replays what we already have).
             self.duplicates += 1
             return False
         if last == 0:
-            self.joined_late += seq - 1
+            if not self.forgotten:  # else this pair may be one we forgot: its numbers say nothing
+                self.joined_late += seq - 1
         else:
             self.gaps += seq - last - 1
         return True
@@ -247,6 +320,8 @@ class SubscriberState:
             "duplicates": self.duplicates,
             "malformed": self.malformed,
             "filtered": self.filtered,
+            "restarts": self.restarts,
+            "forgotten": self.forgotten,
         }
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import zmq
 
-from ..codecs import Codec, get_codec, unpack
+from ..codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
 from ..errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
 from ..security import Curve
 from ..sockets import NOBLOCK, SocketOptions, attach, make_socket, resolve_options
@@ -28,9 +28,11 @@ from ..sockets import bind as _bind  # the constructors' bind=/connect= argument
 from ..sockets import connect as _connect
 from .pipeline_protocol import (
     HDR,
+    PICKLE_REFUSED,
     Backoff,
     DeadLetter,
     ProducerProtocol,
+    Refused,
     Result,
     Retry,
     Task,
@@ -42,7 +44,7 @@ from .pipeline_protocol import (
 )
 from .spool import Spool
 
-__all__ = ["Producer", "Worker", "Sink", "Retry", "Backoff", "DeadLetter", "Result"]
+__all__ = ["Producer", "Worker", "Sink", "Retry", "Backoff", "DeadLetter", "Refused", "Result"]
 
 log = logging.getLogger(__name__)
 _DRAIN = 256  # messages taken from a socket per wake-up before other work gets a turn
@@ -102,6 +104,7 @@ class _ProducerBase:
         max_queued: int = 10_000,
         on_full: str = "block",
         batch: int = 256,  # messages per TASK frame at most (never more than the worker's credit)
+        max_dead_letters: int = 10_000,  # kept in memory without a spool; with one they stay on disk only
         spool: str | None = None,
         allow_pickle: bool = False,
         curve: Curve | None = None,
@@ -118,6 +121,10 @@ class _ProducerBase:
         self.on_full = on_full
         self.allow_pickle = allow_pickle
         self._codec = get_codec(codec)
+        # The producer decodes its own payloads (leftovers, dead letters), but a spool file may have been
+        # written by anyone: pickle only when the user opted in, by allow_pickle or by choosing a pickle codec.
+        fallback = getattr(self._codec, "fallback", None) if isinstance(self._codec, AutoCodec) else None
+        self._unpickle = allow_pickle or isinstance(self._codec, PickleCodec) or isinstance(fallback, PickleCodec)
         self._closed = False
         self._spool = Spool(spool) if spool is not None else None
         self.protocol: ProducerProtocol | None = None
@@ -128,6 +135,7 @@ class _ProducerBase:
                 worker_timeout=worker_timeout,
                 max_queued=max_queued,
                 batch=batch,
+                max_dead_letters=max_dead_letters,
                 spool=self._spool,
                 allow_pickle=allow_pickle,
                 clock=clock,
@@ -169,10 +177,22 @@ class _ProducerBase:
         return out
 
     def _decode(self, codec: int, payload: bytes) -> Any:
+        """One of our own payloads (from memory or the spool); a pickle we may not load becomes a Refused."""
+        if codec == PickleCodec.id and not self._unpickle:
+            return Refused(codec, payload, PICKLE_REFUSED)
         try:
-            return unpack(codec, payload, allow_pickle=True)  # our own payloads: we encoded them
-        except ProtocolError:
-            return payload
+            return unpack(codec, payload, allow_pickle=self._unpickle)
+        except ProtocolError as exc:
+            return Refused(codec, payload, str(exc))
+
+    def _letters(self, rows: list[tuple[int, int, bytes, int, str]]) -> list[DeadLetter]:
+        letters = []
+        for msg_id, codec, payload, attempts, error in rows:
+            value = self._decode(codec, payload)
+            if isinstance(value, Refused):
+                error = f"{error}; {value.reason}"
+            letters.append(DeadLetter(msg_id, value, attempts, error))
+        return letters
 
     def _full_error(self) -> Unavailable:
         return Unavailable(
@@ -185,11 +205,11 @@ class _ProducerBase:
             return {}
         return self.protocol.stats()
 
-    def dead_letters(self) -> list[DeadLetter]:
-        """Messages that failed ``max_attempts`` times, with their last error."""
-        return [
-            DeadLetter(d.id, self._decode(*d.value), d.attempts, d.error) for d in list(self._proto().dead.values())
-        ]
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """A page of the messages that failed ``max_attempts`` times, oldest first, with their last error:
+        ``limit`` of them after the first ``offset``. A value the producer may not decode (pickle without
+        ``allow_pickle``) comes as a :class:`Refused` holding the raw bytes."""
+        return self._letters(self._proto().dead_page(offset, limit))
 
     def _leftovers(self) -> list[tuple[int, Any]]:
         if self.protocol is None:
@@ -198,6 +218,11 @@ class _ProducerBase:
         if left:
             where = f"kept in spool {self._spool.path!r}" if self._spool else "not delivered"
             log.warning("producer closed with %d unfinished message(s), %s", len(left), where)
+        refused = [i for i, value in left if isinstance(value, Refused)]
+        if refused:
+            log.warning(
+                "%d unfinished message(s) not decoded (ids %s...): %s", len(refused), refused[:10], PICKLE_REFUSED
+            )
         return left
 
     def _close_sockets(self) -> None:
@@ -373,9 +398,15 @@ class Producer(_ProducerBase):
         with self._lock:
             return super().stats()
 
-    def dead_letters(self) -> list[DeadLetter]:
-        with self._lock:
-            return super().dead_letters()
+    def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
+        """A page of dead letters (see the base class); only the page is decoded, outside the lock."""
+        proto = self._proto()
+        if proto.spool is not None:
+            rows = proto.dead_page(offset, limit)  # the spool has its own lock
+        else:
+            with self._lock:
+                rows = proto.dead_page(offset, limit)
+        return self._letters(rows)
 
     def close(self) -> list[tuple[int, Any]]:
         """Stop and close; return ``(id, value)`` of messages not acknowledged (still in the spool, if any)."""
@@ -384,6 +415,7 @@ class Producer(_ProducerBase):
                 return []
             self._closed = True
             self._cond.notify_all()
+            self._wake()  # the I/O thread may be polling: no need to wait out its poll
         if self._thread is not None:
             self._thread.join()
         left = self._leftovers()
@@ -608,10 +640,16 @@ class Worker(_WorkerBase):
             poller.register(sock, zmq.POLLIN)
         with lane.lock:
             for sock, proto in zip(lane.socks, lane.protos, strict=True):
-                _send(sock, proto.ready())  # lost if the producer is not up yet: it will say HELLO
+                if not _send(sock, proto.ready()):  # the producer is not connected yet
+                    proto.unreachable()
         deadline = None
+        watching: set[Any] = set()  # sockets polled for POLLOUT: their producer is to be greeted once connected
         while True:
             received: list[tuple[Any, WorkerProtocol, list[bytes]]] = []
+            for sock, proto in zip(lane.socks, lane.protos, strict=True):
+                if proto.greet != (sock in watching):
+                    poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if proto.greet else 0))
+                    watching.symmetric_difference_update([sock])
             with lane.lock:
                 if self._stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self.stop_timeout
@@ -622,9 +660,12 @@ class Worker(_WorkerBase):
                     all(p.closed and not p.held for p in lane.protos) or time.monotonic() > deadline
                 ):
                     return
-                for sock, _ in poller.poll(100):
+                for sock, events in poller.poll(100):
                     proto = lane.protos[lane.socks.index(sock)]
-                    received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
+                    if events & zmq.POLLOUT and proto.greet:
+                        _send(sock, proto.greeting())  # just connected (IMMEDIATE: writable only then)
+                    if events & zmq.POLLIN:
+                        received += [(sock, proto, frames) for frames in _recv_ready(sock, [])]
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
                     lane.beat()
             for sock, proto, frames in received:

@@ -284,10 +284,16 @@ class Worker(_WorkerBase):
         poller = zmq.asyncio.Poller()
         for sock, proto in zip(lane.socks, lane.protos, strict=True):
             poller.register(sock, zmq.POLLIN)
-            await _asend(sock, proto.ready())
+            if not await _asend(sock, proto.ready()):  # the producer is not connected yet
+                proto.unreachable()
         deadline = None
+        watching: set[Any] = set()  # sockets polled for POLLOUT: their producer is to be greeted once connected
         try:
             while True:
+                for sock, proto in zip(lane.socks, lane.protos, strict=True):
+                    if proto.greet != (sock in watching):
+                        poller.register(sock, zmq.POLLIN | (zmq.POLLOUT if proto.greet else 0))
+                        watching.symmetric_difference_update([sock])
                 if self._stop.is_set() and deadline is None:
                     deadline = time.monotonic() + self.stop_timeout
                     for sock, proto in zip(lane.socks, lane.protos, strict=True):
@@ -296,8 +302,12 @@ class Worker(_WorkerBase):
                 if deadline is not None and (all(p.closed for p in lane.protos) or time.monotonic() > deadline):
                     break
                 received: list[tuple[Any, list[bytes]]] = []
-                for sock, _ in await poller.poll(100):
-                    await _drain(sock, received, sock)
+                for sock, events in await poller.poll(100):
+                    proto = lane.protos[lane.socks.index(sock)]
+                    if events & zmq.POLLOUT and proto.greet:
+                        await _asend(sock, proto.greeting())  # just connected (IMMEDIATE: writable only then)
+                    if events & zmq.POLLIN:
+                        await _drain(sock, received, sock)
                 for sock, frames in received:
                     proto = lane.protos[lane.socks.index(sock)]
                     tasks, replies = proto.feed(frames)

@@ -42,8 +42,12 @@ def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeou
         finally:
             for result in producer.results(timeout=0):
                 click.echo(f"{result.id}\t{result.value!r}")
-            for letter in producer.dead_letters():
-                click.echo(f"dead {letter.id}\t{letter.value!r}\t{letter.error}", err=True)
+            offset, page = 0, producer.dead_letters(0)
+            while page:
+                for letter in page:
+                    click.echo(f"dead {letter.id}\t{letter.value!r}\t{letter.error}", err=True)
+                offset += len(page)
+                page = producer.dead_letters(offset)
         stats = producer.stats()
         click.echo(f"acked {stats['acked']}, dead {stats['dead']}, retried {stats['retried']}", err=True)
         if stats["dead"]:
@@ -79,7 +83,18 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, 
             done.set()
 
     where = {"bind": endpoint} if bind else {"connect": endpoint}
-    worker = Worker(show, **where, acks=acks, credit=1, allow_pickle=allow_pickle, curve=curve.for_side(serving=bind))
+    # A pull usually waits for a producer that is not up yet: retry the connection every 100 ms instead of
+    # backing off to 2 s, so a `zmqkit push` started later is served at once (the Worker greets it on connect).
+    options = SocketOptions(reconnect_ivl_max_ms=0)
+    worker = Worker(
+        show,
+        **where,
+        acks=acks,
+        credit=1,
+        allow_pickle=allow_pickle,
+        options=options,
+        curve=curve.for_side(serving=bind),
+    )
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
     with stop_signals(done), worker:

@@ -16,6 +16,7 @@ See docs/wire.md, section Pipeline.
 from __future__ import annotations
 
 import heapq
+import itertools
 import logging
 import random as _random
 import struct
@@ -34,6 +35,7 @@ __all__ = [
     "Retry",
     "Backoff",
     "DeadLetter",
+    "Refused",
     "Result",
     "Task",
     "SpoolLike",
@@ -117,6 +119,19 @@ class DeadLetter:
 
 
 @dataclass(frozen=True)
+class Refused:
+    """Stands in for a value the producer would not decode (a pickled payload without ``allow_pickle``):
+    ``payload`` holds its raw bytes, ``codec`` its codec id, ``reason`` why."""
+
+    codec: int
+    payload: bytes
+    reason: str
+
+
+PICKLE_REFUSED = "pickled payload refused: pass allow_pickle=True to decode"
+
+
+@dataclass(frozen=True)
 class Result:
     """What a handler returned for message ``id``."""
 
@@ -142,7 +157,9 @@ class SpoolLike(Protocol):
     def retried(self, msg_id: int, attempts: int) -> None: ...
     def revive(self, msg_id: int) -> None: ...
     def pending(self) -> Iterable[tuple[int, int, bytes, int]]: ...
-    def dead_letters(self) -> Iterable[tuple[int, int, bytes, int, str]]: ...
+    def dead_letters(self, offset: int = 0, limit: int | None = None) -> Iterable[tuple[int, int, bytes, int, str]]: ...
+    def dead_letter(self, msg_id: int) -> tuple[int, bytes] | None: ...
+    def dead_count(self) -> int: ...
 
 
 # -- fire-and-forget and sink frames ------------------------------------------------------------------------
@@ -233,6 +250,7 @@ class _Counters:
     dead: int = 0
     duplicates: int = 0
     malformed: int = 0
+    dead_dropped: int = 0
 
 
 class ProducerProtocol:
@@ -242,6 +260,9 @@ class ProducerProtocol:
     receives (routing id first), :meth:`tick` when :meth:`next_timer` says so, and send what
     :meth:`dispatch` and :meth:`handle` return. A worker that has not been heard from (any frame, including
     heartbeats) for ``worker_timeout`` seconds is lost: what it held goes back to the queue.
+
+    Dead letters live in the spool when there is one (not in memory); otherwise the newest
+    ``max_dead_letters`` are kept and older ones are dropped and counted (``dead_dropped``).
 
     >>> p = ProducerProtocol(clock=lambda: 0.0)
     >>> p.accept(0, b"job")
@@ -257,6 +278,7 @@ class ProducerProtocol:
         max_queued: int = 10_000,
         batch: int = 256,
         max_results: int = 100_000,
+        max_dead_letters: int = 10_000,
         spool: SpoolLike | None = None,
         allow_pickle: bool = False,
         clock: Callable[[], float] = time.monotonic,
@@ -266,6 +288,7 @@ class ProducerProtocol:
         _check_int("max_queued", max_queued, 1)
         _check_int("batch", batch, 1)
         _check_int("max_results", max_results, 0)
+        _check_int("max_dead_letters", max_dead_letters, 0)
         if not isinstance(worker_timeout, (int, float)) or worker_timeout <= 0:
             raise ConfigurationError(f"bad worker_timeout {worker_timeout!r}: expected seconds > 0")
         self.max_attempts = max_attempts
@@ -286,7 +309,8 @@ class ProducerProtocol:
         self.waiting: list[tuple[float, int, _Msg]] = []  # retries by due time
         self.peers: dict[bytes, _Peer] = {}
         self.results: deque[Result] = deque(maxlen=max_results or None)
-        self.dead: dict[int, DeadLetter] = {}
+        self.max_dead_letters = max_dead_letters
+        self.dead: dict[int, DeadLetter] = {}  # without a spool only, oldest first, at most max_dead_letters
         self._next_id = 1
         self._seq = 0
         self.hungry = False  # see dispatch()
@@ -316,12 +340,17 @@ class ProducerProtocol:
 
     def resubmit(self, msg_id: int) -> None:
         """Send a dead letter again with a fresh attempt count."""
-        letter = self.dead.pop(msg_id, None)
-        if letter is None:
-            raise ConfigurationError(f"no dead letter with id {msg_id!r}")
-        codec, payload = letter.value
         if self.spool is not None:
+            row = self.spool.dead_letter(msg_id)
+            if row is None:
+                raise ConfigurationError(f"no dead letter with id {msg_id!r}")
+            codec, payload = row
             self.spool.revive(msg_id)
+        else:
+            letter = self.dead.pop(msg_id, None)
+            if letter is None:
+                raise ConfigurationError(f"no dead letter with id {msg_id!r} (dropped, or never dead)")
+            codec, payload = letter.value
         msg = _Msg(msg_id, codec, payload)
         self.messages[msg_id] = msg
         self.queue.append(msg)
@@ -440,10 +469,11 @@ class ProducerProtocol:
         if msg.attempts >= self.max_attempts:
             self.messages.pop(msg.id, None)
             self._finish(msg)
-            self.dead[msg.id] = DeadLetter(msg.id, (msg.codec, msg.payload), msg.attempts, error)
             self.counters.dead += 1
             if self.spool is not None:
-                self.spool.dead(msg.id, msg.attempts, error)
+                self.spool.dead(msg.id, msg.attempts, error)  # kept there, not in memory
+            else:
+                self._keep_dead(DeadLetter(msg.id, (msg.codec, msg.payload), msg.attempts, error))
             log.info("message %d dead after %d attempts: %s", msg.id, msg.attempts, error)
             return
         if self.spool is not None:  # so a restarted producer does not give a failing message a fresh count
@@ -454,6 +484,27 @@ class ProducerProtocol:
         self._seq += 1
         heapq.heappush(self.waiting, (self.clock() + delay, self._seq, msg))
         self.counters.retried += 1
+
+    def _keep_dead(self, letter: DeadLetter) -> None:
+        dead = self.dead
+        dead[letter.id] = letter
+        while len(dead) > self.max_dead_letters:
+            del dead[next(iter(dead))]  # the oldest
+            self.counters.dead_dropped += 1
+
+    def dead_page(self, offset: int = 0, limit: int = 100) -> list[tuple[int, int, bytes, int, str]]:
+        """``(id, codec, payload, attempts, error)`` of at most ``limit`` dead letters after the first ``offset``,
+        oldest first (undecoded: the caller decodes outside any lock)."""
+        _check_int("offset", offset, 0)
+        _check_int("limit", limit, 0)
+        if self.spool is not None:
+            return list(self.spool.dead_letters(offset, limit))
+        page = itertools.islice(self.dead.values(), offset, offset + limit)
+        return [(d.id, d.value[0], d.value[1], d.attempts, d.error) for d in page]
+
+    def dead_count(self) -> int:
+        """Dead letters kept now (in the spool, or in memory)."""
+        return self.spool.dead_count() if self.spool is not None else len(self.dead)
 
     def _finish(self, msg: _Msg) -> None:
         if msg.state == _QUEUED:
@@ -569,6 +620,7 @@ class ProducerProtocol:
             "retried": c.retried,
             "redelivered": c.redelivered,
             "dead": c.dead,
+            "dead_dropped": c.dead_dropped,
             "duplicates": c.duplicates,
             "malformed": c.malformed,
             "workers": len(self.peers),
@@ -586,9 +638,7 @@ class ProducerProtocol:
             self.queue.append(msg)
             self.queued += 1
             self._next_id = max(self._next_id, msg_id + 1)
-        for msg_id, codec, payload, attempts, error in spool.dead_letters():
-            self.dead[msg_id] = DeadLetter(msg_id, (codec, payload), attempts, error)
-            self._next_id = max(self._next_id, msg_id + 1)
+        # Dead letters stay in the spool: dead_page() reads them from there a page at a time.
 
 
 # -- worker -------------------------------------------------------------------------------------------------
@@ -608,6 +658,7 @@ class WorkerProtocol:
     held: int = 0
     closing: bool = False  # we sent BYE
     closed: bool = False  # the producer answered BYE: nothing more will come
+    greet: bool = False  # a send failed (no producer connected): send READY the moment the socket is writable
     _acks: list[int] = field(default_factory=list)
     _results: list[bytes] = field(default_factory=list)
     _fails: list[list[bytes]] = field(default_factory=list)
@@ -624,9 +675,18 @@ class WorkerProtocol:
         return [b"", HDR, BYE] if self.closing and not self.closed else [b"", HDR, HB]
 
     def unreachable(self) -> None:
-        """The producer could not be sent to: while stopping, that means nothing more will come from it."""
+        """The producer could not be sent to: while stopping, that means nothing more will come from it;
+        otherwise greet it with READY as soon as it is connected (runners watch for the socket to be writable),
+        rather than wait for a heartbeat to be answered with HELLO."""
         if self.closing:
             self.closed = True
+        else:
+            self.greet = True
+
+    def greeting(self) -> list[bytes]:
+        """READY for a producer that just became reachable (see :meth:`unreachable`)."""
+        self.greet = False
+        return self.ready()
 
     def bye(self) -> list[bytes]:
         self.closing = True

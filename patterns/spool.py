@@ -89,13 +89,28 @@ class Spool:
             ).fetchall()
         return [(int(i), int(c), bytes(p), int(a)) for i, c, p, a in rows]
 
-    def dead_letters(self) -> Iterable[tuple[int, int, bytes, int, str]]:
-        """``(id, codec, payload, attempts, error)`` of every dead letter."""
+    def dead_letters(self, offset: int = 0, limit: int | None = None) -> Iterable[tuple[int, int, bytes, int, str]]:
+        """``(id, codec, payload, attempts, error)`` of dead letters, oldest first: ``limit`` of them (all when
+        None) after skipping ``offset``."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT id, codec, payload, attempts, error FROM messages WHERE dead = 1 ORDER BY id"
+                "SELECT id, codec, payload, attempts, error FROM messages WHERE dead = 1 ORDER BY id LIMIT ? OFFSET ?",
+                (-1 if limit is None else limit, offset),
             ).fetchall()
         return [(int(i), int(c), bytes(p), int(a), str(e)) for i, c, p, a, e in rows]
+
+    def dead_letter(self, msg_id: int) -> tuple[int, bytes] | None:
+        """``(codec, payload)`` of dead letter ``msg_id``, or None when there is no such dead letter."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT codec, payload FROM messages WHERE id = ? AND dead = 1", (msg_id,)
+            ).fetchone()
+        return None if row is None else (int(row[0]), bytes(row[1]))
+
+    def dead_count(self) -> int:
+        """How many dead letters the spool holds."""
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE dead = 1").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
