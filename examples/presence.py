@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 
 from zmqkit.patterns import Directory, Forwarder, Presence
-from zmqkit.patterns.presence_protocol import Entry
+from zmqkit.patterns.presence.protocol import Entry
 
 
 def main() -> None:

@@ -7,18 +7,18 @@ protocol implementation; only the runner differs.
 from __future__ import annotations
 
 from .cache.aio import AsyncCacheClient as CacheClient
-from .patterns.fanout import Forwarder as Forwarder
-from .patterns.fanout_async import AsyncDirectory as Directory
-from .patterns.fanout_async import AsyncPresence as Presence
-from .patterns.fanout_async import AsyncPublisher as Publisher
-from .patterns.fanout_async import AsyncSubscriber as Subscriber
-from .patterns.pipeline_async import Producer as Producer
-from .patterns.pipeline_async import Sink as Sink
-from .patterns.pipeline_async import Worker as Worker
-from .patterns.reqrep_async import AsyncClient as Client
-from .patterns.reqrep_async import AsyncServer as Server
-from .patterns.rpc import AsyncRpcClient as RpcClient
-from .patterns.rpc import AsyncRpcServer as RpcServer
+from .patterns.fanout.aio import AsyncPublisher as Publisher
+from .patterns.fanout.aio import AsyncSubscriber as Subscriber
+from .patterns.fanout.sync import Forwarder as Forwarder
+from .patterns.pipeline.aio import Producer as Producer
+from .patterns.pipeline.aio import Sink as Sink
+from .patterns.pipeline.aio import Worker as Worker
+from .patterns.presence.aio import AsyncDirectory as Directory
+from .patterns.presence.aio import AsyncPresence as Presence
+from .patterns.reqrep.aio import AsyncClient as Client
+from .patterns.reqrep.aio import AsyncServer as Server
+from .patterns.reqrep.rpc import AsyncRpcClient as RpcClient
+from .patterns.reqrep.rpc import AsyncRpcServer as RpcServer
 from .sockets import async_context as async_context
 
 __all__ = [

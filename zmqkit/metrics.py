@@ -56,7 +56,6 @@ _CAPABILITIES = (
     ("zmqkit.cache", "cache"),
     ("zmqkit.patterns.pipeline", "pipeline"),
     ("zmqkit.patterns.reqrep", "reqrep"),
-    ("zmqkit.patterns.rpc", "reqrep"),
     ("zmqkit.patterns.fanout", "fanout"),
     ("zmqkit.patterns.presence", "fanout"),
 )

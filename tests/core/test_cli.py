@@ -61,4 +61,5 @@ def test_wheel_holds_only_the_zmqkit_package(tmp_path: Path) -> None:
     tops = {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")}
     assert tops == {"zmqkit"}
     assert "zmqkit/patterns/__init__.py" in names and "zmqkit/cache/__init__.py" in names
+    assert "zmqkit/patterns/pipeline/protocol.py" in names and "zmqkit/patterns/reqrep/rpc.py" in names
     assert "zmqkit/py.typed" in names

@@ -10,7 +10,7 @@ from zmqkit import AuthenticationFailed, Curve, KeyPair, ZmqkitError
 from zmqkit.cache import CacheClient, CacheNode
 from zmqkit.cache.aio import AsyncCacheClient
 from zmqkit.patterns import Client, RpcClient, Server
-from zmqkit.patterns.reqrep_async import AsyncClient
+from zmqkit.patterns.reqrep.aio import AsyncClient
 
 SERVER, CLIENT, STRANGER = KeyPair.generate(), KeyPair.generate(), KeyPair.generate()
 SERVER_CURVE = Curve.server(SERVER, allow=[CLIENT.public])

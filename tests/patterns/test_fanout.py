@@ -11,8 +11,8 @@ import zmq
 
 from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, SocketOptions
 from zmqkit.patterns import Forwarder, Publisher, Subscriber
-from zmqkit.patterns.fanout import Message
-from zmqkit.patterns.fanout_protocol import HELLO_PREFIX
+from zmqkit.patterns.fanout.protocol import HELLO_PREFIX
+from zmqkit.patterns.fanout.sync import Message
 
 LOCAL = "tcp://127.0.0.1:0"
 

@@ -11,7 +11,7 @@ import pytest
 
 from zmqkit import ConfigurationError, SocketOptions
 from zmqkit.patterns import Publisher, Subscriber
-from zmqkit.patterns.fanout_protocol import PublisherState, SubscriberState, TopicFilter
+from zmqkit.patterns.fanout.protocol import PublisherState, SubscriberState, TopicFilter
 
 UNLIMITED = SocketOptions(sndhwm=0, rcvhwm=0)  # nothing dropped: every message reaches the subscriber
 

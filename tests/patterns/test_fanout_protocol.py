@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqkit import ConfigurationError
-from zmqkit.patterns.fanout_protocol import (
+from zmqkit.patterns.fanout.protocol import (
     HELLO_PREFIX,
     PublisherState,
     SubscriberCounter,

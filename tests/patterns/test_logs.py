@@ -10,7 +10,7 @@ import pytest
 
 from zmqkit import ConfigurationError
 from zmqkit.patterns import LogHandler, Subscriber
-from zmqkit.patterns.logs import log_topics
+from zmqkit.patterns.fanout.logs import log_topics
 from zmqkit.testing import free_tcp_endpoint
 
 EXE = str(Path(sys.executable).parent / "zmqkit")

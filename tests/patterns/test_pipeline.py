@@ -16,8 +16,8 @@ import zmq
 
 from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, Unavailable
 from zmqkit.patterns import Backoff, Producer, Retry, Sink, Worker
-from zmqkit.patterns.pipeline_protocol import HDR
-from zmqkit.patterns.spool import Spool
+from zmqkit.patterns.pipeline.protocol import HDR
+from zmqkit.patterns.pipeline.spool import Spool
 from zmqkit.wire import pack_u32
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")

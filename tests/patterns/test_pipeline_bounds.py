@@ -16,8 +16,8 @@ import pytest
 
 from zmqkit import ConfigurationError
 from zmqkit.patterns import Producer, Worker
-from zmqkit.patterns.pipeline_protocol import HDR, PICKLE_REFUSED, ProducerProtocol, Refused
-from zmqkit.patterns.spool import Spool
+from zmqkit.patterns.pipeline.protocol import HDR, PICKLE_REFUSED, ProducerProtocol, Refused
+from zmqkit.patterns.pipeline.spool import Spool
 from zmqkit.wire import pack_u32
 
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from zmqkit import ConfigurationError
 from zmqkit.patterns import Backoff, Retry
-from zmqkit.patterns.pipeline_protocol import (
+from zmqkit.patterns.pipeline.protocol import (
     HDR,
     ProducerProtocol,
     Task,
@@ -20,7 +20,7 @@ from zmqkit.patterns.pipeline_protocol import (
     decode_message,
     encode_message,
 )
-from zmqkit.patterns.spool import Spool
+from zmqkit.patterns.pipeline.spool import Spool
 from zmqkit.wire import pack_u32
 
 
@@ -297,7 +297,7 @@ def test_worker_task_parsing() -> None:
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.binary(max_size=20), max_size=8))
 def test_malformed_frames_are_dropped_never_raised(frames: list[bytes]) -> None:
-    logging.getLogger("zmqkit.patterns.pipeline_protocol").setLevel(logging.ERROR)
+    logging.getLogger("zmqkit.patterns.pipeline.protocol").setLevel(logging.ERROR)
     p = make(Clock())
     p.handle([b"w", *frames])
     p.handle([b"w", b"", HDR, *frames])

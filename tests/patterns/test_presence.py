@@ -10,7 +10,7 @@ import pytest
 
 from zmqkit import ConfigurationError, RequestTimeout
 from zmqkit.patterns import Directory, Forwarder, Presence
-from zmqkit.patterns.presence_protocol import Entry
+from zmqkit.patterns.presence.protocol import Entry
 
 LOCAL = "tcp://127.0.0.1:0"
 

@@ -3,7 +3,7 @@
 import pytest
 
 from zmqkit import ConfigurationError
-from zmqkit.patterns.presence_protocol import Announcements, DirectoryTable, check_announcement
+from zmqkit.patterns.presence.protocol import Announcements, DirectoryTable, check_announcement
 
 
 class FakeClock:

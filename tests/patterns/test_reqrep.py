@@ -26,7 +26,7 @@ from zmqkit import (
     Unavailable,
 )
 from zmqkit.patterns import Client, Proxy, Server
-from zmqkit.patterns.reqrep_protocol import (
+from zmqkit.patterns.reqrep.protocol import (
     ERROR,
     HEADER,
     HELLO,

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from zmqkit.patterns.reqrep_protocol import (
+from zmqkit.patterns.reqrep.protocol import (
     ERROR,
     HEADER,
     REQUEST,

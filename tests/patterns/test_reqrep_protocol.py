@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from zmqkit import ConfigurationError, RemoteError, RequestTimeout, Unavailable
-from zmqkit.patterns.reqrep_protocol import (
+from zmqkit.patterns.reqrep.protocol import (
     ACK,
     ERROR,
     GOODBYE,

@@ -19,8 +19,8 @@ from zmqkit.errors import Unavailable
 from zmqkit.loops import check_new_loop
 from zmqkit.sockets import NOBLOCK, has_input, make_socket
 
-from .reqrep import ClientCore, ServerCore, recv_routed
-from .reqrep_protocol import ERROR, Job, decode, describe_exception, reply_of
+from .protocol import ERROR, Job, decode, describe_exception, reply_of
+from .sync import ClientCore, ServerCore, recv_routed
 
 __all__ = ["AsyncClient", "AsyncServer"]
 

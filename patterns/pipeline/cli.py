@@ -9,11 +9,12 @@ from collections.abc import Callable
 
 import click
 
-from ..bench import Row, print_table, raw_pushpull, spawn
-from ..cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
-from ..errors import RequestTimeout
-from ..sockets import SocketOptions
-from .pipeline import Producer, Worker
+from zmqkit.bench import Row, print_table, raw_pushpull, spawn
+from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.errors import RequestTimeout
+from zmqkit.sockets import SocketOptions
+
+from .sync import Producer, Worker
 
 __all__ = ["push", "pull", "bench_pipeline"]
 
@@ -164,7 +165,7 @@ _LIKE_RAW = SocketOptions(rcvhwm=0)
 def _zmqkit_run(n: int, size: int, acks: bool, many: bool, credit: int | None = None) -> Callable[[_Count], None]:
     def run(count: _Count) -> None:
         if acks:
-            from ..testing import free_tcp_endpoint
+            from zmqkit.testing import free_tcp_endpoint
 
             endpoint = free_tcp_endpoint()
             proc = spawn(_producer_proc, endpoint, n, size, True, many)

@@ -19,7 +19,7 @@ from zmqkit.errors import ConfigurationError, ZmqkitError
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
-from .fanout import Endpoints, Publisher
+from .sync import Endpoints, Publisher
 
 __all__ = ["LogHandler", "LEVELS", "log_topic", "log_topics"]
 

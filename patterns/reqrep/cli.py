@@ -14,9 +14,9 @@ import click
 from zmqkit.bench import RawReqRep, Row, median_of, print_table, raw_dealer, spawn, take_turns
 from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 
-from .reqrep import Client, Proxy, Server
-from .reqrep_async import AsyncClient
+from .aio import AsyncClient
 from .rpc import RpcClient
+from .sync import Client, Proxy, Server
 
 __all__ = ["req", "rep", "rpc", "proxy", "bench_reqrep"]
 

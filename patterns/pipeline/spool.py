@@ -12,7 +12,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 
-from ..errors import ConfigurationError
+from zmqkit.errors import ConfigurationError
 
 __all__ = ["Spool"]
 

@@ -15,9 +15,9 @@ from zmqkit.bench import Row, print_table, raw_pubsub, spawn
 from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
-from .fanout import Forwarder, Publisher, Subscriber
+from ..presence.sync import Directory
 from .logs import LEVELS, log_topics
-from .presence import Directory
+from .sync import Forwarder, Publisher, Subscriber
 
 __all__ = ["pub", "sub", "logs", "forwarder", "services", "bench_fanout"]
 

@@ -26,9 +26,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from ..codecs import unpack
-from ..errors import ConfigurationError, ProtocolError
-from ..wire import ProtocolId, pack_u32, unpack_u32, unpack_u64
+from zmqkit.codecs import unpack
+from zmqkit.errors import ConfigurationError, ProtocolError
+from zmqkit.wire import ProtocolId, pack_u32, unpack_u32, unpack_u64
 
 __all__ = [
     "HEADER",
@@ -149,7 +149,7 @@ class Task(NamedTuple):
 
 
 class SpoolLike(Protocol):
-    """What the producer protocol needs from a durable spool (see :class:`zmqkit.patterns.spool.Spool`)."""
+    """What the producer protocol needs from a durable spool (see :class:`zmqkit.patterns.pipeline.spool.Spool`)."""
 
     def add(self, codec: int, payload: bytes) -> int: ...
     def ack(self, ids: Sequence[int]) -> None: ...

@@ -1,7 +1,7 @@
 """Pipeline runners for asyncio: the same Producer, Worker and Sink, with I/O methods as coroutines.
 
 They share arguments, sockets and every protocol decision with the blocking runners in pipeline.py (through
-``_ProducerBase`` / ``_WorkerBase`` and pipeline_protocol); only the waiting differs. Import them from
+``_ProducerBase`` / ``_WorkerBase`` and protocol); only the waiting differs. Import them from
 ``zmqkit.asyncio``.
 """
 
@@ -19,11 +19,12 @@ from typing import Any
 import zmq
 import zmq.asyncio
 
-from ..errors import ConfigurationError, RequestTimeout, Unavailable
-from ..sockets import NOBLOCK
-from .pipeline import _DRAIN, _MALFORMED, _Lane, _ms, _ProducerBase, _WorkerBase
-from .pipeline import Sink as _SyncSink
-from .pipeline_protocol import Result, Task, WorkerProtocol, encode_message
+from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable
+from zmqkit.sockets import NOBLOCK
+
+from .protocol import Result, Task, WorkerProtocol, encode_message
+from .sync import _DRAIN, _MALFORMED, _Lane, _ms, _ProducerBase, _WorkerBase
+from .sync import Sink as _SyncSink
 
 __all__ = ["Producer", "Worker", "Sink"]
 

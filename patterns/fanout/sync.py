@@ -1,6 +1,6 @@
 """Fanout runners: Publisher (XPUB), Subscriber (SUB) and Forwarder (XSUB/XPUB proxy, optional last-value cache).
 
-All framing, filtering and sequence accounting lives in :mod:`fanout_protocol`; the sync classes here and their
+All framing, filtering and sequence accounting lives in :mod:`.protocol`; the sync classes here and their
 asyncio twins (``zmqkit.asyncio``) share one base each and differ only in the socket calls.
 """
 
@@ -20,8 +20,8 @@ from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from zmqkit.sockets import check_timeout as _check_timeout
 
-from ._background import Background
-from .fanout_protocol import (
+from .._background import Background
+from .protocol import (
     HELLO_PREFIX,
     MAX_TOPICS,
     Message,

@@ -1,4 +1,4 @@
-"""Pipeline runners (blocking): Producer, Worker and Sink around the sans-I/O protocol in pipeline_protocol.
+"""Pipeline runners (blocking): Producer, Worker and Sink around the sans-I/O protocol in protocol.
 
 Acknowledged mode: the producer's ROUTER hands TASK batches only to workers with credit, a background I/O
 thread owns it (callers talk to it through the protocol object under a lock, and wake it over an inproc
@@ -20,13 +20,14 @@ from typing import Any
 
 import zmq
 
-from ..codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
-from ..errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
-from ..security import Curve
-from ..sockets import NOBLOCK, SocketOptions, attach, make_socket, resolve_options
-from ..sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
-from ..sockets import connect as _connect
-from .pipeline_protocol import (
+from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
+from zmqkit.errors import ConfigurationError, ProtocolError, RequestTimeout, Unavailable
+from zmqkit.security import Curve
+from zmqkit.sockets import NOBLOCK, SocketOptions, attach, make_socket, resolve_options
+from zmqkit.sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
+from zmqkit.sockets import connect as _connect
+
+from .protocol import (
     HDR,
     PICKLE_REFUSED,
     Backoff,
@@ -475,7 +476,7 @@ class _WorkerBase:
         if binds and concurrency > 1 and not self._ASYNC:
             raise ConfigurationError(f"bind={bind!r} with concurrency={concurrency}: connect workers to the producer")
         # By default a worker asks for 100 messages and lets the producer go up to 1000 while it keeps up (see
-        # pipeline_protocol._Peer): fast handlers are not held back by round trips, slow ones hoard no more
+        # protocol._Peer): fast handlers are not held back by round trips, slow ones hoard no more
         # than 100. An explicit credit is a fixed bound.
         most = 1000 if credit is None else credit
         credit = 100 if credit is None else credit

@@ -15,9 +15,9 @@ from typing import Any, TypeVar, overload
 from zmqkit.codecs import CODEC_IDS, get_codec
 from zmqkit.errors import ConfigurationError, ProtocolError
 
-from .reqrep import Client, ClientCore, Server
-from .reqrep_async import AsyncClient, AsyncServer
-from .reqrep_protocol import ERROR, REPLY, Job, describe_exception, unpack
+from .aio import AsyncClient, AsyncServer
+from .protocol import ERROR, REPLY, Job, describe_exception, unpack
+from .sync import Client, ClientCore, Server
 
 __all__ = ["RpcServer", "AsyncRpcServer", "RpcClient", "AsyncRpcClient", "MethodNotFound", "METHODS"]
 

@@ -17,10 +17,10 @@ from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
-from ._background import Background
-from .fanout import Endpoints, Publisher, Subscriber, check_timeout
-from .fanout_protocol import new_id
-from .presence_protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement
+from .._background import Background
+from ..fanout.protocol import new_id
+from ..fanout.sync import Endpoints, Publisher, Subscriber, check_timeout
+from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement
 
 __all__ = ["Presence", "Directory", "Entry"]
 

@@ -1,6 +1,6 @@
 """Request-reply runners: Client (a DEALER per server), Server (ROUTER + handler threads), Proxy.
 
-The logic lives in :mod:`reqrep_protocol`; these classes only move frames between it and the sockets.
+The logic lives in :mod:`.protocol`; these classes only move frames between it and the sockets.
 
 Why the client has a DEALER per server and not one socket for all: a DEALER connected to many servers deals
 requests round-robin, blindly, and queues them to peers that died. With a socket per server the client chooses
@@ -45,8 +45,8 @@ from zmqkit.sockets import (
     set_recv_timeout,
 )
 
-from ._background import Background
-from .reqrep_protocol import HEADER, ClientProtocol, Job, Outcome, ServerProtocol, run_handler
+from .._background import Background
+from .protocol import HEADER, ClientProtocol, Job, Outcome, ServerProtocol, run_handler
 
 __all__ = [
     "Client",
