@@ -22,7 +22,7 @@ from typing import Any
 
 from cachetools import TLRUCache
 
-from zmqkit.errors import ConfigurationError
+from zmqkit.errors import ConfigurationError, DataError
 
 __all__ = [
     "Store",
@@ -51,11 +51,11 @@ _U64_MAX = 2**64 - 1
 _NEVER = float("inf")
 
 
-class TooLarge(ConfigurationError):
-    """An item bigger than the store's max item size."""
+class TooLarge(DataError):
+    """An item bigger than the store's max item size (data refused at run time, not a configuration mistake)."""
 
 
-class NotANumber(ConfigurationError):
+class NotANumber(DataError):
     """incr/decr on a value that is not a 64-bit unsigned decimal number."""
 
 

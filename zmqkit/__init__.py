@@ -6,7 +6,9 @@ from .codecs import get_codec as get_codec
 from .endpoints import Endpoint as Endpoint
 from .endpoints import parse_endpoint as parse_endpoint
 from .errors import AuthenticationFailed as AuthenticationFailed
+from .errors import Closed as Closed
 from .errors import ConfigurationError as ConfigurationError
+from .errors import DataError as DataError
 from .errors import NodeUnavailable as NodeUnavailable
 from .errors import ProtocolError as ProtocolError
 from .errors import RemoteError as RemoteError
@@ -26,6 +28,8 @@ __all__ = [
     "parse_endpoint",
     "ZmqkitError",
     "ConfigurationError",
+    "Closed",
+    "DataError",
     "RequestTimeout",
     "RemoteError",
     "ProtocolError",

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
 
-__all__ = ["Endpoint", "parse_endpoint", "parse_endpoints"]
+__all__ = ["Endpoint", "parse_endpoint", "parse_endpoints", "free_port", "free_tcp_endpoint"]
 
 _EXPECTED = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
 _TCP = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]\s]+)):(?P<port>\*|\d{1,5})$")
@@ -68,3 +69,15 @@ def parse_endpoints(value: str | Endpoint | Sequence[str], *, for_bind: bool = F
     if not items or any(not isinstance(i, (str, Endpoint)) for i in items):
         raise ConfigurationError(f"bad endpoints {value!r}: give an endpoint string or a list of them")
     return [str(parse_endpoint(str(i).strip(), for_bind=for_bind)) for i in items]
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago (prefer binding to port 0 where the API allows it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
+    """``tcp://host:PORT`` with a port that was free a moment ago."""
+    return f"tcp://{host}:{free_port(host)}"

@@ -11,6 +11,8 @@ __all__ = [
     "Unavailable",
     "NodeUnavailable",
     "AuthenticationFailed",
+    "Closed",
+    "DataError",
 ]
 
 
@@ -70,3 +72,11 @@ class AuthenticationFailed(ZmqkitError):
 
     def __reduce__(self) -> tuple[type, tuple[str, str]]:
         return (type(self), (self.endpoint, self.reason))
+
+
+class Closed(ZmqkitError, RuntimeError):
+    """The object was used after ``close()`` (one error for every zmqkit class that owns sockets)."""
+
+
+class DataError(ZmqkitError, ValueError):
+    """Data refused at run time, not a mistake in the code: a value too large, a stored value that is not a number."""

@@ -5,7 +5,6 @@ Patterns ask for a socket by role (``make_socket("dealer", options)``) and never
 
 from __future__ import annotations
 
-import math
 import os
 import threading
 import weakref
@@ -37,7 +36,6 @@ __all__ = [
     "send_frames",
     "recv_frames",
     "NOBLOCK",
-    "check_timeout",
     "set_recv_timeout",
     "has_input",
     "track_socket",
@@ -217,17 +215,6 @@ def make_socket(
         raise
     _open_sockets.add(sock)
     return sock
-
-
-def check_timeout(value: float | None, what: str = "timeout", *, allow_zero: bool = False) -> float | None:
-    """A blocking call's ``timeout=``: seconds (> 0, or >= 0 with ``allow_zero``: poll once) or None (no limit)."""
-    if value is None:
-        return None
-    number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not number or not (value >= 0 if allow_zero else value > 0) or math.isinf(value):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ConfigurationError(f"bad {what}={value!r}: expected seconds {bound}, or None for no limit")
-    return float(value)
 
 
 def resolve_options(options: SocketOptions | None, curve: Curve | None = None, **changes: Any) -> SocketOptions:

@@ -6,20 +6,23 @@ In a conftest.py: ``pytest_plugins = ["zmqkit.testing"]`` gives the fixtures ``z
 
 from __future__ import annotations
 
-import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
 import zmq
 
+from .endpoints import free_port as free_port
+from .endpoints import free_tcp_endpoint as free_tcp_endpoint
 from .sockets import open_sockets
 
 if TYPE_CHECKING:
     from .cache import CacheClient, CacheNode
 
 __all__ = [
+    "wait_until",
     "free_port",
     "free_tcp_endpoint",
     "terminate",
@@ -32,15 +35,17 @@ __all__ = [
 ]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (prefer binding to port 0 where the API allows it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+def wait_until(condition: Callable[[], object], timeout: float, what: str, *, interval: float = 0.005) -> None:
+    """Poll ``condition`` until it is true; after ``timeout`` seconds fail the test saying ``what`` never happened.
 
-
-def free_tcp_endpoint(host: str = "127.0.0.1") -> str:
-    return f"tcp://{host}:{free_port(host)}"
+    For state another thread or process changes with no event to wait on; a regression then fails here with a
+    clear message, not at pytest-timeout a minute later.
+    """
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() >= deadline:
+            pytest.fail(f"within {timeout}s: {what}", pytrace=False)
+        time.sleep(interval)
 
 
 def terminate(ctx: zmq.Context, timeout: float = 5.0, *, close_sockets: bool = False) -> None:

@@ -14,11 +14,11 @@ from typing import Any
 import zmq
 from cachetools import LRUCache
 
+from zmqkit.checks import check_timeout as _check_timeout
 from zmqkit.codecs import Codec
 from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
-from zmqkit.sockets import check_timeout as _check_timeout
 
 from .._background import Background
 from .protocol import (

@@ -11,6 +11,7 @@ import click
 
 from zmqkit.bench import Row, print_table, raw_pushpull, spawn
 from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.endpoints import free_tcp_endpoint
 from zmqkit.errors import RequestTimeout
 from zmqkit.sockets import SocketOptions
 
@@ -165,8 +166,6 @@ _LIKE_RAW = SocketOptions(rcvhwm=0)
 def _zmqkit_run(n: int, size: int, acks: bool, many: bool, credit: int | None = None) -> Callable[[_Count], None]:
     def run(count: _Count) -> None:
         if acks:
-            from zmqkit.testing import free_tcp_endpoint
-
             endpoint = free_tcp_endpoint()
             proc = spawn(_producer_proc, endpoint, n, size, True, many)
             worker = Worker(count, connect=endpoint, credit=credit, options=_LIKE_RAW)

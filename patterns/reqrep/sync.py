@@ -27,6 +27,7 @@ from typing import Any
 import zmq
 from zmq.backend import zmq_poll
 
+from zmqkit.checks import check_timeout
 from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable
@@ -36,7 +37,6 @@ from zmqkit.sockets import (
     NOBLOCK,
     SocketOptions,
     bind,
-    check_timeout,
     connect,
     has_input,
     make_socket,

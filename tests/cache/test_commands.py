@@ -4,7 +4,7 @@ from typing import Any
 
 import pytest
 
-from zmqkit import ConfigurationError, RemoteError
+from zmqkit import ConfigurationError, DataError, RemoteError
 
 from .conftest import FakeClock, run
 
@@ -91,10 +91,11 @@ async def test_many_keys_in_parallel(cache: Any) -> None:
 
 
 async def test_item_size_limits(cache: Any) -> None:
-    with pytest.raises(ConfigurationError, match="max item size is 65536"):
+    # Data refused at run time, not a configuration mistake: a DataError.
+    with pytest.raises(DataError, match="max item size is 65536"):
         await run(cache.set("big", b"x" * 70_000))  # the node's limit (64K), reported from the node
     await run(cache.set("fits", b"x" * 60_000))
-    with pytest.raises(ConfigurationError, match="max item size"):
+    with pytest.raises(DataError, match="max item size"):
         await run(cache.set_many({"a": 1, "big": b"x" * 70_000}))
 
 

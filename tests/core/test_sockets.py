@@ -166,22 +166,6 @@ def test_attach_binds_then_connects_and_closes_on_error() -> None:
     assert bad.closed
 
 
-@pytest.mark.parametrize("bad", [-1, 0, "5", True, float("inf")])
-def test_check_timeout_rejects_with_value(bad: object) -> None:
-    from zmqkit.sockets import check_timeout
-
-    with pytest.raises(ConfigurationError, match=f"bad timeout={bad!r}"):
-        check_timeout(bad)  # type: ignore[arg-type]
-
-
-def test_check_timeout_accepts_seconds_none_and_zero_when_asked() -> None:
-    from zmqkit.sockets import check_timeout
-
-    assert check_timeout(None) is None
-    assert check_timeout(2) == 2.0
-    assert check_timeout(0, allow_zero=True) == 0.0
-
-
 @pytest.mark.timeout(30)
 def test_a_process_may_open_more_sockets_than_libzmqs_default() -> None:
     # A request-reply client keeps a socket per server: libzmq's default of 1023 sockets per context is too few.

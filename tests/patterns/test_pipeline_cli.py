@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -48,9 +49,16 @@ def test_push_with_bad_endpoint_is_one_clean_line() -> None:
 
 
 @pytest.mark.timeout(120)
-def test_bench_pipeline_runs_and_prints_ratios() -> None:
+def test_bench_pipeline_runs_and_prints_ratios_where_pytest_is_not_installed(tmp_path: Path) -> None:
+    (tmp_path / "pytest.py").write_text("raise ImportError('pytest is not installed here')\n")
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}  # production code must not need the test tools
     out = subprocess.run(
-        [ZMQKIT, "bench", "pipeline", "-n", "3000", "--rounds", "1"], capture_output=True, text=True, timeout=110
+        [ZMQKIT, "bench", "pipeline", "-n", "3000", "--rounds", "1"],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        env=env,
+        cwd=tmp_path,
     )
     assert out.returncode == 0, out.stderr
     assert "raw pyzmq PUSH/PULL" in out.stdout and "fire-and-forget" in out.stdout and "acknowledged" in out.stdout
