@@ -12,7 +12,17 @@ from typing import Any
 
 import click
 
-from zmqkit.cli import CurveFlags, ZmqkitGroup, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.cli import (
+    CurveFlags,
+    MetricsFlags,
+    ZmqkitGroup,
+    bench,
+    curve_options,
+    main,
+    metrics_options,
+    stop_signals,
+    wait_until_stopped,
+)
 from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable, ZmqkitError
 
@@ -71,8 +81,12 @@ def cache() -> None:
 @click.option("--nodes", "count", default=1, show_default=True, help="Run N nodes on consecutive ports.")
 @click.option("--memory", default="64M", show_default=True, help="Memory per node for keys and values.")
 @click.option("--max-item", default="1M", show_default=True, help="Largest value a node stores.")
+@click.option("--service", default="cache", show_default=True, help="The service label on this node's metrics.")
 @curve_options("server")
-def serve(bind: str, count: int, memory: str, max_item: str, curve: CurveFlags) -> None:
+@metrics_options
+def serve(
+    bind: str, count: int, memory: str, max_item: str, service: str, curve: CurveFlags, metrics: MetricsFlags
+) -> None:
     """Run cache nodes until Ctrl-C or SIGTERM (with --nodes N, all N serve with the same CURVE key)."""
     endpoints = node_endpoints(str(count), bind)
     security = curve.for_server()
@@ -82,7 +96,8 @@ def serve(bind: str, count: int, memory: str, max_item: str, curve: CurveFlags) 
             for node in nodes:
                 click.echo(f"cache node listening on {node.start()} (memory {memory}, max item {max_item})")
             click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
-            wait_until_stopped(stop)
+            with metrics.serving(*nodes, service=service):
+                wait_until_stopped(stop)
             click.echo("stopping", err=True)
         finally:
             for node in nodes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import os
 import signal
@@ -29,6 +30,9 @@ __all__ = [
     "wait_until_stopped",
     "CurveFlags",
     "curve_options",
+    "MetricsFlags",
+    "metrics_options",
+    "import_object",
 ]
 
 
@@ -163,6 +167,69 @@ def curve_options(side: str) -> Callable[[Callable[..., Any]], Callable[..., Any
         return command
 
     return decorate
+
+
+@dataclass(frozen=True)
+class MetricsFlags:
+    """What ``--metrics-port`` and ``--metrics-bind`` asked for."""
+
+    port: int | None = None
+    bind: str = "0.0.0.0"
+
+    @contextlib.contextmanager
+    def serving(self, *objects: Any, service: str = "") -> Iterator[None]:
+        """Within the block, Prometheus metrics for ``objects`` on the asked port (nothing without one)."""
+        if self.port is None:
+            yield
+            return
+        from .metrics import serve_metrics
+
+        with serve_metrics(*objects, port=self.port, bind=self.bind, service=service) as server:
+            click.echo(f"metrics on {server.url}", err=True)
+            yield
+
+
+def metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--metrics-port`` / ``--metrics-bind`` (also ``ZMQKIT_METRICS_PORT``); pass ``metrics=MetricsFlags``."""
+
+    @functools.wraps(fn)
+    def command(**kwargs: Any) -> Any:
+        flags = MetricsFlags(kwargs.pop("metrics_port"), kwargs.pop("metrics_bind"))
+        return fn(metrics=flags, **kwargs)
+
+    command = click.option(
+        "--metrics-bind",
+        default="0.0.0.0",
+        show_default=True,
+        help="Address the metrics endpoint listens on.",
+    )(command)
+    return click.option(
+        "--metrics-port",
+        type=click.IntRange(0, 65535),
+        envvar="ZMQKIT_METRICS_PORT",
+        show_envvar=True,
+        help="Serve Prometheus metrics (GET /metrics) on this port; needs the metrics extra (prometheus_client).",
+    )(command)
+
+
+def import_object(spec: str, what: str = "MODULE:NAME") -> Any:
+    """The object ``module:attribute`` names (as celery and gunicorn take them), importable from the current folder."""
+    module_name, sep, attribute = spec.partition(":")
+    if not sep or not module_name or not attribute:
+        raise click.BadParameter(f"{spec!r}: expected {what}, e.g. myapp.tasks:send_email", param_hint=what)
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint=what) from None
+    target: Any = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise click.BadParameter(f"{module_name!r} has no {attribute!r}", param_hint=what) from None
+    return target
 
 
 @click.group(cls=ZmqkitGroup, context_settings={"help_option_names": ["-h", "--help"]})

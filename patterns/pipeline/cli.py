@@ -2,22 +2,35 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import sys
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import click
 
 from zmqkit.bench import Row, print_table, raw_pushpull, spawn
-from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.cli import (
+    CurveFlags,
+    MetricsFlags,
+    bench,
+    curve_options,
+    import_object,
+    main,
+    metrics_options,
+    stop_signals,
+    wait_until_stopped,
+)
 from zmqkit.endpoints import free_tcp_endpoint
 from zmqkit.errors import RequestTimeout
 from zmqkit.sockets import SocketOptions
 
 from .sync import Producer, Worker
 
-__all__ = ["push", "pull", "bench_pipeline"]
+__all__ = ["push", "pull", "worker", "bench_pipeline"]
 
 
 @main.command()
@@ -72,7 +85,10 @@ def _json(text: str) -> object:
 @click.option("--count", default=0, show_default=True, help="Stop after this many messages (0: until Ctrl-C).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
 @curve_options("bind")
-def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, curve: CurveFlags) -> None:
+@metrics_options
+def pull(
+    endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, curve: CurveFlags, metrics: MetricsFlags
+) -> None:
     """Take messages from a pipeline and print each one (acknowledging it) until Ctrl-C or --count."""
     done = threading.Event()
     seen = 0
@@ -99,9 +115,68 @@ def pull(endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, 
     )
     if bind:
         click.echo(f"worker on {worker.endpoint}", err=True)
-    with stop_signals(done), worker:
+    with stop_signals(done), worker, metrics.serving(worker, service="pull"):
         worker.start()
         wait_until_stopped(done)
+
+
+@main.command()
+@click.argument("handler")
+@click.option("--connect", "connects", multiple=True, help="A producer to take work from (repeatable).")
+@click.option("--bind", "binds", help="Bind this endpoint instead, for one producer that connects here.")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Handlers at once.")
+@click.option("--credit", type=click.IntRange(min=1), help="Messages held at once per producer (default: adaptive).")
+@click.option("--sink", help="Push results to a Sink at this endpoint instead of back to the producer.")
+@click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
+@curve_options("bind")
+@metrics_options
+def worker(
+    handler: str,
+    connects: tuple[str, ...],
+    binds: str | None,
+    concurrency: int,
+    credit: int | None,
+    sink: str | None,
+    allow_pickle: bool,
+    curve: CurveFlags,
+    metrics: MetricsFlags,
+) -> None:
+    """Run HANDLER (MODULE:FUNCTION, importable from here) on a pipeline's messages until Ctrl-C or SIGTERM.
+
+    The function's return value acknowledges a message; raising Retry or any other exception retries it.
+    Ctrl-C or SIGTERM finishes what the worker holds and acknowledges it before exiting. An ``async def``
+    function runs on an event loop, ``--concurrency`` calls at once.
+    """
+    function = import_object(handler, "MODULE:FUNCTION")
+    if not callable(function):
+        raise click.BadParameter(f"{handler!r} is not a function", param_hint="HANDLER")
+    if bool(connects) == bool(binds):
+        raise click.UsageError("give --connect ENDPOINT (repeatable) or --bind ENDPOINT")
+    settings: dict[str, Any] = {
+        "connect": list(connects) or None,
+        "bind": binds,
+        "concurrency": concurrency,
+        "credit": credit,
+        "sink": sink,
+        "allow_pickle": allow_pickle,
+        "curve": curve.for_side(serving=bool(binds)),
+    }
+    if inspect.iscoroutinefunction(function):
+        from .aio import Worker as AsyncWorker
+
+        async def serve() -> None:
+            async_worker = AsyncWorker(function, **settings)
+            click.echo(f"worker {handler} (async) on {', '.join(async_worker.endpoints)}", err=True)
+            with metrics.serving(async_worker, service=handler):
+                await async_worker.run()
+
+        asyncio.run(serve())
+        return
+    sync_worker = Worker(function, **settings)
+    where = ", ".join(sync_worker.endpoints)
+    click.echo(f"worker {handler} on {where} (concurrency {concurrency})", err=True)
+    with metrics.serving(sync_worker, service=handler):
+        sync_worker.run()
 
 
 # -- bench ---------------------------------------------------------------------------------------------------

@@ -12,13 +12,24 @@ from typing import Any
 import click
 
 from zmqkit.bench import RawReqRep, Row, median_of, print_table, raw_dealer, spawn, take_turns
-from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.cli import (
+    CurveFlags,
+    MetricsFlags,
+    ZmqkitGroup,
+    bench,
+    curve_options,
+    import_object,
+    main,
+    metrics_options,
+    stop_signals,
+    wait_until_stopped,
+)
 
 from .aio import AsyncClient
-from .rpc import RpcClient
+from .rpc import RpcClient, RpcServer
 from .sync import Client, Proxy, Server
 
-__all__ = ["req", "rep", "rpc", "proxy", "bench_reqrep"]
+__all__ = ["req", "rep", "rpc", "rpc_call", "rpc_serve", "proxy", "bench_reqrep"]
 
 
 @main.command()
@@ -40,7 +51,8 @@ def req(endpoint: str, message: str, timeout: float, retries: int, curve: CurveF
 @click.option("--concurrency", default=1, show_default=True, help="Handler threads.")
 @click.option("--connect", is_flag=True, help="Connect to ENDPOINT (a proxy's backend) instead of binding it.")
 @curve_options("bind")
-def rep(endpoint: str, echo: bool, concurrency: int, connect: bool, curve: CurveFlags) -> None:
+@metrics_options
+def rep(endpoint: str, echo: bool, concurrency: int, connect: bool, curve: CurveFlags, metrics: MetricsFlags) -> None:
     """Serve requests on ENDPOINT: an echo server (Ctrl-C leaves gracefully).
 
     CURVE: binding, this is the server; with --connect (to a proxy), a client of the proxy's backend.
@@ -55,31 +67,114 @@ def rep(endpoint: str, echo: bool, concurrency: int, connect: bool, curve: Curve
     with stop_signals() as stop:
         server.start()
         click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
-        wait_until_stopped(stop)
+        with metrics.serving(server, service="echo"):
+            wait_until_stopped(stop)
         click.echo("leaving...", err=True)
         server.leave()
 
 
-@main.command()
+class _RpcGroup(ZmqkitGroup):
+    """``zmqkit rpc serve ...`` and ``zmqkit rpc call ...``; ``zmqkit rpc ENDPOINT ...`` is short for ``call``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["call", *args]
+        return super().parse_args(ctx, args)
+
+
+@main.group(cls=_RpcGroup)
+def rpc() -> None:
+    """RPC from the shell: serve an object's methods, or call a server's (``zmqkit rpc ENDPOINT ...`` calls)."""
+
+
+def _argument(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+def _arguments(texts: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
+    """Positional values, and ``name=VALUE`` keyword values; each VALUE is JSON, else a plain string."""
+    args: list[Any] = []
+    kwargs: dict[str, Any] = {}
+    for text in texts:
+        name, sep, value = text.partition("=")
+        if sep and name.isidentifier():
+            kwargs[name] = _argument(value)
+        elif kwargs:
+            raise click.UsageError(f"positional argument {text!r} after keyword arguments")
+        else:
+            args.append(_argument(text))
+    return args, kwargs
+
+
+@rpc.command("call")
 @click.argument("endpoint")
 @click.argument("method", required=False)
 @click.argument("args", nargs=-1)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
+@click.option("--json", "as_json", is_flag=True, help="Print the answer (or the method list) as JSON.")
 @curve_options("client")
-def rpc(endpoint: str, method: str | None, args: tuple[str, ...], timeout: float, curve: CurveFlags) -> None:
-    """Call METHOD with ARGS (each parsed as JSON, else taken as a string); without METHOD, list the methods."""
+def rpc_call(
+    endpoint: str, method: str | None, args: tuple[str, ...], timeout: float, as_json: bool, curve: CurveFlags
+) -> None:
+    """Call METHOD on ENDPOINT (comma-separate several servers); without METHOD, list its methods.
+
+    Each ARG is JSON, else a plain string; ``name=VALUE`` passes a keyword argument (a positional string with
+    an ``=`` in it is passed as JSON: '"a=b"').
+    """
     with RpcClient(endpoint, timeout=timeout, curve=curve.for_client()) as client:
         if method is None:
-            for name, info in sorted(client.methods().items()):
+            methods = client.methods()
+            if as_json:
+                click.echo(json.dumps(methods, indent=2, sort_keys=True))
+                return
+            for name, info in sorted(methods.items()):
                 click.echo(f"{name}{info.get('signature', '')}  {info.get('doc', '')}".rstrip())
             return
-        values = []
-        for arg in args:
-            try:
-                values.append(json.loads(arg))
-            except ValueError:
-                values.append(arg)
-        click.echo(json.dumps(client.call(method, *values)))
+        values, keywords = _arguments(args)
+        answer = client.call(method, *values, **keywords)
+    click.echo(answer if isinstance(answer, str) and not as_json else json.dumps(answer))
+
+
+@rpc.command("serve")
+@click.argument("target")
+@click.option("--bind", "binds", multiple=True, required=True, help="Endpoint to serve on (repeatable).")
+@click.option("--concurrency", default=1, show_default=True, type=click.IntRange(min=1), help="Calls at once.")
+@click.option("--prefix", default="", help="Serve each method as PREFIX + name.")
+@click.option("--codec", default="json", show_default=True, type=click.Choice(["json", "msgpack"]))
+@curve_options("server")
+@metrics_options
+def rpc_serve(
+    target: str,
+    binds: tuple[str, ...],
+    concurrency: int,
+    prefix: str,
+    codec: str,
+    curve: CurveFlags,
+    metrics: MetricsFlags,
+) -> None:
+    """Serve the public methods of TARGET (MODULE:OBJECT, importable from here) until Ctrl-C or SIGTERM.
+
+    OBJECT may be an instance, a class (made with no arguments) or a module; its public callables become
+    methods (``zmqkit rpc ENDPOINT`` lists them). Ctrl-C or SIGTERM leaves gracefully: calls in hand finish.
+    """
+    obj = import_object(target, "MODULE:OBJECT")
+    if isinstance(obj, type):
+        obj = obj()
+    server = RpcServer(list(binds), concurrency=concurrency, codec=codec, curve=curve.for_server())
+    names = server.register(obj, prefix=prefix)
+    if not names:
+        server.close()
+        raise click.BadParameter(f"{target!r} has no public methods to serve", param_hint="TARGET")
+    with stop_signals() as stop:
+        server.start()
+        click.echo(f"serving {target} ({', '.join(names)}) on {', '.join(server.endpoints)}", err=True)
+        with metrics.serving(server, service=target):
+            wait_until_stopped(stop)
+        click.echo("leaving...", err=True)
+        server.leave()
 
 
 @main.command()

@@ -64,11 +64,12 @@ class _Methods:
             return functools.partial(self._add, fn)
         return self._add(fn.__name__, fn)
 
-    def register(self, obj: object, prefix: str = "") -> None:
-        """Expose every public method of ``obj`` as ``prefix + name``."""
-        for name, fn in inspect.getmembers(obj, callable):
-            if not name.startswith("_"):
-                self._add(prefix + name, fn)
+    def register(self, obj: object, prefix: str = "") -> list[str]:
+        """Expose every public method of ``obj`` as ``prefix + name``; return the names exposed."""
+        names = [prefix + name for name, fn in inspect.getmembers(obj, callable) if not name.startswith("_")]
+        for name in names:
+            self._add(name, getattr(obj, name[len(prefix) :]))
+        return names
 
     def _add(self, name: str, fn: F) -> F:
         if not isinstance(name, str) or not name or name.startswith("_"):

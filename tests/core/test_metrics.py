@@ -1,16 +1,23 @@
 """Prometheus metrics read the objects' counters at scrape time, over real HTTP and real sockets."""
 
 import re
+import signal
+import subprocess
+import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from zmqkit import ConfigurationError
 from zmqkit.cache import CacheClient, CacheNode
+from zmqkit.endpoints import free_port, free_tcp_endpoint
 from zmqkit.metrics import serve_metrics
 from zmqkit.patterns import Client, Producer, Server, Worker
 
 pytest.importorskip("prometheus_client", reason="needs the metrics extra: pip install 'zmqkit[metrics]'")
+
+ZMQKIT = str(Path(sys.executable).parent / "zmqkit")
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -96,3 +103,28 @@ def test_a_worker_counts_what_it_processed() -> None:
             worker.close()
     assert values["zmqkit_pipeline_processed_total"] == 12
     assert values["zmqkit_pipeline_failed_total"] == 0
+
+
+@pytest.mark.timeout(60)
+def test_cache_serve_metrics_port_counts_exactly_the_hits_made(tmp_path: Path) -> None:
+    endpoint, port = free_tcp_endpoint(), free_port()
+    proc = subprocess.Popen(
+        [ZMQKIT, "cache", "serve", "--bind", endpoint, "--metrics-port", str(port), "--metrics-bind", "127.0.0.1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+    )
+    url = f"http://127.0.0.1:{port}/metrics"
+    try:
+        with CacheClient([endpoint], timeout=20) as cache:
+            cache["k"] = "v"  # answered: the node, and so its metrics, are up
+            before = scrape(url)
+            for _ in range(11):
+                assert cache["k"] == "v"
+            after = scrape(url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=20)
+    assert after["zmqkit_cache_hits_total"] - before["zmqkit_cache_hits_total"] == 11
+    assert proc.returncode == 0
