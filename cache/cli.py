@@ -1,4 +1,5 @@
-"""The ``zmqkit cache`` commands (serve, get, set, delete, stats, flush) and ``zmqkit bench cache``.
+"""The ``zmqkit cache`` commands (serve, get, gets, set, add, cas, incr, decr, touch, delete, ping, stats, flush)
+and ``zmqkit bench cache``.
 
 zmqkit cache serve --nodes 3                  # three nodes on tcp://127.0.0.1:11311..11313
 zmqkit cache set greeting hello --nodes 3     # --nodes N means those N local nodes
@@ -7,7 +8,11 @@ zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import click
@@ -59,8 +64,8 @@ _NODES = click.option(
 _TIMEOUT = click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a node.")
 
 
-def _client(nodes: str, timeout: float, curve: CurveFlags) -> CacheClient:
-    return CacheClient(node_endpoints(nodes), timeout=timeout, retries=0, curve=curve.for_client())
+def _client(nodes: str, timeout: float, curve: CurveFlags, max_item: str | None = None) -> CacheClient:
+    return CacheClient(node_endpoints(nodes), timeout=timeout, retries=0, curve=curve.for_client(), max_item=max_item)
 
 
 def _show(value: Any) -> str:
@@ -104,7 +109,16 @@ def serve(
                 node.stop()
 
 
-EXIT_MISSING, EXIT_UNREACHABLE, EXIT_ERROR = 1, 3, 4  # `cache get`'s exit codes (2 is click's usage error)
+EXIT_MISSING, EXIT_UNREACHABLE, EXIT_ERROR = 1, 3, 4  # the client commands' exit codes (2 is a usage error)
+_EXIT_CODES = """
+\b
+Exit codes:
+  0  done
+  1  not done: the key is not there (or, for add and cas, the node kept its value)
+  2  bad usage
+  3  no node answered (unreachable, or timed out)
+  4  any other error (authentication refused, bad key, value too large)
+"""
 
 
 class _Missing(click.ClickException):
@@ -119,55 +133,214 @@ class _Failed(click.ClickException):
     exit_code = EXIT_ERROR
 
 
+@contextlib.contextmanager
+def _calling(nodes: str, timeout: float, curve: CurveFlags, max_item: str | None = None) -> Iterator[CacheClient]:
+    """A client for one command; what goes wrong ends the command with its exit code (see _EXIT_CODES)."""
+    try:
+        with _client(nodes, timeout, curve, max_item) as client:
+            yield client
+    except (Unavailable, RequestTimeout) as exc:
+        raise _Unreachable(str(exc)) from None
+    except ZmqkitError as exc:
+        raise _Failed(str(exc)) from None
+
+
+def _with_codes(fn: Callable[..., Any]) -> Callable[..., Any]:
+    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _EXIT_CODES
+    return fn
+
+
+_MAX_ITEM = click.option("--max-item", help="Refuse values above this size before sending (default: the node's).")
+_TTL = click.option("--ttl", default=0, show_default=True, help="Seconds to keep it (0 = until evicted).")
+
+
+def _value(value: str | None, as_json: bool, from_file: str | None) -> Any:
+    """VALUE as given (``-``: read standard input), as JSON with --json, or a file's bytes with --file."""
+    if from_file is not None:
+        if value is not None:
+            raise click.UsageError("give VALUE or --file, not both")
+        with open(from_file, "rb") as f:
+            return f.read()
+    if value is None:
+        raise click.UsageError("give VALUE (- reads standard input) or --file")
+    text = sys.stdin.read() if value == "-" else value
+    if not as_json:
+        return text
+    try:
+        return json.loads(text)
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r} is not JSON: {exc}", param_hint="VALUE") from None
+
+
+def _stored_value(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The VALUE argument and the options that say how to read it, for set, add and cas."""
+    for option in reversed(
+        [
+            click.argument("value", required=False),
+            click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (stored as a number, list, ...)."),
+            click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Store its bytes."),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
 @cache.command()
 @click.argument("key")
 @_NODES
 @_TIMEOUT
 @curve_options("client")
+@_with_codes
 def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
-    """Print the value of KEY.
-
-    \b
-    Exit codes:
-      0  found (the value is printed)
-      1  KEY is not there
-      2  bad usage
-      3  no node answered (unreachable, or timed out)
-      4  any other error (authentication refused, bad key, refused by a node)
-    """
+    """Print the value of KEY."""
     missing = object()
-    try:
-        with _client(nodes, timeout, curve) as client:
-            value = client.get(key, missing)
-    except (Unavailable, RequestTimeout) as exc:
-        raise _Unreachable(str(exc)) from None
-    except ZmqkitError as exc:
-        raise _Failed(str(exc)) from None
+    with _calling(nodes, timeout, curve) as client:
+        value = client.get(key, missing)
     if value is missing:
         raise _Missing(f"{key!r} not found")
     click.echo(_show(value))
 
 
-@cache.command("set")
+@cache.command()
 @click.argument("key")
-@click.argument("value")
-@click.option("--ttl", default=0, show_default=True, help="Seconds to keep it (0 = until evicted).")
-@click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (stored as a number, list, ...).")
 @_NODES
 @_TIMEOUT
 @curve_options("client")
-def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: float, curve: CurveFlags) -> None:
-    """Store VALUE (text, or JSON with --json) under KEY."""
-    if as_json:
-        try:
-            parsed: Any = json.loads(value)
-        except ValueError as exc:
-            raise click.BadParameter(f"{value!r} is not JSON: {exc}", param_hint="VALUE") from None
-    else:
-        parsed = value
-    with _client(nodes, timeout, curve) as client:
-        client.set(key, parsed, ttl=ttl)
+@_with_codes
+def gets(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
+    """Print KEY's cas token and value (TOKEN<TAB>VALUE), for `zmqkit cache cas`."""
+    with _calling(nodes, timeout, curve) as client:
+        value, token = client.gets(key)
+    if token is None:
+        raise _Missing(f"{key!r} not found")
+    click.echo(f"{token}\t{_show(value)}")
+
+
+@cache.command("set")
+@click.argument("key")
+@_stored_value
+@_TTL
+@_MAX_ITEM
+@_NODES
+@_TIMEOUT
+@curve_options("client")
+@_with_codes
+def set_(
+    key: str,
+    value: str | None,
+    as_json: bool,
+    from_file: str | None,
+    ttl: int,
+    max_item: str | None,
+    nodes: str,
+    timeout: float,
+    curve: CurveFlags,
+) -> None:
+    """Store VALUE (text; - reads standard input; JSON with --json; a file's bytes with --file) under KEY."""
+    stored = _value(value, as_json, from_file)
+    with _calling(nodes, timeout, curve, max_item) as client:
+        client.set(key, stored, ttl=ttl)
     click.echo("stored")
+
+
+@cache.command()
+@click.argument("key")
+@_stored_value
+@_TTL
+@_MAX_ITEM
+@_NODES
+@_TIMEOUT
+@curve_options("client")
+@_with_codes
+def add(
+    key: str,
+    value: str | None,
+    as_json: bool,
+    from_file: str | None,
+    ttl: int,
+    max_item: str | None,
+    nodes: str,
+    timeout: float,
+    curve: CurveFlags,
+) -> None:
+    """Store VALUE under KEY only if KEY is not there yet."""
+    stored = _value(value, as_json, from_file)
+    with _calling(nodes, timeout, curve, max_item) as client:
+        if not client.add(key, stored, ttl=ttl):
+            raise _Missing(f"{key!r} is already there; nothing stored")
+    click.echo("stored")
+
+
+@cache.command()
+@click.argument("key")
+@click.argument("token", type=click.IntRange(min=0))
+@_stored_value
+@_TTL
+@_MAX_ITEM
+@_NODES
+@_TIMEOUT
+@curve_options("client")
+@_with_codes
+def cas(
+    key: str,
+    token: int,
+    value: str | None,
+    as_json: bool,
+    from_file: str | None,
+    ttl: int,
+    max_item: str | None,
+    nodes: str,
+    timeout: float,
+    curve: CurveFlags,
+) -> None:
+    """Store VALUE under KEY if it is unchanged since `zmqkit cache gets` printed TOKEN."""
+    stored = _value(value, as_json, from_file)
+    with _calling(nodes, timeout, curve, max_item) as client:
+        outcome = client.cas(key, stored, token, ttl=ttl)
+    if outcome is None:
+        raise _Missing(f"{key!r} not found")
+    if not outcome:
+        raise _Missing(f"{key!r} changed since token {token}; nothing stored")
+    click.echo("stored")
+
+
+def _counter(name: str, word: str) -> None:
+    @cache.command(name)
+    @click.argument("key")
+    @click.argument("delta", default=1, type=click.IntRange(min=0))
+    @_NODES
+    @_TIMEOUT
+    @curve_options("client")
+    @_with_codes
+    def command(key: str, delta: int, nodes: str, timeout: float, curve: CurveFlags) -> None:
+        with _calling(nodes, timeout, curve) as client:
+            value = getattr(client, name)(key, delta)
+        if value is None:
+            raise _Missing(f"{key!r} not found")
+        click.echo(value)
+
+    command.__doc__ = f"{word} KEY's stored decimal number by DELTA (default 1) and print the new value.\n\n" + (
+        command.__doc__ or ""
+    )
+
+
+_counter("incr", "Increase")
+_counter("decr", "Decrease (stopping at 0)")
+
+
+@cache.command()
+@click.argument("key")
+@click.argument("ttl", type=float)
+@_NODES
+@_TIMEOUT
+@curve_options("client")
+@_with_codes
+def touch(key: str, ttl: float, nodes: str, timeout: float, curve: CurveFlags) -> None:
+    """Give KEY a new TTL in seconds (0 = until evicted)."""
+    with _calling(nodes, timeout, curve) as client:
+        if not client.touch(key, ttl):
+            raise _Missing(f"{key!r} not found")
+    click.echo("touched")
 
 
 @cache.command()
@@ -175,11 +348,12 @@ def set_(key: str, value: str, ttl: int, as_json: bool, nodes: str, timeout: flo
 @_NODES
 @_TIMEOUT
 @curve_options("client")
+@_with_codes
 def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
-    """Remove KEY (exit 1 if it was not there)."""
-    with _client(nodes, timeout, curve) as client:
+    """Remove KEY."""
+    with _calling(nodes, timeout, curve) as client:
         if not client.delete(key):
-            raise click.ClickException(f"{key!r} not found")
+            raise _Missing(f"{key!r} not found")
     click.echo("deleted")
 
 
@@ -187,26 +361,87 @@ def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
 @_NODES
 @_TIMEOUT
 @curve_options("client")
-def stats(nodes: str, timeout: float, curve: CurveFlags) -> None:
-    """A table of each node's counters, and their total."""
-    with _client(nodes, timeout, curve) as client:
-        per_node = client.stats()
+@_with_codes
+def ping(nodes: str, timeout: float, curve: CurveFlags) -> None:
+    """Ask every node for its id, with the round trip; exit 3 if any does not answer."""
+    with _calling(nodes, timeout, curve) as client:
+        started = time.perf_counter()
+        answers = client.ping()
+        elapsed_ms = (time.perf_counter() - started) * 1000
         endpoints = client.endpoints
-    if not per_node:
-        raise click.ClickException(f"no node answered: {', '.join(endpoints)}")
+    for ep in endpoints:
+        if ep in answers:
+            click.echo(f"{ep}  id {_show(answers[ep])}  {elapsed_ms:.2f} ms")
+        else:
+            click.echo(f"{ep}  not answering", err=True)
+    if len(answers) < len(endpoints):
+        raise _Unreachable(f"{len(endpoints) - len(answers)} of {len(endpoints)} node(s) did not answer")
+
+
+def _stats_table(per_node: dict[str, dict[str, int]], endpoints: list[str]) -> list[str]:
     answered = [ep for ep in endpoints if ep in per_node]
     names = list(dict.fromkeys(n for ep in answered for n in per_node[ep]))
     width = max(len(n) for n in names) + 2
     col = max(len(ep) for ep in answered) + 2
-    click.echo(f"{'':{width}}" + "".join(f"{ep:>{col}}" for ep in answered) + f"{'total':>14}")
+    lines = [f"{'':{width}}" + "".join(f"{ep:>{col}}" for ep in answered) + f"{'total':>14}"]
     for name in names:
         values = [per_node[ep].get(name, 0) for ep in answered]
         # Sizes and counts add up across nodes (limit_maxbytes is the cluster's capacity); these do not.
         total = max(values) if name in ("max_item_size", "uptime") else sum(values)
-        click.echo(f"{name:{width}}" + "".join(f"{v:>{col}}" for v in values) + f"{total:>14}")
-    for ep in endpoints:
-        if ep not in per_node:
-            click.echo(f"{ep}: not answering", err=True)
+        lines.append(f"{name:{width}}" + "".join(f"{v:>{col}}" for v in values) + f"{total:>14}")
+    return lines
+
+
+def _watch_table(now: dict[str, dict[str, int]], before: dict[str, dict[str, int]], seconds: float) -> list[str]:
+    """One line per node: hit ratio and ops/s over the last interval, items, bytes, evictions."""
+    lines = [f"{'node':<28}{'hit %':>8}{'ops/s':>10}{'items':>10}{'bytes':>14}{'evictions':>11}"]
+    for ep, stats in now.items():
+        old = before.get(ep, stats)
+        hits = stats.get("get_hits", 0) - old.get("get_hits", 0)
+        misses = stats.get("get_misses", 0) - old.get("get_misses", 0)
+        ops = sum(v - old.get(k, 0) for k, v in stats.items() if k.startswith("cmd_"))
+        ratio = f"{100 * hits / (hits + misses):.1f}" if hits + misses else "-"
+        lines.append(
+            f"{ep:<28}{ratio:>8}{ops / seconds:>10.0f}{stats.get('items', 0):>10}{stats.get('bytes', 0):>14}"
+            f"{stats.get('evictions', 0):>11}"
+        )
+    return lines
+
+
+@cache.command()
+@_NODES
+@_TIMEOUT
+@click.option("--watch", type=click.FloatRange(min=0.1), help="Redraw every SECONDS: hit %, ops/s, items, bytes.")
+@click.option("--samples", default=0, type=click.IntRange(min=0), help="With --watch: stop after N (0: Ctrl-C).")
+@curve_options("client")
+def stats(nodes: str, timeout: float, watch: float | None, samples: int, curve: CurveFlags) -> None:
+    """A table of each node's counters and their total; with --watch, a live view per node."""
+    with _calling(nodes, timeout, curve) as client:
+        endpoints = client.endpoints
+        per_node = client.stats()
+        if watch is None:
+            if not per_node:
+                raise _Unreachable(f"no node answered: {', '.join(endpoints)}")
+            for line in _stats_table(per_node, endpoints):
+                click.echo(line)
+            for ep in endpoints:
+                if ep not in per_node:
+                    click.echo(f"{ep}: not answering", err=True)
+            return
+        shown = 0
+        with stop_signals() as stop:
+            while not samples or shown < samples:
+                if stop.wait(watch):
+                    break
+                before, per_node = per_node, client.stats()
+                click.clear()
+                click.echo(f"zmqkit cache stats, every {watch:g}s (Ctrl-C to stop)")
+                for line in _watch_table(per_node, before, watch):
+                    click.echo(line)
+                for ep in endpoints:
+                    if ep not in per_node:
+                        click.echo(f"{ep:<28}not answering")
+                shown += 1
 
 
 @cache.command()
@@ -215,7 +450,7 @@ def stats(nodes: str, timeout: float, curve: CurveFlags) -> None:
 @curve_options("client")
 def flush(nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Empty every node."""
-    with _client(nodes, timeout, curve) as client:
+    with _calling(nodes, timeout, curve) as client:
         answered = client.flush_all()
         total = len(client.endpoints)
     if answered < total:

@@ -90,7 +90,7 @@ def test_unreachable_node_is_one_line_error() -> None:
     code, out = cli("cache", "get", "k", "--nodes", "nonsense")
     assert code == 4 and "bad endpoint 'nonsense'" in out
     code, out = cli("cache", "get", "--help")
-    assert code == 0 and "1  KEY is not there" in out and "3  no node answered" in out
+    assert code == 0 and "1  not done: the key is not there" in out and "3  no node answered" in out
 
 
 @pytest.mark.timeout(30)
