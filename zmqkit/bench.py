@@ -7,6 +7,7 @@ with the peer in a second process, so a ratio compares like with like.
 from __future__ import annotations
 
 import multiprocessing as mp
+import re
 import statistics
 import time
 from collections.abc import Callable
@@ -25,6 +26,7 @@ __all__ = [
     "RawReqRep",
     "take_turns",
     "median_of",
+    "MIN_SAMPLES",
 ]
 
 _LOCAL = "tcp://127.0.0.1:*"
@@ -192,12 +194,16 @@ def raw_dealer(n: int, size: int, window: int = 100) -> float:
     return n / elapsed
 
 
+MIN_SAMPLES = 3  # fewer measurements than this behind a median do not judge a target
+
+
 @dataclass
 class Row:
-    """One benchmark line: a figure, its unit, and optionally the baseline figure it is compared with.
+    """One benchmark line: a median figure, its unit, and optionally the baseline figure it is compared with.
 
-    ``lower_is_better`` flips the ratio so that a ratio above 1 always means "zmqkit is worse" for latencies
-    and "zmqkit is better" for rates, as the targets in the issues are written.
+    ``ratio`` is figure / baseline, so a ratio above 1 means "zmqkit is worse" for latencies and "zmqkit is
+    better" for rates, as the targets are written (``"<= 1.15x"``, ``">= 0.8x HashClient"``). ``samples`` is how
+    many measurements the median stands on.
     """
 
     name: str
@@ -205,10 +211,26 @@ class Row:
     unit: str
     baseline: float | None = None
     target: str = ""
+    samples: int = 1
 
     @property
     def ratio(self) -> float | None:
         return None if not self.baseline else self.value / self.baseline
+
+    @property
+    def verdict(self) -> str:
+        """``met``, ``MISSED``, ``too few samples`` or "" (no target to judge)."""
+        bound = _TARGET.search(self.target)
+        if bound is None or self.ratio is None:
+            return ""
+        if self.samples < MIN_SAMPLES:
+            return f"too few samples ({self.samples})"
+        limit = float(bound.group(2))
+        met = self.ratio <= limit if bound.group(1) in ("<=", "≤") else self.ratio >= limit
+        return "met" if met else "MISSED"
+
+
+_TARGET = re.compile(r"(<=|>=|≤|≥)\s*([0-9.]+)x")
 
 
 def _fmt(value: float, unit: str) -> str:
@@ -218,11 +240,18 @@ def _fmt(value: float, unit: str) -> str:
 
 
 def print_table(title: str, rows: list[Row]) -> None:
-    """Print rows as an aligned table with each ratio to its baseline."""
+    """Print rows as an aligned table: each median, its baseline, the ratio, the target and whether it is met."""
     click.echo(title)
     width = max(len(r.name) for r in rows) + 2
-    click.echo(f"{'':{width}}{'figure':>16}{'baseline':>16}{'ratio':>9}  target")
+    target_width = max([len(r.target) for r in rows] + [6]) + 2
+    click.echo(f"{'':{width}}{'median':>16}{'baseline':>16}{'ratio':>9}  {'target':{target_width}}verdict")
     for r in rows:
         base = _fmt(r.baseline, r.unit) if r.baseline else ""
         ratio = f"{r.ratio:.2f}x" if r.ratio is not None else ""
-        click.echo(f"{r.name:{width}}{_fmt(r.value, r.unit):>16}{base:>16}{ratio:>9}  {r.target}")
+        line = f"{r.name:{width}}{_fmt(r.value, r.unit):>16}{base:>16}{ratio:>9}  {r.target:{target_width}}{r.verdict}"
+        click.echo(line.rstrip())
+    if any(r.verdict.startswith("too few") for r in rows):
+        click.echo(
+            f"warning: a median of fewer than {MIN_SAMPLES} measurements cannot judge a target on a shared machine;"
+            " run again with more --rounds"
+        )

@@ -256,13 +256,21 @@ def bench_reqrep(count: int, size: int, window: int, rounds: int) -> None:
         f" {len(turns['raw'])} round-trip slices and {len(piped)} pipelined rounds"
         f" (load average {load:.1f} -> {os.getloadavg()[0]:.1f})",
         [
-            Row("sync round trip (REQ/REP)", median_of(turns["zmqkit"]), "s", median_of(turns["raw"]), "<= 1.15x"),
+            Row(
+                "sync round trip (REQ/REP)",
+                median_of(turns["zmqkit"]),
+                "s",
+                median_of(turns["raw"]),
+                "<= 1.15x",
+                samples=len(turns["zmqkit"]),
+            ),
             Row(
                 f"async pipelined, {window} in flight",
                 median_of(piped, 0),
                 "req/s",
                 median_of(raw_piped, 0),
                 ">= 0.70x",
+                samples=len(piped),
             ),
             Row("  client CPU per request, sync", median_of(turns["zmqkit"], 1), "s", median_of(turns["raw"], 1)),
             Row("  client CPU per request, pipelined", median_of(piped, 1), "s", median_of(raw_piped, 1)),
