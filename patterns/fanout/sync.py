@@ -130,15 +130,7 @@ class Subscriber(SubscriberBase):
             raise self._failed(exc) from None
 
     def _read(self, flags: int) -> Message | None:
-        """Receive one message frame by frame: cheaper than recv_multipart for the usual two frames."""
-        recv, more = self._sock.recv, self._sock.getsockopt
-        topic = recv(flags)
-        if not more(zmq.RCVMORE):
-            return self._feed([topic])
-        data = recv()
-        if not more(zmq.RCVMORE):
-            return self._feed_pair(topic, data)
-        return self._feed([topic, data, *self._sock.recv_multipart()])
+        return self._feed(self._sock.recv_multipart(flags))
 
     def _no_callback(self) -> None:
         if self._closed:
