@@ -15,11 +15,13 @@ import threading
 import traceback
 from typing import Any
 
-from zmqkit.errors import ConfigurationError, ZmqkitError
+from zmqkit.checks import check_int, check_timeout
+from zmqkit.errors import Closed, ConfigurationError, ZmqkitError
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
-from .sync import Endpoints, Publisher
+from .base import Endpoints
+from .sync import Publisher
 
 __all__ = ["LogHandler", "LEVELS", "log_topic", "log_topics"]
 
@@ -53,7 +55,7 @@ def log_topics(services: list[str] | tuple[str, ...] = (), level: str = "debug")
 class _Wait:
     """A request, queued like a record, for the publisher thread to wait for subscribers."""
 
-    def __init__(self, n: int, timeout: float) -> None:
+    def __init__(self, n: int, timeout: float | None) -> None:
         self.n = n
         self.timeout = timeout
         self.done = threading.Event()
@@ -88,8 +90,7 @@ class LogHandler(logging.Handler):
     ) -> None:
         super().__init__(level)
         self.service = _check_service(service)
-        if not isinstance(queue_size, int) or isinstance(queue_size, bool) or queue_size < 1:
-            raise ConfigurationError(f"bad queue_size={queue_size!r}: expected a positive number of records")
+        check_int("queue_size", queue_size, 1)
         self.dropped = 0
         self._closed = False
         self.endpoints: list[str] = []
@@ -157,10 +158,16 @@ class LogHandler(logging.Handler):
         except Exception:
             self.handleError(record)  # logging's own policy: report on stderr, never raise into the caller
 
-    def wait_for_subscribers(self, n: int = 1, timeout: float = 10.0) -> int:
-        """Block until ``n`` subscribers are in, so the records that follow reach them; RequestTimeout if not."""
+    def wait_for_subscribers(self, n: int = 1, timeout: float | None = 10.0) -> int:
+        """Block until ``n`` subscribers are in, so the records that follow reach them.
+
+        RequestTimeout after ``timeout`` seconds (None: no limit; 0: look once); Closed after :meth:`close`.
+        """
+        check_timeout(timeout, allow_zero=True)
+        if self._closed:
+            raise Closed(f"LogHandler {self.service} {self.endpoints} is closed")
         wait = _Wait(n, timeout)
-        self._queue.put(wait, timeout=timeout)
+        self._queue.put(wait)
         wait.done.wait()
         if wait.error is not None:
             raise wait.error

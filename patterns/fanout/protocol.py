@@ -241,7 +241,7 @@ class SubscriberState:
         return self.feed_pair(frames[0], frames[1])
 
     def feed_pair(self, topic: bytes, data: bytes) -> Message | None:
-        """:meth:`feed` for a message already known to have two frames (the receive loop's fast path)."""
+        """:meth:`feed` for a message already known to have two frames."""
         if self._match is not None and not self._match(topic):
             self.filtered += 1
             return None

@@ -1,140 +1,33 @@
 """Fanout runners: Publisher (XPUB), Subscriber (SUB) and Forwarder (XSUB/XPUB proxy, optional last-value cache).
 
-All framing, filtering and sequence accounting lives in :mod:`.protocol`; the sync classes here and their
-asyncio twins (``zmqkit.asyncio``) share one base each and differ only in the socket calls.
+All framing, filtering and sequence accounting lives in :mod:`.protocol`, and what a publisher or subscriber
+does apart from the socket calls in :mod:`.base`; the classes here add the blocking socket calls, their
+asyncio twins in :mod:`.aio` the awaitable ones.
 """
 
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import zmq
 from cachetools import LRUCache
 
-from zmqkit.checks import check_timeout as _check_timeout
-from zmqkit.codecs import Codec
-from zmqkit.errors import ConfigurationError, RequestTimeout
+from zmqkit.errors import ConfigurationError
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
 from .._background import Background
-from .protocol import (
-    HELLO_PREFIX,
-    MAX_TOPICS,
-    Message,
-    PublisherState,
-    SubscriberCounter,
-    SubscriberState,
-    TopicFilter,
-    new_id,
-)
+from .base import Endpoints, PublisherBase, SubscriberBase
+from .protocol import HELLO_PREFIX, MAX_TOPICS, Message
 
-__all__ = ["Publisher", "Subscriber", "Forwarder", "Message", "check_timeout", "timeout_ms"]
+__all__ = ["Publisher", "Subscriber", "Forwarder", "Message"]
 
 log = logging.getLogger(__name__)
-Endpoints = str | list[str] | tuple[str, ...] | None
 
 
-def timeout_ms(deadline: float) -> int:
-    """Milliseconds left until ``deadline`` (monotonic seconds), never negative."""
-    return max(0, int((deadline - time.monotonic()) * 1000))
-
-
-class _PublisherBase:
-    """Everything a publisher does except the socket calls."""
-
-    _asyncio = False
-
-    def __init__(
-        self,
-        bind: Endpoints = None,
-        *,
-        connect: Endpoints = None,
-        codec: str | Codec = "auto",
-        max_topics: int = MAX_TOPICS,
-        options: SocketOptions | None = None,
-        curve: Curve | None = None,
-    ) -> None:
-        self._state = PublisherState(codec, max_topics=max_topics)
-        self._counter = SubscriberCounter()
-        self.id = self._state.id
-        self._sock = make_socket("xpub", resolve_options(options, curve), asyncio=self._asyncio)
-        self.endpoints = attach(self._sock, bind, connect, "Publisher")
-        self._encode = self._state.encode
-        # Notices are read without blocking through a plain view of the socket (the same socket, same thread).
-        self._sync_view = zmq.Socket.shadow(self._sock.underlying) if self._asyncio else self._sock
-
-    @property
-    def endpoint(self) -> str:
-        """The first endpoint (the real one, when bound to port 0)."""
-        return self.endpoints[0]
-
-    def published(self, topic: str | bytes) -> int:
-        """How many messages this publisher sent on ``topic``."""
-        return self._state.published(topic)
-
-    def _notice(self, frames: list[bytes]) -> bool:
-        """Take one subscription notice; True when a new zmqkit subscriber joined."""
-        return self._counter.feed(frames[0])
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._notice(self._sync_view.recv_multipart(zmq.NOBLOCK))
-            except zmq.Again:
-                return
-
-    @property
-    def subscribers(self) -> int:
-        """How many zmqkit subscribers are connected right now (as far as notices have told)."""
-        self._drain()
-        return self._counter.count
-
-    def _waiting(self, n: int, timeout: float) -> Iterator[int]:
-        """Yield how long to poll for notices, until ``n`` subscribers are in; RequestTimeout at the deadline.
-
-        The sync and asyncio ``wait_for_subscribers`` both drive this, each with its own ``poll``.
-        """
-        check_timeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            self._drain()
-            if self._counter.count >= n:
-                return
-            if time.monotonic() >= deadline:
-                raise self._not_enough(n, timeout)
-            yield timeout_ms(deadline)
-
-    def _not_enough(self, n: int, timeout: float) -> RequestTimeout:
-        return RequestTimeout(
-            f"only {self._counter.count} of {n} subscribers joined {self.endpoints} within {timeout}s; "
-            "check that they connect to this endpoint (or to the forwarder this publisher feeds)"
-        )
-
-    def close(self) -> None:
-        """Close the socket (queued messages get ``linger_ms`` to go out)."""
-        if not self._sock.closed:
-            self._sock.close()
-
-    def __enter__(self) -> Any:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.id.hex()} {self.endpoints}>"
-
-
-def check_timeout(timeout: float | None) -> None:
-    """Fanout waits take 0 too: look once, do not wait."""
-    _check_timeout(timeout, allow_zero=True)
-
-
-class Publisher(_PublisherBase):
+class Publisher(PublisherBase):
     """Broadcasts ``[topic, body]`` with a sequence number per topic; sees who subscribed.
 
     >>> with Publisher("tcp://127.0.0.1:0") as pub:
@@ -145,87 +38,33 @@ class Publisher(_PublisherBase):
     def publish(self, topic: str | bytes, body: Any) -> None:
         """Send ``body`` on ``topic``; never blocks (a subscriber at its high-water mark misses it)."""
         topic_frame, data = self._encode(topic, body)
-        self._sock.send(topic_frame, zmq.SNDMORE)
-        self._sock.send(data)
+        try:
+            self._sock.send(topic_frame, zmq.SNDMORE)
+            self._sock.send(data)
+        except zmq.ZMQError as exc:
+            raise self._failed(exc) from None
 
-    def wait_for_subscribers(self, n: int = 1, timeout: float = 10.0) -> int:
-        """Block until ``n`` zmqkit subscribers have subscribed (their topics are then in effect)."""
+    def wait_for_subscribers(self, n: int = 1, timeout: float | None = 10.0) -> int:
+        """Block until ``n`` zmqkit subscribers have subscribed (their topics are then in effect).
+
+        RequestTimeout after ``timeout`` seconds (None: no limit; 0: look once).
+        """
         for wait_ms in self._waiting(n, timeout):
             self._sock.poll(wait_ms)
         return self._counter.count
 
-
-class _SubscriberBase:
-    """Everything a subscriber does except the socket calls."""
-
-    _asyncio = False
-
-    def __init__(
-        self,
-        endpoints: Endpoints = None,
-        topics: Iterable[str | bytes] | str = ("",),
-        *,
-        bind: Endpoints = None,
-        allow_pickle: bool = False,
-        max_topics: int = MAX_TOPICS,
-        options: SocketOptions | None = None,
-        curve: Curve | None = None,
-    ) -> None:
-        self._state = SubscriberState(TopicFilter(topics), allow_pickle=allow_pickle, max_topics=max_topics)
-        self._feed = self._state.feed
-        self._feed_pair = self._state.feed_pair
-        self.id = new_id()
-        self._sock = make_socket("sub", resolve_options(options, curve), asyncio=self._asyncio)
-        for prefix in sorted(self._state.filter.prefixes):
-            self._sock.subscribe(prefix)
-        # Last, so a publisher that sees it knows the topics above are already in effect.
-        self._sock.subscribe(HELLO_PREFIX + self.id)
-        self.endpoints = attach(self._sock, bind, endpoints, "Subscriber")
-
-    @property
-    def endpoint(self) -> str:
-        return self.endpoints[0]
-
-    @property
-    def missed(self) -> int:
-        """Messages this subscriber knows it did not get (high-water-mark drops + sent before it joined)."""
-        return self._state.missed
-
-    @property
-    def gaps(self) -> int:
-        """Holes inside a publisher's topic stream: dropped at a high-water mark."""
-        return self._state.gaps
-
-    @property
-    def malformed(self) -> int:
-        """Messages dropped because their frames did not follow the wire format."""
-        return self._state.malformed
-
-    def stats(self) -> dict[str, int]:
-        """All counters: received, missed, gaps, joined_late, duplicates, malformed, filtered, restarts, forgotten."""
-        return self._state.stats()
-
-    def _timeout(self, timeout: float) -> RequestTimeout:
-        return RequestTimeout(f"no message from {self.endpoints} within {timeout}s")
-
-    def close(self) -> None:
-        if not self._sock.closed:
-            self._sock.close(linger=0)
-
-    def __enter__(self) -> Any:
+    def __enter__(self) -> Publisher:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.endpoints} {self.stats()}>"
 
-
-class Subscriber(_SubscriberBase):
+class Subscriber(SubscriberBase):
     """Receives from one or more publishers (or a forwarder), by iteration, ``recv()`` or a callback.
 
-    Topics are prefixes, or NATS-style subjects with ``*`` (one token) and ``>`` (the rest).
+    Topics are prefixes, or NATS-style subjects with ``*`` (one token) and ``>`` (the rest). With ``callback``,
+    a background thread calls it for each message and ``recv()``/iteration are not available.
 
     >>> with Subscriber("tcp://127.0.0.1:5556", topics=["orders.*.paid", "logs.>"]) as sub:
     ...     msg = sub.recv(timeout=5)          # Message(topic, body, publisher, seq)
@@ -237,15 +76,20 @@ class Subscriber(_SubscriberBase):
         endpoints: Endpoints = None,
         topics: Iterable[str | bytes] | str = ("",),
         *,
+        bind: Endpoints = None,
         callback: Callable[[Message], object] | None = None,
-        **kwargs: Any,
+        allow_pickle: bool = False,
+        max_topics: int = MAX_TOPICS,
+        options: SocketOptions | None = None,
+        curve: Curve | None = None,
     ) -> None:
-        super().__init__(endpoints, topics, **kwargs)
+        if callback is not None and not callable(callback):
+            raise ConfigurationError(f"bad callback {callback!r}: expected a callable")
+        super().__init__(
+            endpoints, topics, bind=bind, allow_pickle=allow_pickle, max_topics=max_topics, options=options, curve=curve
+        )
         self._background: Background | None = None
         if callback is not None:
-            if not callable(callback):
-                self.close()
-                raise ConfigurationError(f"bad callback {callback!r}: expected a callable")
 
             def handle(frames: list[bytes]) -> None:
                 msg = self._feed(frames)
@@ -256,54 +100,55 @@ class Subscriber(_SubscriberBase):
             self._background = Background("subscriber", {self._sock: handle})
 
     def recv(self, timeout: float | None = None) -> Message:
-        """The next message; RequestTimeout when none comes within ``timeout`` seconds (None: wait)."""
+        """The next message; RequestTimeout when none comes within ``timeout`` seconds (None: no limit)."""
         self._no_callback()
+        read, poll, waits = self._read, self._sock.poll, self._polls(timeout)
+        try:
+            while True:
+                try:
+                    msg = read(zmq.NOBLOCK)
+                except zmq.Again:
+                    poll(next(waits))
+                    continue
+                if msg is not None:
+                    return msg
+        except zmq.ZMQError as exc:
+            raise self._failed(exc) from None
+
+    def __iter__(self) -> Iterator[Message]:
+        """Messages as they come, forever (Closed once the subscriber is closed)."""
+        self._no_callback()
+        if self._closed:
+            raise self._closed_error()
         read = self._read
-        if timeout is None:
+        try:
             while True:
                 msg = read(0)
                 if msg is not None:
-                    return msg
-        check_timeout(timeout)
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                msg = read(zmq.NOBLOCK)
-            except zmq.Again:
-                if not self._sock.poll(timeout_ms(deadline)) and time.monotonic() >= deadline:
-                    raise self._timeout(timeout) from None
-                continue
-            if msg is not None:
-                return msg
-
-    def __iter__(self) -> Iterator[Message]:
-        """Messages as they come, forever."""
-        self._no_callback()
-        read = self._read
-        while True:
-            msg = read(0)
-            if msg is not None:
-                yield msg
+                    yield msg
+        except zmq.ZMQError as exc:
+            raise self._failed(exc) from None
 
     def _read(self, flags: int) -> Message | None:
-        """Receive one message frame by frame: cheaper than recv_multipart for the usual two frames."""
-        recv, more = self._sock.recv, self._sock.getsockopt
-        topic = recv(flags)
-        if not more(zmq.RCVMORE):
-            return self._feed([topic])
-        data = recv()
-        if not more(zmq.RCVMORE):
-            return self._feed_pair(topic, data)
-        return self._feed([topic, data, *self._sock.recv_multipart()])
+        return self._feed(self._sock.recv_multipart(flags))
 
     def _no_callback(self) -> None:
+        if self._closed:
+            raise self._closed_error()
         if self._background is not None:
             raise ConfigurationError("this Subscriber delivers to its callback; recv() and iteration are not available")
 
     def close(self) -> None:
+        """Stop the callback thread, if any, and close the socket at once; idempotent."""
         if self._background is not None:
             self._background.stop()
         super().close()
+
+    def __enter__(self) -> Subscriber:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class Forwarder:

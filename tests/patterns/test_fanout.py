@@ -144,7 +144,7 @@ def test_late_joiner_counts_what_it_missed() -> None:
 
 @pytest.mark.timeout(30)
 def test_raw_pyzmq_publisher_interoperates_and_malformed_is_skipped(raw_socket: Callable[..., zmq.Socket]) -> None:
-    raw = raw_socket(zmq.XPUB)
+    raw = raw_socket(zmq.XPUB, rcvtimeo=10_000)  # a lost hello fails in 10 s, not at pytest-timeout
     raw.bind(LOCAL)
     endpoint = raw.getsockopt_string(zmq.LAST_ENDPOINT)
     with Subscriber(endpoint, ["logs."]) as sub:
@@ -164,7 +164,7 @@ def test_raw_pyzmq_publisher_interoperates_and_malformed_is_skipped(raw_socket: 
 
 @pytest.mark.timeout(30)
 def test_raw_pyzmq_subscriber_reads_zmqkit_frames(raw_socket: Callable[..., zmq.Socket]) -> None:
-    raw = raw_socket(zmq.SUB)
+    raw = raw_socket(zmq.SUB, rcvtimeo=10_000)
     raw.subscribe(b"orders")
     raw.subscribe(HELLO_PREFIX + b"rawpeer1")  # as docs/wire.md says: lets the publisher count it
     with Publisher(LOCAL, codec="json") as pub:
@@ -255,7 +255,7 @@ def test_fuzzed_raw_publisher_never_breaks_a_subscriber(raw_socket: Callable[...
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
-    raw = raw_socket(zmq.XPUB)
+    raw = raw_socket(zmq.XPUB, rcvtimeo=10_000)  # a lost hello fails in 10 s, not at pytest-timeout
     raw.bind(LOCAL)
     with Subscriber(raw.getsockopt_string(zmq.LAST_ENDPOINT)) as sub:
         while not raw.recv().startswith(b"\x01" + HELLO_PREFIX):
@@ -288,6 +288,7 @@ def test_xpub_verbose_option_passes_repeated_subscriptions(
     xpub = make_socket("xpub", SocketOptions(xpub_verbose=verbose))
     try:
         endpoint = bind(xpub, LOCAL)
+        xpub.rcvtimeo = 10_000  # a missing notice fails in 10 s, not at pytest-timeout
         notices: list[bytes] = []
         for i in range(2):
             sub = raw_socket(zmq.SUB)
