@@ -208,17 +208,15 @@ class AsyncClient(ClientCore):
 
         An empty list means none answered in time; requests made now would wait for one.
         """
-        if self.closed:
-            raise self._closed_error()
-        limit = check_timeout(timeout, allow_zero=True)
+        end = self._ready_by(timeout)
         loop = asyncio.get_running_loop()
         if loop is not self._reader:
             self._watch(loop)
         self._settle_safely()
-        end = loop.time() + (limit if limit is not None else math.inf)
+        clock = self._proto.clock
         # The loop reads the sockets as they signal; a short look now and then costs nothing worth saving here.
-        while not (ready := self._ready()) and loop.time() < end and not self.closed:
-            await asyncio.sleep(min(0.005, max(0.0, end - loop.time())))
+        while not (ready := self._ready()) and clock() < end and not self.closed:
+            await asyncio.sleep(min(0.005, max(0.0, end - clock())))
         return ready
 
     async def __aenter__(self) -> AsyncClient:

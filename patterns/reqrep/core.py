@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -133,6 +134,13 @@ class ClientCore:
 
     def _ready(self) -> list[str]:
         return [peer.endpoint for peer in self._proto.peers.values() if peer.state is READY_]
+
+    def _ready_by(self, timeout: float | None) -> float:
+        """When a ``wait_ready(timeout)`` gives up, on the protocol's clock; Closed after close."""
+        if self.closed:
+            raise self._closed_error()
+        limit = check_timeout(timeout, allow_zero=True)
+        return self._proto.clock() + (limit if limit is not None else math.inf)
 
     def _closed_error(self) -> Closed:
         return Closed(f"{type(self).__name__} for {', '.join(self.endpoints)} is closed: make a new one")

@@ -123,11 +123,8 @@ class Client(ClientCore):
 
         An empty list means none answered in time; requests made now would wait for one.
         """
-        if self.closed:
-            raise self._closed_error()
-        limit = check_timeout(timeout, allow_zero=True)
+        end = self._ready_by(timeout)
         proto = self._proto
-        end = proto.clock() + (limit if limit is not None else float("inf"))
         while not (ready := self._ready()):
             now = proto.clock()
             if now >= end:
