@@ -32,7 +32,9 @@ async def front_end(backends: list[RpcServer], calls: int = 600, in_flight: int 
     endpoints = [b.endpoints[0] for b in backends]
     done = failed = 0
     by_server: dict[str, int] = {}
+    halfway = asyncio.Event()
     async with zasync.RpcClient(endpoints, timeout=10) as client:
+        print("ready:", ", ".join(await client.wait_ready(5)))
         print("methods:", ", ".join(await client.methods()))
         todo = iter(range(calls))
 
@@ -46,10 +48,11 @@ async def front_end(backends: list[RpcServer], calls: int = 600, in_flight: int 
                     failed += 1
                     print("call failed:", exc)
                 done += 1
+                if done == calls // 2:
+                    halfway.set()
 
         lanes = asyncio.gather(*(lane() for _ in range(in_flight)))
-        while done < calls // 2:
-            await asyncio.sleep(0.01)
+        await halfway.wait()
         print(f"{done} calls done; taking backend-1 down for maintenance")
         cleanly = await asyncio.to_thread(backends[1].leave, 10)
         print(f"backend-1 left {'cleanly' if cleanly else 'with work unfinished'}")

@@ -6,6 +6,7 @@ other end of the PAIR (guarded by a lock, so any of the caller's threads may sen
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -72,12 +73,18 @@ class Background:
         with self._lock:
             if self._control.closed:
                 return
-            self._control.send(_STOP)
+            with contextlib.suppress(zmq.Again):  # no peer: the thread has ended already
+                self._control.send(_STOP, zmq.NOBLOCK)
         self._thread.join(timeout)
         with self._lock:
             self._control.close(linger=0)
         if self._thread.is_alive():
             log.warning("background thread %s did not stop within %ss", self._thread.name, timeout)
+
+    @property
+    def alive(self) -> bool:
+        """Whether the thread still runs."""
+        return self._thread.is_alive()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to end."""

@@ -1,7 +1,7 @@
 """The asyncio request-reply runners: a client with many requests in flight, and a server for coroutine handlers.
 
 Exported as ``zmqkit.asyncio.Client`` and ``zmqkit.asyncio.Server``. They share everything but the waiting
-with the threaded classes (:class:`reqrep.ClientCore`, :class:`reqrep.ServerCore`).
+with the threaded classes (:class:`.core.ClientCore`, :class:`.core.ServerCore`).
 """
 
 from __future__ import annotations
@@ -15,12 +15,13 @@ from typing import Any
 
 import zmq
 
+from zmqkit.checks import DEFAULT, Default, check_timeout
 from zmqkit.errors import Unavailable
 from zmqkit.loops import check_new_loop
 from zmqkit.sockets import NOBLOCK, has_input, make_socket
 
+from .core import ClientCore, ServerCore, Value, recv_routed
 from .protocol import ERROR, Job, decode, describe_exception, reply_of
-from .sync import ClientCore, ServerCore, recv_routed
 
 __all__ = ["AsyncClient", "AsyncServer"]
 
@@ -34,9 +35,8 @@ class AsyncClient(ClientCore):
     ...     replies = await asyncio.gather(*(client.request(b"job %d" % i) for i in range(100)))
     """
 
-    def __init__(self, endpoints: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, **kwargs)
-        self._futures: dict[bytes, asyncio.Future[Any]] = {}
+    def _setup(self) -> None:
+        self._futures: dict[bytes, asyncio.Future[Value]] = {}
         # The loop watches each socket's file descriptor (libzmq's "something changed" signal) and calls _settle
         # when one fires: no task, future or poller per wake-up, as an awaited poll would cost.
         self._reader: asyncio.AbstractEventLoop | None = None
@@ -46,13 +46,18 @@ class AsyncClient(ClientCore):
         self._timer_at = math.inf  # the protocol deadline the timer is set for
         self._soon: asyncio.Handle | None = None  # a _settle the loop runs on its next turn
 
-    async def request(self, body: Any, timeout: float | None = None) -> Any:
-        """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable."""
+    async def request(self, body: Value, timeout: float | Default | None = DEFAULT) -> Value:
+        """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable.
+
+        ``timeout``: seconds for the whole call, retries included; DEFAULT is the client's ``timeout``, None
+        no limit. Cancelled, the call is forgotten at once (no retry, no place held); a server that has the
+        request still runs it, and its reply is dropped.
+        """
         loop = asyncio.get_running_loop()
         if loop is not self._reader:
             self._watch(loop)
         rid = self._submit(body, timeout)
-        fut: asyncio.Future[Any] = loop.create_future()
+        fut: asyncio.Future[Value] = loop.create_future()
         self._futures[rid] = fut
         if self._soon is None:
             # Send once every coroutine that is ready has queued its request: one batch of sends, one look at
@@ -174,7 +179,8 @@ class AsyncClient(ClientCore):
         self._proto.completed.clear()
 
     def close(self) -> None:
-        """Fail what is in flight with Unavailable, stop watching the sockets and close them."""
+        """At once: fail what is in flight with Unavailable, stop watching the sockets and close them.
+        Idempotent; calls after raise Closed."""
         if self.closed:
             return
         if self._reader is not None:
@@ -189,11 +195,35 @@ class AsyncClient(ClientCore):
         self._deliver()
         self._close_sockets()
 
+    async def aclose(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
+        """Close; with ``drain``, first let the calls in flight finish (up to ``timeout``; None: no limit)."""
+        limit = check_timeout(timeout, allow_zero=True)
+        pending = [fut for fut in self._futures.values() if not fut.done()]
+        if drain and pending and not self.closed:
+            await asyncio.wait(pending, timeout=limit)
+        self.close()
+
+    async def wait_ready(self, timeout: float | None = 5.0) -> list[str]:
+        """Wait until a server has said it is ready (or ``timeout``; None: no limit); the endpoints that are.
+
+        An empty list means none answered in time; requests made now would wait for one.
+        """
+        end = self._ready_by(timeout)
+        loop = asyncio.get_running_loop()
+        if loop is not self._reader:
+            self._watch(loop)
+        self._settle_safely()
+        clock = self._proto.clock
+        # The loop reads the sockets as they signal; a short look now and then costs nothing worth saving here.
+        while not (ready := self._ready()) and clock() < end and not self.closed:
+            await asyncio.sleep(min(0.005, max(0.0, end - clock())))
+        return ready
+
     async def __aenter__(self) -> AsyncClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()
 
 
 class AsyncServer(ServerCore):
@@ -208,9 +238,8 @@ class AsyncServer(ServerCore):
     loop (keep it quick, or use the threaded ``zmqkit.patterns.Server``).
     """
 
-    def __init__(self, endpoints: Any, handler: Any, **kwargs: Any) -> None:
-        super().__init__(endpoints, handler, **kwargs)
-        self._is_coroutine = inspect.iscoroutinefunction(handler)
+    def _setup(self) -> None:
+        self._is_coroutine = inspect.iscoroutinefunction(self.handler)
         self._socket: Any = None
         self._sock: zmq.Socket | None = None
         self._task: asyncio.Task[None] | None = None
@@ -218,14 +247,12 @@ class AsyncServer(ServerCore):
         self._slots: asyncio.Semaphore | None = None
 
     async def start(self) -> AsyncServer:
-        """Bind and start serving; ``endpoints`` then holds the real endpoints."""
+        """Bind and start serving; ``endpoints`` then holds the real endpoints. Closed after close or leave."""
+        if self._closed:
+            raise self._closed_error()
         if self._task is None:
             router = make_socket("router", self._options, asyncio=True)
-            try:
-                self._open(router)
-            except BaseException:
-                router.close(linger=0)
-                raise
+            self._open(router)
             self._socket = router
             # Non-blocking reads and writes go through a plain view of the same socket (see _settle).
             self._sock = zmq.Socket.shadow(router.underlying)
@@ -290,6 +317,7 @@ class AsyncServer(ServerCore):
     async def leave(self, timeout: float = 10.0) -> bool:
         """Say goodbye, refuse new work, finish what is held, close; True if nothing was cut short."""
         if self._sock is None:
+            self._closed = True
             return self._left_cleanly
         proto = self._proto
         proto.leave()
@@ -305,7 +333,8 @@ class AsyncServer(ServerCore):
         return self._left_cleanly
 
     def close(self) -> None:
-        """Stop now: handlers still running are cancelled; their clients retry elsewhere."""
+        """Stop now: handlers still running are cancelled; their clients retry elsewhere. Idempotent."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -315,8 +344,15 @@ class AsyncServer(ServerCore):
             self._socket.close()  # its linger lets the last replies leave
             self._socket = self._sock = None
 
+    async def aclose(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
+        """Close; with ``drain``, leave gracefully first (goodbye, finish what is held, up to ``timeout``)."""
+        limit = check_timeout(timeout, allow_zero=True)
+        if drain:
+            await self.leave(math.inf if limit is None else limit)
+        self.close()
+
     async def __aenter__(self) -> AsyncServer:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import math
 import os
 import struct
 import time
@@ -73,7 +74,6 @@ _ACK_CTL = HEADER + bytes([ACK])
 _GOODBYE_CTL = HEADER + bytes([GOODBYE])
 _REQUEST_HEAD = HEADER + bytes([REQUEST])
 _REPLY_HEAD = HEADER + bytes([REPLY])
-_FIRST_REPLY_HEAD = _REPLY_HEAD + b"\x01"  # a reply to attempt 1
 
 # Server choice: a server this request has not tried beats any number of requests in flight on one it has.
 _UNTRIED_FIRST = 1 << 40
@@ -219,8 +219,6 @@ class ClientProtocol:
         self.completed: list[tuple[bytes, Outcome]] = []
         self.late_replies = 0
         self._timers: list[tuple[float, bytes, int]] = []
-        # Sent by submit, not yet in pending: (request id, codec, body, sent at, deadline, server).
-        self._unbooked: list[tuple[bytes, int, bytes, float, float, _Peer]] = []
         self._probe_due = now
         self._prefix = os.urandom(8)
         self._seq = itertools.count(1)
@@ -230,74 +228,20 @@ class ClientProtocol:
         return {alias: peer.state for alias, peer in self.peers.items()}
 
     # ----------------------------------------------------------------- requests
-    def submit(self, codec: int, body: bytes, timeout: float) -> bytes:
-        """Start a request; return its id. Its message (if a server is free) is appended to ``outbox``.
-
-        A request that goes out at once is entered in ``pending`` (with its attempt timer) by the protocol's next
-        call, not here: the runner sends first, and this bookkeeping then overlaps the round trip instead of
-        delaying it (measured: about a sixth of a loopback round trip).
-        """
+    def submit(self, codec: int, body: bytes, timeout: float | None) -> bytes:
+        """Start a request (``timeout`` None: no limit); return its id. Its message goes to ``outbox`` if a
+        server is free, else it waits for one."""
         now = self.clock()
         rid = self._prefix + next(self._seq).to_bytes(8, "big")
-        if not self.waiting:  # else it queues behind them
-            peer = self._pick(())
-            if peer is not None:
-                peer.in_flight += 1
-                self.outbox.append((peer.alias, _REQUEST_HEAD + bytes((1, codec, _RID_SIZE)) + rid + body))
-                self._unbooked.append((rid, codec, body, now, now + timeout, peer))
-                return rid
-        self._book()
-        p = _Pending(rid, codec, body, now + timeout, self.retries)
+        p = _Pending(rid, codec, body, now + timeout if timeout is not None else math.inf, self.retries)
         self.pending[rid] = p
-        if not self._send(p, now):  # sent: its attempt timer (never later than the deadline) is armed
+        if self.waiting or not self._send(p, now):  # behind those already waiting, or no server free
             self._arm(p, p.deadline)
             self.waiting.append(rid)
         return rid
 
-    def _book(self) -> None:
-        """Enter the requests ``submit`` sent at once in ``pending``, each with its first attempt's timer."""
-        for rid, codec, body, sent_at, deadline, peer in self._unbooked:
-            p = _Pending(rid, codec, body, deadline, self.retries)
-            p.attempt = 1
-            p.peer = peer
-            p.tried = (peer.alias,)
-            self.pending[rid] = p
-            self._arm(p, self._try_deadline(sent_at, deadline, self.retries))
-        self._unbooked.clear()
-
-    def sent_now(self, rid: bytes) -> tuple[bytes, float] | None:
-        """``(server, attempt deadline)`` if ``rid`` went out straight from ``submit`` and is the one request not
-        booked yet: a blocking runner may then wait on that server alone and try :meth:`quick_reply`."""
-        unbooked = self._unbooked
-        if len(unbooked) != 1 or unbooked[0][0] != rid:
-            return None
-        _, _, _, sent_at, deadline, peer = unbooked[0]
-        return peer.alias, self._try_deadline(sent_at, deadline, self.retries)
-
-    def quick_reply(self, rid: bytes, msg: bytes) -> Outcome | None:
-        """The outcome of ``rid`` if ``msg`` replies to it while it is still the one unbooked request (nothing
-        asked of the protocol since ``submit``): the request is done, with no pending entry or timer ever made.
-        None otherwise; the runner then hands ``msg`` to :meth:`on_message` as usual."""
-        unbooked = self._unbooked
-        # The request id first: equal only if ``msg`` is long enough to hold it, and seldom equal by chance.
-        if not (
-            msg[_FIXED:_BODY_AT] == rid
-            and msg[: KIND_AT + 2] == _FIRST_REPLY_HEAD
-            and msg[_FIXED - 1] == _RID_SIZE
-            and len(unbooked) == 1
-            and unbooked[0][0] == rid
-        ):
-            return None
-        unbooked.pop()[5].in_flight -= 1
-        try:
-            return True, decode(msg[KIND_AT + 2], msg[_BODY_AT:], self.allow_pickle)
-        except ProtocolError as exc:
-            return False, exc
-
     def cancel(self, rid: bytes) -> None:
-        """Forget a request whose caller gave up (a cancelled coroutine)."""
-        if self._unbooked:
-            self._book()
+        """Forget a request whose caller gave up (a cancelled coroutine); a server that has it still runs it."""
         p = self.pending.pop(rid, None)
         if p is not None and p.peer is not None:
             p.peer.in_flight -= 1
@@ -389,8 +333,6 @@ class ClientProtocol:
     # ------------------------------------------------------------------ inbound
     def on_message(self, alias: bytes, msg: bytes) -> None:
         """Handle one message from the server named ``alias``; a malformed one is logged and dropped."""
-        if self._unbooked:
-            self._book()
         # The common case first, in as few steps as it takes: the reply to the current attempt of a request.
         if len(msg) >= _BODY_AT and msg[: KIND_AT + 1] == _REPLY_HEAD and msg[_FIXED - 1] == _RID_SIZE:
             p = self.pending.get(msg[_FIXED:_BODY_AT])
@@ -461,8 +403,6 @@ class ClientProtocol:
         peer = self.peers.get(alias)
         if peer is None:
             return
-        if self._unbooked:
-            self._book()
         now = self.clock()
         if peer.state is not DOWN:
             peer.state = DOWN
@@ -477,8 +417,6 @@ class ClientProtocol:
     # ------------------------------------------------------------------- timers
     def next_deadline(self) -> float:
         """When ``tick`` next has something to do."""
-        if self._unbooked:
-            self._book()
         timers = self._timers
         pending = self.pending
         while timers:
@@ -492,8 +430,6 @@ class ClientProtocol:
 
     def tick(self) -> None:
         """Time out attempts, retry them elsewhere with backoff, fail requests past their deadline, probe servers."""
-        if self._unbooked:
-            self._book()
         now = self.clock()
         timers = self._timers
         while timers and timers[0][0] <= now:
@@ -556,8 +492,6 @@ class ClientProtocol:
 
     def fail_all(self, exc: Exception) -> None:
         """Finish every pending request with ``exc`` (the client is closing)."""
-        if self._unbooked:
-            self._book()
         for p in list(self.pending.values()):
             self._finish(p, exc)
 

@@ -9,17 +9,31 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar, overload
 
-from zmqkit.codecs import CODEC_IDS, get_codec
+from zmqkit.checks import DEFAULT, Default
+from zmqkit.codecs import CODEC_IDS, Codec, get_codec
 from zmqkit.errors import ConfigurationError, ProtocolError
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions
 
 from .aio import AsyncClient, AsyncServer
+from .core import Value
 from .protocol import ERROR, REPLY, Job, describe_exception, unpack
-from .sync import Client, ClientCore, Server
+from .sync import Client, Server
 
-__all__ = ["RpcServer", "AsyncRpcServer", "RpcClient", "AsyncRpcClient", "MethodNotFound", "METHODS"]
+__all__ = [
+    "RpcServer",
+    "AsyncRpcServer",
+    "RpcClient",
+    "AsyncRpcClient",
+    "MethodNotFound",
+    "METHODS",
+    "RpcMethods",
+    "RpcCaller",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 METHODS = "_methods"  # the reserved call that lists what a server offers
@@ -42,16 +56,51 @@ def _describe(fn: Callable[..., Any]) -> dict[str, str]:
     return {"signature": signature, "doc": doc[0] if doc else ""}
 
 
-class _Methods:
+def _check_codec(codec: str | Codec) -> None:
+    name = get_codec(codec).name
+    if name not in _RPC_CODECS:
+        raise ConfigurationError(f"bad RPC codec {name!r}: expected one of {', '.join(_RPC_CODECS)}")
+
+
+class RpcMethods:
     """The RPC half both servers share: the method table, dispatch, and bodies in the caller's codec."""
 
-    _methods: dict[str, Callable[..., Any]]
     _allow_pickle: bool
 
-    def _setup_methods(self, codec_name: str) -> None:
-        if codec_name not in _RPC_CODECS:
-            raise ConfigurationError(f"bad RPC codec {codec_name!r}: expected one of {', '.join(_RPC_CODECS)}")
-        self._methods = {}
+    def __init__(
+        self,
+        endpoints: str | Sequence[str] | None,
+        *,
+        concurrency: int = 1,
+        max_queue: int = 1000,
+        idempotency_window: int = 10_000,
+        codec: str | Codec = "json",
+        allow_pickle: bool = False,
+        connect: str | Sequence[str] = (),
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Every Server option; ``codec`` is json (the default), msgpack or pickle (trusted peers only)."""
+        _check_codec(codec)
+        self._methods: dict[str, Callable[..., Any]] = {}
+        super().__init__(  # type: ignore[call-arg]  # the server class this is mixed into
+            endpoints,
+            self._entry,
+            concurrency=concurrency,
+            max_queue=max_queue,
+            idempotency_window=idempotency_window,
+            codec=codec,
+            allow_pickle=allow_pickle,
+            connect=connect,
+            curve=curve,
+            options=options,
+            clock=clock,
+        )
+
+    def _entry(self, request: Any) -> Any:
+        """The handler the server class calls (the asyncio server's awaits a coroutine method)."""
+        return self._call(request)
 
     @overload
     def method(self, fn: F) -> F: ...
@@ -107,7 +156,7 @@ class _Methods:
         return REPLY, codec_id, payload
 
 
-class RpcServer(_Methods, Server):
+class RpcServer(RpcMethods, Server):
     """Expose functions (``@server.method``) and objects (``server.register(obj)``) to RpcClients.
 
     >>> server = RpcServer("tcp://*:5555", concurrency=8)
@@ -117,11 +166,6 @@ class RpcServer(_Methods, Server):
     >>> server.start()
     """
 
-    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
-        kwargs.setdefault("codec", "json")
-        super().__init__(endpoints, self._call, **kwargs)
-        self._setup_methods(self._codec.name)
-
     def _execute(self, job: Job) -> tuple[int, int, bytes]:
         try:
             return self._reply_of(job, self._call(self._request_of(job)))
@@ -129,7 +173,7 @@ class RpcServer(_Methods, Server):
             return ERROR, 0, describe_exception(exc)
 
 
-class AsyncRpcServer(_Methods, AsyncServer):
+class AsyncRpcServer(RpcMethods, AsyncServer):
     """The asyncio RpcServer (``zmqkit.asyncio.RpcServer``): methods may be ``async def`` (awaited, up to
     ``concurrency`` at once) or plain functions (run inline in the event loop: keep them quick).
 
@@ -139,18 +183,13 @@ class AsyncRpcServer(_Methods, AsyncServer):
     >>> await server.start()
     """
 
-    def __init__(self, endpoints: str | Sequence[str] | None, **kwargs: Any) -> None:
-        kwargs.setdefault("codec", "json")
-        super().__init__(endpoints, self._acall, **kwargs)
-        self._setup_methods(self._codec.name)
-
-    async def _acall(self, request: Any) -> Any:
+    async def _entry(self, request: Any) -> Any:
         result = self._call(request)
         return await result if inspect.isawaitable(result) else result
 
     async def _answer(self, job: Job) -> tuple[int, int, bytes]:
         try:
-            return self._reply_of(job, await self._acall(self._request_of(job)))
+            return self._reply_of(job, await self._entry(self._request_of(job)))
         except Exception as exc:
             return ERROR, 0, describe_exception(exc)
 
@@ -158,40 +197,77 @@ class AsyncRpcServer(_Methods, AsyncServer):
 class _Api:
     """``client.api.name(*args, **kwargs)`` is ``client.call("name", *args, **kwargs)``."""
 
-    def __init__(self, call: Callable[..., Any]) -> None:
+    def __init__(self, call: Callable[..., Value]) -> None:
         self._call = call
 
-    def __getattr__(self, name: str) -> Callable[..., Any]:
+    def __getattr__(self, name: str) -> Callable[..., Value]:
         if name.startswith("__"):
             raise AttributeError(name)
         return functools.partial(self._call, name)
 
 
-class RpcClient:
-    """Call an RpcServer's methods: ``client.api.resize(img, 128)`` or ``client.call("resize", img, 128)``.
+class _AsyncApi:
+    """``await client.api.name(*args, **kwargs)``: each call is a coroutine, so a forgotten await is flagged."""
 
-    >>> with RpcClient(["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"]) as client:
-    ...     client.methods()              # {"resize": {"signature": "(img, size)", "doc": ...}, ...}
-    ...     client.api.resize("a.png", 128)
+    def __init__(self, call: Callable[..., Coroutine[Any, Any, Value]]) -> None:
+        self._call = call
 
-    Remote exceptions raise RemoteError (``remote_type``, ``message``, ``remote_traceback``). Every Client
-    option (timeout, retries, curve, ...) is accepted. ``timeout=`` on a call is the call's timeout.
-    """
+    def __getattr__(self, name: str) -> Callable[..., Coroutine[Any, Any, Value]]:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return functools.partial(self._call, name)
 
-    _client_class: type[ClientCore] = Client
 
-    def __init__(self, endpoints: str | Sequence[str], *, codec: str = "json", **kwargs: Any) -> None:
-        if get_codec(codec).name not in _RPC_CODECS:
-            raise ConfigurationError(f"bad RPC codec {codec!r}: expected one of {', '.join(_RPC_CODECS)}")
-        self._client = self._client_class(endpoints, codec=codec, **kwargs)
-        self.api = _Api(self.call)
+class RpcCaller:
+    """What both RPC clients share: the settings, the client underneath, and reading an answer."""
 
-    def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call ``method`` remotely; its result."""
-        reply = self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
-        return self._answer(method, reply)
+    _client: Client | AsyncClient
 
-    def _answer(self, method: str, reply: Any) -> Any:
+    def __init__(
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        codec: str | Codec = "json",
+        timeout: float | None = 5.0,
+        attempt_timeout: float | None = None,
+        retries: int = 2,
+        backoff: float = 0.01,
+        max_in_flight: int = 1000,
+        allow_pickle: bool = False,
+        curve: Curve | None = None,
+        options: SocketOptions | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """Every Client option; ``codec`` is json (the default), msgpack or pickle (trusted peers only)."""
+        _check_codec(codec)
+        self._client = self._client_class()(
+            endpoints,
+            codec=codec,
+            timeout=timeout,
+            attempt_timeout=attempt_timeout,
+            retries=retries,
+            backoff=backoff,
+            max_in_flight=max_in_flight,
+            allow_pickle=allow_pickle,
+            curve=curve,
+            options=options,
+            clock=clock,
+        )
+        self.endpoints = self._client.endpoints
+        self._setup()
+
+    def _setup(self) -> None:
+        """The subclass's own state, made at the end of ``__init__``."""
+
+    @staticmethod
+    def _client_class() -> type[Client | AsyncClient]:
+        raise NotImplementedError
+
+    def servers(self) -> dict[str, str]:
+        """Each server's endpoint and its state as this client sees it."""
+        return self._client.servers()
+
+    def _answer(self, method: str, reply: Value) -> Value:
         """``reply``, unless no RpcServer sent it (ProtocolError): a plain request-reply server, an echo, sends
         the call itself back, ``[method, [args], {kwargs}]``; and a method list is a map of maps."""
         echoed = type(reply) is list and len(reply) == 3 and reply[0] == method and type(reply[2]) is dict
@@ -204,12 +280,43 @@ class RpcClient:
             f"{where}: not an RPC server (its reply is not an RPC answer); call it with zmqkit req or a Client"
         )
 
-    def methods(self, timeout: float | None = None) -> Any:
-        """What the server offers: ``{name: {"signature": ..., "doc": ...}}``."""
-        return self.call(METHODS, timeout=timeout)
-
     def close(self) -> None:
-        self._client.close()  # type: ignore[attr-defined]
+        """Close at once; calls after raise Closed. Idempotent."""
+        self._client.close()
+
+
+class RpcClient(RpcCaller):
+    """Call an RpcServer's methods: ``client.api.resize(img, 128)`` or ``client.call("resize", img, 128)``.
+
+    >>> with RpcClient(["tcp://10.0.0.1:5555", "tcp://10.0.0.2:5555"]) as client:
+    ...     client.methods()              # {"resize": {"signature": "(img, size)", "doc": ...}, ...}
+    ...     client.api.resize("a.png", 128)
+
+    Remote exceptions raise RemoteError (``remote_type``, ``message``, ``remote_traceback``).
+    """
+
+    _client: Client
+
+    def _setup(self) -> None:
+        self.api = _Api(self.call)
+
+    @staticmethod
+    def _client_class() -> type[Client]:
+        return Client
+
+    def call(self, method: str, *args: Value, timeout: float | Default | None = DEFAULT, **kwargs: Value) -> Value:
+        """Call ``method`` remotely with ``args`` and ``kwargs``; its result. ``timeout``: DEFAULT is the
+        client's, None no limit."""
+        return self._answer(method, self._client.request([method, list(args), kwargs], timeout=timeout))
+
+    def methods(self, timeout: float | Default | None = DEFAULT) -> dict[str, dict[str, str]]:
+        """What the server offers: ``{name: {"signature": ..., "doc": ...}}``."""
+        listed: dict[str, dict[str, str]] = self.call(METHODS, timeout=timeout)
+        return listed
+
+    def wait_ready(self, timeout: float | None = 5.0) -> list[str]:
+        """Wait until a server is ready (or ``timeout``); the endpoints that are (see Client.wait_ready)."""
+        return self._client.wait_ready(timeout)
 
     def __enter__(self) -> RpcClient:
         return self
@@ -218,18 +325,43 @@ class RpcClient:
         self.close()
 
 
-class AsyncRpcClient(RpcClient):
-    """The asyncio RpcClient (``zmqkit.asyncio.RpcClient``): ``await client.api.resize(img, 128)``."""
+class AsyncRpcClient(RpcCaller):
+    """The asyncio RpcClient (``zmqkit.asyncio.RpcClient``): ``await client.api.resize(img, 128)``.
 
-    _client_class = AsyncClient
+    A cancelled call is forgotten by the client; the server that has it still runs it.
+    """
 
-    async def call(self, method: str, *args: Any, timeout: float | None = None, **kwargs: Any) -> Any:
-        """Call ``method`` remotely; await its result."""
-        reply = await self._client.request([method, list(args), kwargs], timeout=timeout)  # type: ignore[attr-defined]
-        return self._answer(method, reply)
+    _client: AsyncClient
+
+    def _setup(self) -> None:
+        self.api = _AsyncApi(self.call)
+
+    @staticmethod
+    def _client_class() -> type[AsyncClient]:
+        return AsyncClient
+
+    async def call(
+        self, method: str, *args: Value, timeout: float | Default | None = DEFAULT, **kwargs: Value
+    ) -> Value:
+        """Call ``method`` remotely with ``args`` and ``kwargs``; await its result. ``timeout``: DEFAULT is the
+        client's, None no limit."""
+        return self._answer(method, await self._client.request([method, list(args), kwargs], timeout=timeout))
+
+    async def methods(self, timeout: float | Default | None = DEFAULT) -> dict[str, dict[str, str]]:
+        """What the server offers: ``{name: {"signature": ..., "doc": ...}}``."""
+        listed: dict[str, dict[str, str]] = await self.call(METHODS, timeout=timeout)
+        return listed
+
+    async def wait_ready(self, timeout: float | None = 5.0) -> list[str]:
+        """Wait until a server is ready (or ``timeout``); the endpoints that are (see Client.wait_ready)."""
+        return await self._client.wait_ready(timeout)
+
+    async def aclose(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
+        """Close; with ``drain``, first let the calls in flight finish (up to ``timeout``)."""
+        await self._client.aclose(drain=drain, timeout=timeout)
 
     async def __aenter__(self) -> AsyncRpcClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self.close()
+        await self.aclose()

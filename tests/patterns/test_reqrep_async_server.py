@@ -55,6 +55,7 @@ async def test_async_server_leaves_under_load_without_a_failed_call() -> None:
     servers = [await zasync.Server(LOCAL, handler, concurrency=20).start() for _ in range(2)]
     try:
         done = 0
+        hundred = asyncio.Event()
         async with zasync.Client([s.endpoints[0] for s in servers], timeout=10) as client:
 
             async def lane(k: int) -> None:
@@ -62,10 +63,11 @@ async def test_async_server_leaves_under_load_without_a_failed_call() -> None:
                 for i in range(40):
                     assert await client.request(b"%d-%d" % (k, i)) == b"%d-%d" % (k, i)
                     done += 1
+                    if done == 100:
+                        hundred.set()
 
             lanes = asyncio.gather(*(lane(k) for k in range(10)))
-            while done < 100:
-                await asyncio.sleep(0.005)
+            await asyncio.wait_for(hundred.wait(), 10)
             assert await servers[0].leave(10) is True
             await lanes
         assert done == 400

@@ -13,6 +13,7 @@ import pytest
 import zmqkit.asyncio as zasync
 from zmqkit import ConfigurationError, Unavailable
 from zmqkit.patterns import RpcServer, Server
+from zmqkit.testing import wait_until
 
 LOCAL = "tcp://127.0.0.1:0"
 
@@ -115,11 +116,8 @@ def test_a_call_left_on_a_stopped_loop_fails_there_and_the_new_loop_is_served() 
         try:
             held = old.create_task(client.request(b"held"))
 
-            async def until_held() -> None:
-                while not server.stats()["held"]:
-                    await asyncio.sleep(0.01)
-
-            old.run_until_complete(asyncio.wait_for(until_held(), 10))  # stopped, not closed, with a call waiting
+            held_now = asyncio.to_thread(wait_until, lambda: server.stats()["held"], 10, "the server to hold the call")
+            old.run_until_complete(held_now)  # stopped, not closed, with a call waiting
             release.set()
 
             async def ask() -> Any:

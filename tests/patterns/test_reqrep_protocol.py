@@ -162,7 +162,7 @@ def test_unreachable_server_hands_its_requests_to_another_at_once() -> None:
     assert len(proto.pending) == len(rids)
 
 
-def test_a_reply_straight_after_submit_finishes_without_bookkeeping() -> None:
+def test_a_reply_finishes_the_request_and_leaves_no_timer_that_matters() -> None:
     clock = Clock()
     proto = make(clock, retries=1)
     ready(proto, A)
@@ -170,29 +170,26 @@ def test_a_reply_straight_after_submit_finishes_without_bookkeeping() -> None:
     clock.now += 1.0
     proto.tick()  # nothing left to probe
     rid = proto.submit(0, b"x", timeout=4.0)
-    [(to, _msg)] = proto.outbox
-    proto.outbox.clear()
-    assert proto.sent_now(rid) == (to, 103.0)  # the first of two attempts: half the timeout
-    assert proto.sent_now(b"other") is None
-    for wrong in (message(REPLY, 2, 0, rid), message(REPLY, 1, 0, b"x" * 16), message(REJECT, 1, 0, rid, b"busy")):
-        assert proto.quick_reply(rid, wrong) is None
-    assert proto.quick_reply(rid, message(REPLY, 1, 1, rid, b"caf\xc3\xa9")) == (True, "café")
-    assert proto.pending == {} and proto.peers[to].in_flight == 0 and proto.sent_now(rid) is None
-    assert proto.next_deadline() == float("inf")  # no attempt timer was left behind
+    [(to, *_)] = sent(proto)
+    assert proto.next_deadline() == 103.0  # the first of two attempts: half the timeout
+    proto.on_message(to, message(REPLY, 1, 1, rid, b"caf\xc3\xa9"))
+    assert proto.completed == [(rid, (True, "café"))]
+    assert proto.pending == {} and proto.peers[to].in_flight == 0
+    assert proto.next_deadline() == float("inf")  # the finished request's timer does not wake anyone
 
 
-def test_any_other_call_books_a_request_sent_straight_away() -> None:
+def test_a_request_with_no_limit_is_never_timed_out() -> None:
     clock = Clock()
-    proto = make(clock)
+    proto = make(clock, retries=1)
     ready(proto, A)
     ready(proto, B)
     clock.now += 1.0
-    proto.tick()  # nothing left to probe
-    rid = proto.submit(0, b"x", timeout=3.0)
+    proto.tick()
+    rid = proto.submit(0, b"x", timeout=None)
     [(to, *_)] = sent(proto)
-    assert proto.next_deadline() == 102.0  # booked: its first attempt's timer (a third of the timeout)
-    assert proto.sent_now(rid) is None and rid in proto.pending
-    assert proto.quick_reply(rid, message(REPLY, 1, 0, rid, b"ok")) is None
+    clock.now += 1e9
+    proto.tick()
+    assert proto.completed == [] and rid in proto.pending
     answer(proto, to, 1, rid)
     assert proto.completed == [(rid, (True, b"ok"))]
 
