@@ -159,8 +159,18 @@ class Producer(_Driven, ProducerCore):
 
     async def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
         """Accept every one of ``objs``, in order; return their ids (0s without acks)."""
+        timeout = check_timeout(timeout, allow_zero=True)
         self._started()
-        return await self._run(self._send_many(objs, timeout))
+        if self.protocol is None:
+            return await self._run(self._push_many(objs, timeout))
+        packed = self._pack_all(objs)
+        ids: list[int] = []
+        while not self._offer(packed, ids):
+            if not await self._wait(Wait(self._room, timeout)):
+                raise self._still_full(timeout)
+        if self._wake_wanted():
+            await self._wake_tx.send(b"")
+        return ids
 
     async def results(self, timeout: float | None = None) -> AsyncIterator[Result]:
         """Yield results as handlers return them; stop when none came for ``timeout`` seconds (None: no limit)."""

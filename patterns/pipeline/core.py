@@ -238,38 +238,52 @@ class ProducerCore:
 
     # -- sending
 
-    def _send_many(self, objs: Iterable[Any], timeout: float | None) -> Steps[list[int]]:
-        """Accept every one of ``objs`` in order (waiting for room, or refusing, as ``on_full`` says)."""
-        timeout = check_timeout(timeout, allow_zero=True)
+    def _pack_all(self, objs: Iterable[Any]) -> list[tuple[int, bytes]]:
+        pack, raw = self._codec.pack, self._raw_bytes
+        return [(0, obj) if raw and type(obj) is bytes else pack(obj) for obj in objs]
+
+    def _offer(self, packed: list[tuple[int, bytes]], ids: list[int]) -> bool:
+        """Accept what fits of ``packed`` after the first ``len(ids)``, appending their ids; True when all are
+        in, False when the rest must wait for room (:meth:`_room`). Raises Closed, or Unavailable when full
+        with ``on_full="raise"``. The runner holds the lock."""
         if self._closed:
             raise self._closed_error()
-        proto = self.protocol
-        if proto is None:
-            count = 0
-            for obj in objs:
-                yield from self._push(encode_message(*self._codec.pack(obj)), timeout)
-                count += 1
-            return [0] * count
-        pack, raw = self._codec.pack, self._raw_bytes
-        packed = [(0, obj) if raw and type(obj) is bytes else pack(obj) for obj in objs]
-        ids: list[int] = []
-        while True:
-            while len(ids) < len(packed) and not proto.full():
-                ids.append(proto.accept(*packed[len(ids)]))
-            if len(ids) == len(packed):
-                break
-            if self.on_full == "raise":
-                raise Unavailable(
-                    f"pipeline queue full ({proto.max_queued} waiting) on {self.endpoint}: start workers or send later"
-                )
-            if not (yield Wait(lambda: not proto.full() or self._closed, timeout)):
-                raise RequestTimeout(f"pipeline queue still full after {timeout}s on {self.endpoint}")
-            if self._closed:
-                raise self._closed_error()
-        if proto.hungry and not self._woken:  # else the I/O loop dispatches when acks return credit
-            self._woken = True
-            yield WAKE
-        return ids
+        proto = self._proto()
+        accept, full, want = proto.accept, proto.full, len(packed)
+        while len(ids) < want and not full():
+            ids.append(accept(*packed[len(ids)]))
+        if len(ids) == want:
+            return True
+        if self.on_full == "raise":
+            raise Unavailable(
+                f"pipeline queue full ({proto.max_queued} waiting) on {self.endpoint}: start workers or send later"
+            )
+        return False
+
+    def _room(self) -> bool:
+        """What a sender waiting in :meth:`_offer` waits for."""
+        return self._closed or not self._proto().full()
+
+    def _still_full(self, timeout: float | None) -> RequestTimeout:
+        return RequestTimeout(f"pipeline queue still full after {timeout}s on {self.endpoint}")
+
+    def _wake_wanted(self) -> bool:
+        """After accepting: whether the I/O loop must be woken (workers wait for work; else it dispatches
+        when acks return credit). The runner holds the lock."""
+        if self._woken or not self._proto().hungry:
+            return False
+        self._woken = True
+        return True
+
+    def _push_many(self, objs: Iterable[Any], timeout: float | None) -> Steps[list[int]]:
+        """Send every one of ``objs`` fire-and-forget (waiting for room, or refusing, as ``on_full`` says)."""
+        if self._closed:
+            raise self._closed_error()
+        count = 0
+        for obj in objs:
+            yield from self._push(encode_message(*self._codec.pack(obj)), timeout)
+            count += 1
+        return [0] * count
 
     def _push(self, frame: bytes, timeout: float | None) -> Steps[None]:
         """Send one fire-and-forget frame: wait for a worker to take it, or refuse, as ``on_full`` says."""
@@ -316,6 +330,8 @@ class ProducerCore:
         """Wait until every accepted message is acknowledged or dead."""
         timeout = check_timeout(timeout, allow_zero=True)
         proto = self._proto()
+        if self._closed:
+            raise self._closed_error()
         if not (yield Wait(lambda: proto.idle() or self._closed, timeout)):
             raise RequestTimeout(
                 f"{len(proto.messages)} message(s) still unfinished after {timeout}s on {self.endpoint}"

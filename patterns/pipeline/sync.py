@@ -57,11 +57,19 @@ def _recv_ready(sock: Any) -> list[list[bytes]]:
     return into
 
 
-def _blocking(action: Action, run: Callable[[Run], None] | None) -> Any:
-    """Perform an action that may wait (the caller let go of the lock)."""
-    if isinstance(action, Send):  # a blocking one
-        action.sock.send_multipart(action.frames)
-        return True
+def _perform(action: Action, run: Callable[[Run], None] | None) -> Any:
+    """Perform a socket action, or run handlers."""
+    if isinstance(action, Send):
+        if action.block:
+            action.sock.send_multipart(action.frames)
+            return True
+        try:
+            action.sock.send_multipart(action.frames, NOBLOCK)
+            return True
+        except zmq.ZMQError:  # Again: no peer or pipe full; EHOSTUNREACH: the peer left
+            return False
+    if isinstance(action, Recv):
+        return _recv_ready(action.sock)
     if isinstance(action, Poll):
         return zmq.zmq_poll(action.items, action.ms)
     if isinstance(action, Writable):
@@ -74,41 +82,34 @@ def _drive(
     steps: Steps[T],
     cond: threading.Condition,
     *,
-    poll_unlocked: bool = True,
+    io_unlocked: bool = True,
     wake: Callable[[], object] | None = None,
     run: Callable[[Run], None] | None = None,
 ) -> T:
     """Perform the actions of ``steps`` and return its value. The logic runs holding ``cond``'s lock, let go
-    while waiting (Wait, Writable, a blocking Send, and Poll if ``poll_unlocked``) and while handlers run."""
+    while waiting (Wait, Writable, a blocking Send), while handlers run, and, with ``io_unlocked``, during
+    every socket call (Poll, Recv, Send)."""
     result: Any = None
     with cond:
         try:
             while True:
                 action = steps.send(result)
                 kind = type(action)
-                if kind is Send and not action.block:  # type: ignore[union-attr]
-                    try:
-                        action.sock.send_multipart(action.frames, NOBLOCK)  # type: ignore[union-attr]
-                        result = True
-                    except zmq.ZMQError:  # Again: no peer or pipe full; EHOSTUNREACH: the peer left
-                        result = False
-                elif kind is Recv:
-                    result = _recv_ready(action.sock)  # type: ignore[union-attr]
-                elif kind is Wait:
+                if kind is Wait:
                     result = cond.wait_for(action.ready, action.timeout)  # type: ignore[union-attr]
                 elif kind is Notify:
                     cond.notify_all()
                 elif kind is Wake:
                     assert wake is not None
                     result = wake()
-                elif kind is Poll and not poll_unlocked:
-                    result = zmq.zmq_poll(action.items, action.ms)  # type: ignore[union-attr]
-                else:
+                elif io_unlocked or kind is Run or kind is Writable or (kind is Send and action.block):  # type: ignore[union-attr]
                     cond.release()
                     try:
-                        result = _blocking(action, run)
+                        result = _perform(action, run)
                     finally:
                         cond.acquire()
+                else:
+                    result = _perform(action, run)
         except StopIteration as stop:
             return stop.value
 
@@ -156,16 +157,34 @@ class Producer(ProducerCore):
         (RequestTimeout after ``timeout`` seconds; None: no limit), or raises Unavailable at once with
         ``on_full="raise"``."""
         if self._bare and timeout is None and type(obj) is bytes and obj[:4] != HDR:
-            send_frame(self._sock, obj)
+            send_frame(self._sock, obj)  # the fast path
             return 0
-        return self._run(self._send_many((obj,), timeout))[0]
+        return self.send_many((obj,), timeout)[0]
 
     def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
         """Accept every one of ``objs``, in order; return their ids (0s without acks). Cheaper per message
         than :meth:`send`: one lock and one wake-up per batch. Backpressure as for :meth:`send`."""
-        if self._bare and timeout is None:
-            return [self.send(obj) for obj in objs]
-        return self._run(self._send_many(objs, timeout))
+        timeout = check_timeout(timeout, allow_zero=True)
+        if self.protocol is None:
+            if self._bare and timeout is None:
+                sock, count = self._sock, 0
+                for obj in objs:
+                    if type(obj) is bytes and obj[:4] != HDR:
+                        send_frame(sock, obj)  # the fast path
+                    else:
+                        self._run(self._push_many((obj,), None))
+                    count += 1
+                return [0] * count
+            return self._run(self._push_many(objs, timeout))
+        packed, cond = self._pack_all(objs), self._cond
+        ids: list[int] = []
+        with cond:
+            while not self._offer(packed, ids):
+                if not cond.wait_for(self._room, timeout):
+                    raise self._still_full(timeout)
+            if self._wake_wanted():
+                self._wake()
+        return ids
 
     def results(self, timeout: float | None = None) -> Iterator[Result]:
         """Yield results as handlers return them; stop when none came for ``timeout`` seconds (None: no limit)."""
@@ -272,11 +291,11 @@ class Worker(WorkerCore):
         while not self._stop.wait(self.heartbeat / 2):
             for lane, cond in zip(self.lanes, self._conds, strict=True):
                 if time.monotonic() - lane.last_hb >= self.heartbeat:
-                    _drive(self._beat(lane), cond)
+                    _drive(self._beat(lane), cond, io_unlocked=False)
 
     def _lane_acked(self, index: int) -> None:
-        # The poll keeps the lane's lock: the heartbeat thread must not send on a socket being polled.
-        _drive(self._lane(self.lanes[index]), self._conds[index], poll_unlocked=False, run=self._run_tasks)
+        # Socket calls keep the lane's lock: the heartbeat thread sends on these sockets too.
+        _drive(self._lane(self.lanes[index]), self._conds[index], io_unlocked=False, run=self._run_tasks)
 
     def _run_tasks(self, run: Run) -> None:
         """Run a batch of tasks through the handler, recording each outcome (plain acks in one go)."""
