@@ -23,24 +23,8 @@ from zmqkit.checks import check_timeout, to_ms
 from zmqkit.errors import RequestTimeout
 from zmqkit.sockets import NOBLOCK
 
-from .core import (
-    DRAIN,
-    MALFORMED,
-    Lane,
-    Notify,
-    Poll,
-    ProducerCore,
-    Recv,
-    Run,
-    Send,
-    SinkCore,
-    Steps,
-    T,
-    Wait,
-    Wake,
-    WorkerCore,
-    Writable,
-)
+from .actions import Notify, Poll, Recv, Run, Send, Steps, T, Wait, Wake, Writable
+from .core import DRAIN, MALFORMED, Lane, ProducerCore, SinkCore, WorkerCore
 from .protocol import Result, Task, WorkerProtocol
 
 __all__ = ["Producer", "Worker", "Sink"]

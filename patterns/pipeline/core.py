@@ -1,9 +1,8 @@
 """The pipeline's runner logic, written once: arguments, sockets, sending, the producer's I/O loop, a worker
 lane's loop and its stop rule.
 
-Each piece of logic that waits or does I/O is a generator that yields an action (:class:`Send`,
-:class:`Writable`, :class:`Poll`, :class:`Recv`, :class:`Wait`, :class:`Run`, :data:`WAKE`, :data:`NOTIFY`)
-and gets its outcome back; the blocking runner (``sync.py``) and the asyncio runner (``aio.py``) only perform
+Each piece of logic that waits or does I/O is a generator that yields an action (actions.py) and gets its
+outcome back; the blocking runner (``sync.py``) and the asyncio runner (``aio.py``) only perform
 those actions. The frames and state machines themselves are in ``protocol.py``.
 """
 
@@ -14,8 +13,8 @@ import random as _random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import zmq
 
@@ -27,6 +26,7 @@ from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from zmqkit.sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
 from zmqkit.sockets import connect as _connect
 
+from .actions import NOTIFY, WAKE, Poll, Recv, Run, Send, Steps, Wait, Writable
 from .protocol import (
     PICKLE_REFUSED,
     Backoff,
@@ -47,91 +47,16 @@ from .spool import Spool
 __all__ = [
     "DRAIN",
     "MALFORMED",
-    "NOTIFY",
-    "WAKE",
-    "Action",
     "Lane",
-    "Notify",
-    "Poll",
     "ProducerCore",
-    "Recv",
-    "Run",
-    "Send",
     "SinkCore",
-    "Steps",
-    "Wait",
-    "Wake",
     "WorkerCore",
-    "Writable",
 ]
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
 DRAIN = 256  # messages taken from a socket per wake-up before other work gets a turn
 MALFORMED = object()  # what decoding a malformed fire-and-forget frame gives
 POLLIN, POLLOUT = int(zmq.POLLIN), int(zmq.POLLOUT)
-
-
-# -- actions: what the logic asks a runner to do ------------------------------------------------------------
-
-
-class Send(NamedTuple):
-    """Send ``frames``; the outcome is False when not sent (no peer, pipe full, peer gone). ``block``: wait
-    for room (for ever) instead."""
-
-    sock: Any
-    frames: list[bytes]
-    block: bool = False
-
-
-class Writable(NamedTuple):
-    """Wait until ``sock`` takes a message, up to ``timeout`` seconds (None: no limit); outcome: whether it does."""
-
-    sock: Any
-    timeout: float | None
-
-
-class Poll(NamedTuple):
-    """Poll ``items`` (socket, events) for ``ms`` milliseconds; outcome: the (socket, events) that are ready."""
-
-    items: list[tuple[Any, int]]
-    ms: int
-
-
-class Recv(NamedTuple):
-    """Receive what is queued on ``sock`` (at most :data:`DRAIN` messages); outcome: the list of messages."""
-
-    sock: Any
-
-
-class Wait(NamedTuple):
-    """Wait until ``ready()`` (rechecked on every :data:`NOTIFY`), up to ``timeout``; outcome: whether it is."""
-
-    ready: Callable[[], object]
-    timeout: float | None
-
-
-class Run(NamedTuple):
-    """Run ``tasks`` from ``sock`` through the handler, recording each outcome in ``proto``."""
-
-    lane: Lane
-    sock: Any
-    proto: WorkerProtocol
-    tasks: list[Task]
-
-
-class Wake(NamedTuple):
-    """Wake the producer's I/O loop (accepted work or a resubmitted letter waits)."""
-
-
-class Notify(NamedTuple):
-    """Tell every :class:`Wait` to look again (the producer's state changed)."""
-
-
-WAKE = Wake()
-NOTIFY = Notify()
-Action = Send | Writable | Poll | Recv | Wait | Run | Wake | Notify
-Steps = Generator[Action, Any, T]  # a piece of logic; a runner performs its actions and returns its value
 
 
 def endpoints_of(bind: str | Sequence[str] | None, connect: str | Sequence[str] | None) -> tuple[list[str], list[str]]:
@@ -246,12 +171,12 @@ class ProducerCore:
         """Accept what fits of ``packed`` after the first ``len(ids)``, appending their ids; True when all are
         in, False when the rest must wait for room (:meth:`_room`). Raises Closed, or Unavailable when full
         with ``on_full="raise"``. The runner holds the lock."""
-        if self._closed:
+        proto = self.protocol
+        if self._closed or proto is None:
             raise self._closed_error()
-        proto = self._proto()
-        accept, full, want = proto.accept, proto.full, len(packed)
-        while len(ids) < want and not full():
-            ids.append(accept(*packed[len(ids)]))
+        want = len(packed)
+        while len(ids) < want and proto.queued < proto.max_queued:
+            ids.append(proto.accept(*packed[len(ids)]))
         if len(ids) == want:
             return True
         if self.on_full == "raise":
@@ -270,7 +195,7 @@ class ProducerCore:
     def _wake_wanted(self) -> bool:
         """After accepting: whether the I/O loop must be woken (workers wait for work; else it dispatches
         when acks return credit). The runner holds the lock."""
-        if self._woken or not self._proto().hungry:
+        if self._woken or not self.protocol or not self.protocol.hungry:
             return False
         self._woken = True
         return True

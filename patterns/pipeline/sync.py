@@ -21,24 +21,8 @@ from zmqkit.checks import check_timeout, to_ms
 from zmqkit.errors import ConfigurationError
 from zmqkit.sockets import NOBLOCK, has_input, send_frame
 
-from .core import (
-    DRAIN,
-    MALFORMED,
-    Action,
-    Notify,
-    Poll,
-    ProducerCore,
-    Recv,
-    Run,
-    Send,
-    SinkCore,
-    Steps,
-    T,
-    Wait,
-    Wake,
-    WorkerCore,
-    Writable,
-)
+from .actions import Action, Notify, Poll, Recv, Run, Send, Steps, T, Wait, Wake, Writable
+from .core import DRAIN, MALFORMED, ProducerCore, SinkCore, WorkerCore
 from .protocol import HDR, Backoff, DeadLetter, Refused, Result, Retry
 
 __all__ = ["Producer", "Worker", "Sink", "Retry", "Backoff", "DeadLetter", "Refused", "Result"]
@@ -176,11 +160,11 @@ class Producer(ProducerCore):
                     count += 1
                 return [0] * count
             return self._run(self._push_many(objs, timeout))
-        packed, cond = self._pack_all(objs), self._cond
+        packed = self._pack_all(objs)
         ids: list[int] = []
-        with cond:
+        with self._lock:  # the condition's own lock: waiting only when full
             while not self._offer(packed, ids):
-                if not cond.wait_for(self._room, timeout):
+                if not self._cond.wait_for(self._room, timeout):
                     raise self._still_full(timeout)
             if self._wake_wanted():
                 self._wake()
@@ -320,6 +304,7 @@ class Worker(WorkerCore):
         while not self._stop.is_set():
             if not sock.poll(100):
                 continue
+            done = 0
             try:
                 for _ in range(DRAIN):  # then look at the stop flag again
                     value = recv(NOBLOCK)
@@ -328,12 +313,17 @@ class Worker(WorkerCore):
                         if value is MALFORMED:
                             continue
                     try:
-                        result, exc = handler(value), None
-                    except Exception as e:
-                        result, exc = None, e
-                    self._plain_outcome(lane, result, exc)
+                        result = handler(value)
+                    except Exception as exc:
+                        self._plain_outcome(lane, None, exc)
+                        continue
+                    if result is None:
+                        done += 1  # counted once per wake-up: this loop runs once per message
+                    else:
+                        self._plain_outcome(lane, result, None)
             except zmq.Again:
                 pass
+            lane.processed += done
 
 
 class Sink(SinkCore):
