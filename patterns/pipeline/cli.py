@@ -45,8 +45,8 @@ __all__ = ["push", "pull", "worker", "bench_pipeline"]
 def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeout: float, curve: CurveFlags) -> None:
     """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters."""
     lines = [line.rstrip("\n") for line in sys.stdin] if message == "-" else [message]
-    where = {"bind": endpoint} if bind else {"connect": endpoint}
-    with Producer(**where, acks=acks, codec=codec, curve=curve.for_side(serving=bind)) as producer:
+    binds, connects = (endpoint, None) if bind else (None, endpoint)
+    with Producer(binds, connects, acks=acks, codec=codec, curve=curve.for_side(serving=bind)) as producer:
         if bind:
             click.echo(f"producer on {producer.endpoint}", err=True)
         for line in lines:
@@ -101,13 +101,14 @@ def pull(
         if count and seen >= count:
             done.set()
 
-    where = {"bind": endpoint} if bind else {"connect": endpoint}
+    binds, connects = (endpoint, None) if bind else (None, endpoint)
     # A pull usually waits for a producer that is not up yet: retry the connection every 100 ms instead of
     # backing off to 2 s, so a `zmqkit push` started later is served at once (the Worker greets it on connect).
     options = SocketOptions(reconnect_ivl_max_ms=0)
     worker = Worker(
         show,
-        **where,
+        connect=connects,
+        bind=binds,
         acks=acks,
         credit=1,
         allow_pickle=allow_pickle,
@@ -207,8 +208,8 @@ class _Count:
 
 def _producer_proc(endpoint: str, n: int, size: int, acks: bool, many: bool) -> None:
     body = b"x" * size
-    where = {"bind": endpoint} if acks else {"connect": endpoint}
-    with Producer(**where, acks=acks, codec="bytes") as producer:
+    binds, connects = (endpoint, None) if acks else (None, endpoint)
+    with Producer(binds, connects, acks=acks, codec="bytes") as producer:
         if many:
             for start in range(0, n, 1000):
                 producer.send_many([body] * min(1000, n - start))

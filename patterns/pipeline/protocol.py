@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
+from zmqkit.checks import check_int, check_number
 from zmqkit.codecs import unpack
 from zmqkit.errors import ConfigurationError, ProtocolError
 from zmqkit.wire import ProtocolId, pack_u32, unpack_u32, unpack_u64
@@ -284,13 +285,12 @@ class ProducerProtocol:
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
-        _check_int("max_attempts", max_attempts, 1)
-        _check_int("max_queued", max_queued, 1)
-        _check_int("batch", batch, 1)
-        _check_int("max_results", max_results, 0)
-        _check_int("max_dead_letters", max_dead_letters, 0)
-        if not isinstance(worker_timeout, (int, float)) or worker_timeout <= 0:
-            raise ConfigurationError(f"bad worker_timeout {worker_timeout!r}: expected seconds > 0")
+        check_int("max_attempts", max_attempts, 1)
+        check_int("max_queued", max_queued, 1)
+        check_int("batch", batch, 1)
+        check_int("max_results", max_results, 0)
+        check_int("max_dead_letters", max_dead_letters, 0)
+        check_number("worker_timeout", worker_timeout, 0.0, above=True)
         self.max_attempts = max_attempts
         self.backoff = backoff if backoff is not None else Backoff()
         if not isinstance(self.backoff, Backoff):
@@ -495,8 +495,8 @@ class ProducerProtocol:
     def dead_page(self, offset: int = 0, limit: int = 100) -> list[tuple[int, int, bytes, int, str]]:
         """``(id, codec, payload, attempts, error)`` of at most ``limit`` dead letters after the first ``offset``,
         oldest first (undecoded: the caller decodes outside any lock)."""
-        _check_int("offset", offset, 0)
-        _check_int("limit", limit, 0)
+        check_int("offset", offset, 0)
+        check_int("limit", limit, 0)
         if self.spool is not None:
             return list(self.spool.dead_letters(offset, limit))
         page = itertools.islice(self.dead.values(), offset, offset + limit)
@@ -739,6 +739,12 @@ class WorkerProtocol:
         )
 
     @property
+    def finished(self) -> bool:
+        """A stopping worker is done with this producer: it answered BYE (or is gone), every task in hand
+        ran, and every outcome was handed out by :meth:`flush`."""
+        return self.closed and not self.held and not self.unflushed
+
+    @property
     def unflushed(self) -> int:
         """Outcomes recorded and not yet handed out by :meth:`flush`."""
         return len(self._acks) + len(self._results) // 2 + len(self._fails)
@@ -766,8 +772,3 @@ def _parse_tasks(blob: bytes) -> list[Task]:
         tasks.append(new(Task, (msg_id, attempt, codec, blob[pos : pos + length])))
         pos += length
     return tasks
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        raise ConfigurationError(f"bad {name} {value!r}: expected an integer >= {minimum}")

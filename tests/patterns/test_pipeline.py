@@ -7,7 +7,6 @@ import struct
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,18 +17,15 @@ from zmqkit import ConfigurationError, Curve, KeyPair, RequestTimeout, Unavailab
 from zmqkit.patterns import Backoff, Producer, Retry, Sink, Worker
 from zmqkit.patterns.pipeline.protocol import HDR
 from zmqkit.patterns.pipeline.spool import Spool
+from zmqkit.testing import wait_until
 from zmqkit.wire import pack_u32
 
 PROCS = Path(__file__).with_name("pipeline_procs.py")
 FAST = Backoff(base=0.01, factor=2, maximum=0.05, jitter=0.5)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        threading.Event().wait(0.01)
+def wait_for(cond: Callable[[], object], timeout: float = 10.0) -> None:
+    wait_until(cond, timeout, "the producer's stats to reach the expected state")
 
 
 @pytest.mark.timeout(30)
@@ -238,7 +234,9 @@ def test_concurrency_runs_handlers_in_parallel() -> None:
         worker.start()
         for i in range(8):
             producer.send(i)
-        producer.join(timeout=20)  # 4 handlers meet at the barrier: only possible if they run at once
+        producer.join(timeout=20)
+        # 4 handlers meet at the barrier, only possible if they run at once; else it breaks and they fail.
+        assert worker.failed == 0 and worker.processed == 8 and producer.stats()["dead"] == 0
 
 
 @pytest.mark.timeout(30)
@@ -286,6 +284,7 @@ def test_poison_message_is_dead_lettered_after_repeated_worker_deaths() -> None:
         producer.send("poison")
         deaths = 0
         while producer.stats()["dead"] == 0:
+            assert deaths < 3, f"still not dead after {deaths} worker deaths: {producer.stats()}"
             proc = subprocess.Popen([sys.executable, str(PROCS), "worker", producer.endpoint, "1"])
             try:
                 assert proc.wait(30) == 3

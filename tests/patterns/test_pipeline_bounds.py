@@ -6,10 +6,8 @@ import gc
 import logging
 import os
 import pickle
-import threading
 import time
 import tracemalloc
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,15 +16,8 @@ from zmqkit import ConfigurationError
 from zmqkit.patterns import Producer, Worker
 from zmqkit.patterns.pipeline.protocol import HDR, PICKLE_REFUSED, ProducerProtocol, Refused
 from zmqkit.patterns.pipeline.spool import Spool
+from zmqkit.testing import wait_until
 from zmqkit.wire import pack_u32
-
-
-def wait_until(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        threading.Event().wait(0.01)
 
 
 class _Marker:
