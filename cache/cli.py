@@ -8,7 +8,7 @@ zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -17,6 +17,7 @@ from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable, ZmqkitError
 
 from .client import CacheClient
+from .core import Value
 from .node import CacheNode
 
 __all__ = ["cache", "DEFAULT_BIND", "node_endpoints"]
@@ -120,7 +121,7 @@ def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
       3  no node answered (unreachable, or timed out)
       4  any other error (authentication refused, bad key, refused by a node)
     """
-    missing = object()
+    missing: Value = cast("Value", object())
     try:
         with _client(nodes, timeout, curve) as client:
             value = client.get(key, missing)

@@ -58,7 +58,7 @@ def test_bad_client_arguments() -> None:
         CacheClient(["nope"])
     with pytest.raises(ConfigurationError, match="bad replicas 3"):
         CacheClient(["tcp://127.0.0.1:5555"], replicas=3)
-    with pytest.raises(ConfigurationError, match="bad timeout 0"):
+    with pytest.raises(ConfigurationError, match="bad timeout=0"):
         CacheClient(["tcp://127.0.0.1:5555"], timeout=0)
     with pytest.raises(ConfigurationError, match="unknown codec 'yaml'"):
         CacheClient(["tcp://127.0.0.1:5555"], codec="yaml")
