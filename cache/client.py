@@ -34,7 +34,7 @@ from zmqkit.sockets import (
     set_recv_timeout,
 )
 
-from .actions import Batch, Call, Reply, Sleep, advance, parse_reply
+from .actions import Batch, Call, Compute, Reply, Sleep, advance, parse_reply
 from .core import REQ_RID, Blocking, ClientCore, Timeout, Value
 from .keys import Key
 from .protocol import HEAD, HEADER
@@ -150,19 +150,19 @@ class CacheClient(ClientCore, Blocking, MutableMapping[Key, Value]):  # type: ig
         return self._run(self._get(key, default, timeout, (node, reply)))
 
     def _run(self, op: Generator[Any, Any, T]) -> T:
-        value: Any = None
-        error: Exception | None = None
-        while True:
-            done, action = advance(op, value, error)
-            if done:
-                return cast(T, action)
-            value, error = None, None
-            if type(action) is Batch:
-                value = self._io(action)
-            elif type(action) is Sleep:
-                time.sleep(action.seconds)
-            else:  # Compute: the memoized function
-                value, error = action.run()
+        step = advance(op, None, None)
+        while not step[0]:
+            step = advance(op, *self._perform(step[1]))
+        return cast(T, step[1])
+
+    def _perform(self, action: Batch | Sleep | Compute) -> tuple[Any, Exception | None]:
+        """Do what the command asked: ``(outcome, None)``, or ``(None, the error)`` to throw into it."""
+        if isinstance(action, Batch):
+            return self._io(action), None
+        if isinstance(action, Sleep):
+            time.sleep(action.seconds)
+            return None, None
+        return action.run()  # Compute: the memoized function
 
     def _io(self, batch: Batch) -> dict[bytes, Reply]:
         """Send every call, then gather replies until all are in or the batch's timeout passes."""
