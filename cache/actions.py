@@ -47,11 +47,12 @@ class Call:
 
 
 class Batch:
-    """Send every call at once, then wait up to ``timeout`` s; the runner answers ``{rid: Reply}``."""
+    """Send every call at once, then wait up to ``timeout`` s (None: no limit); the runner answers
+    ``{rid: Reply}``."""
 
     __slots__ = ("calls", "timeout")
 
-    def __init__(self, calls: list[Call], timeout: float) -> None:
+    def __init__(self, calls: list[Call], timeout: float | None) -> None:
         self.calls = calls
         self.timeout = timeout
 

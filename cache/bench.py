@@ -58,7 +58,7 @@ def _mean_seconds(fn: Any, n: int) -> float:
 async def _pipelined(endpoints: list[str], keys: list[str], rounds: int, tasks: int = 0) -> float:
     """Gets/s from one process: ``tasks`` long-lived tasks each getting its share of ``keys`` one after another
     (how an asyncio server's handlers use a cache), or with ``tasks=0`` one ``gather`` of every key per round."""
-    from zmqkit.asyncio import CacheClient as AsyncCacheClient
+    from .aio import AsyncCacheClient
 
     async with AsyncCacheClient(endpoints) as client:
         await client.get_many(keys)

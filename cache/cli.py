@@ -13,7 +13,7 @@ import json
 import sys
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, cast
 
 import click
 
@@ -32,6 +32,7 @@ from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError, RequestTimeout, Unavailable, ZmqkitError
 
 from .client import CacheClient
+from .core import Value
 from .node import CacheNode
 
 __all__ = ["cache", "DEFAULT_BIND", "node_endpoints"]
@@ -193,7 +194,7 @@ def _stored_value(fn: Callable[..., Any]) -> Callable[..., Any]:
 @_with_codes
 def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Print the value of KEY."""
-    missing = object()
+    missing: Value = cast("Value", object())
     with _calling(nodes, timeout, curve) as client:
         value = client.get(key, missing)
     if value is missing:

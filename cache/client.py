@@ -15,13 +15,14 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, MutableMapping
+from collections.abc import Generator, Iterator, MutableMapping
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import zmq
 
-from zmqkit.errors import AuthenticationFailed
+from zmqkit.checks import to_ms
+from zmqkit.errors import AuthenticationFailed, Closed
 from zmqkit.handshake import HandshakeWatch, refusal, wait_writable
 from zmqkit.sockets import (
     NOBLOCK,
@@ -33,20 +34,18 @@ from zmqkit.sockets import (
     set_recv_timeout,
 )
 
-from .actions import Batch, Call, Op, Reply, Sleep, advance, first_reply, parse_reply
-from .core import REQ_RID, RESUME, ClientCore, map_op
-from .protocol import HEAD, HEADER, NOT_FOUND_BYTE, OK_BYTE, encode_request
+from .actions import Batch, Call, Compute, Reply, Sleep, advance, parse_reply
+from .core import REQ_RID, Blocking, ClientCore, Timeout, Value
+from .keys import Key
+from .protocol import HEAD, HEADER
 
 __all__ = ["CacheClient"]
 
+T = TypeVar("T")
 _RID = len(HEADER)  # the request id's offset in a reply
-_BYTES_HIT = HEADER + REQ_RID + OK_BYTE + b"\x00"  # a get's reply up to its value, when that is bytes (codec 0)
-_BYTES_AT = len(_BYTES_HIT)
-_MISS_REPLY = HEADER + REQ_RID + NOT_FOUND_BYTE
-_HIT_REPLY = HEADER + REQ_RID + OK_BYTE  # a get's reply up to its value
-_VALUE_AT = len(_HIT_REPLY)
+_FOREVER_MS = 2**31 - 1  # a wait for a connection with no limit (libzmq's poll takes ms in an int)
 
-_MISSING = object()
+_MISSING: Value = cast("Value", object())  # a default that no stored value is
 _clients: weakref.WeakValueDictionary[int, CacheClient] = weakref.WeakValueDictionary()  # (a Mapping: unhashable)
 
 
@@ -89,11 +88,12 @@ class _ThreadSockets:
             sock.close(linger=0)
 
 
-class CacheClient(ClientCore, MutableMapping[Any, Any]):
+# (MutableMapping.get's type is narrower than ClientCore.get's: the same call at run time, ClientCore's wins)
+class CacheClient(ClientCore, Blocking, MutableMapping[Key, Value]):  # type: ignore[misc]
     """A sharded cache client over nodes at ``endpoints`` (a list, a comma-separated string, or
     ``{endpoint: weight}``); blocking calls, safe to share between threads.
 
-    ``timeout`` is per attempt; a node that misses ``retries + 1`` answers in a row is skipped for
+    ``timeout`` is per attempt (None: no limit); a node that misses ``retries + 1`` answers in a row is skipped for
     ``dead_timeout`` seconds (on ``clock``). ``replicas=N`` writes every key to N nodes.
     ``codec="auto+pickle"`` lets values JSON cannot carry travel as pickle (trusted nodes only).
     ``max_item=None`` lets each node's own max item size decide (a bigger value raises ``TooLarge``); a size also
@@ -105,7 +105,6 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._lock = threading.Lock()  # guards the list of every thread's sockets
         self._all: list[_ThreadSockets] = []
         self._closed = False
-        self._get_ms = _wait_ms(self.timeout)  # the RCVTIMEO a get needs: its REQ must have it already
         _clients[id(self)] = self
 
     def __repr__(self) -> str:
@@ -127,7 +126,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             pass
         with self._lock:
             if self._closed:
-                raise RuntimeError("CacheClient is closed")
+                raise Closed(f"CacheClient for {self.endpoints!r} is closed")
             state = _ThreadSockets(self.endpoints, self.options)
             # Sockets of threads that ended can go now; the living keep theirs.
             for old in [s for s in self._all if not s.thread.is_alive()]:
@@ -137,95 +136,33 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self._local.sockets = state
         return state
 
-    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
-        """The value of ``key``, or ``default`` on a miss."""
-        # The hottest call, inline: the key's request frame is made once (ClientCore.req_get), then each get is a
-        # send and a receive on this thread's REQ, a hit or a miss read here. Anything else (the first get of a
-        # key, a timeout of its own, a node not alive, an error status) takes _get_once's longer way.
-        route = self.req_gets.get(key) if type(key) is str else None
-        if route is None or timeout is not None:
-            return self._get_once(key, default, timeout)
-        frame, node, health, _k = route
-        try:
-            state = self._local.sockets
-        except AttributeError:  # this thread's first call
-            return self._get_once(key, default, timeout)
-        sock = state.reqs[node]
-        if health.dead_until is not None or health.failures or state.recv_ms[node] != self._get_ms:
-            return self._get_once(key, default, timeout)  # (that way resets the failures when the node answers)
-        try:
-            send_frame(sock, frame, NOBLOCK)
-        except zmq.Again:  # not connected (yet, or any more): _request waits for it
-            return self._get_once(key, default, timeout)
-        try:
-            reply = recv_frame(sock)
-        except zmq.Again:  # no answer in time: the generator fails over, as after its own first request
-            return self._run(self._get(key, default, None), (node, None))
-        if reply[:_BYTES_AT] == _BYTES_HIT:  # a bytes value: no codec to run
-            return reply[_BYTES_AT:]
-        if reply == _MISS_REPLY:
-            return default
-        if reply[:_VALUE_AT] == _HIT_REPLY:
-            return self.decode_value(reply[_VALUE_AT:])
-        return self._get_result(key, default, node, _req_reply(reply, REQ_RID))
-
-    def _get_once(self, key: Any, default: Any, timeout: float | None) -> Any:
-        """:meth:`get` the long way: one request as ``_single`` makes it, or the generator."""
-        route = self.req_get(key) if timeout is None else None
-        if route is None or route[2].dead_until is not None:
-            return super().get(key, default, timeout=timeout)
+    def _get_fast(self, key: Key, default: Value, timeout: Timeout) -> Value:
+        # The fast path (core.py): the key's request frame, made once, sent on this thread's REQ; a hit or a miss
+        # is read here, anything else goes on in the get's generator as the reply to its first request.
+        route = self.fast_get(key)
+        if route is None:
+            return self._run(self._get(key, default, timeout))
         frame, node, _health, _k = route
-        return self._get_result(key, default, node, self._request(node, REQ_RID, frame, self.timeout))
+        reply = self._request(node, REQ_RID, frame, self._wait(timeout))
+        done, value = self.fast_value(node, reply, default)
+        if done:
+            return value
+        return self._run(self._get(key, default, timeout, (node, reply)))
 
-    def _get_result(self, key: Any, default: Any, node: int, reply: Reply | None) -> Any:
-        """A get's value from the reply to its one request (see ``ClientCore.fast_get_result``)."""
-        value = self.fast_get_result(node, reply, default)
-        if value is RESUME:
-            return self._run(self._get(key, default, None), (node, reply))
-        return value
+    def _run(self, op: Generator[Any, Any, T]) -> T:
+        step = advance(op, None, None)
+        while not step[0]:
+            step = advance(op, *self._perform(step[1]))
+        return cast(T, step[1])
 
-    def _single(
-        self,
-        key: Any,
-        command: bytes,
-        args: Callable[[bytes], list[bytes]],
-        write: bool,
-        done: Callable[[Reply], Any],
-        timeout: float | None,
-    ) -> Any:
-        # One-key calls skip their generator while all goes well: one request to the key's node, its reply
-        # checked here. Without an answer, the generator takes over as if its first request had had none:
-        # failover, dead nodes and rejoin hints are handled there.
-        target = self.fast_node(key, timeout)
-        if target is None:
-            return super()._single(key, command, args, write, done, timeout)
-        k, node = target
-        rid = self.next_rid()
-        reply = self._request(node, rid, encode_request(rid, command, args(k)), self.timeout)
-        if reply is None:
-            return self._run(map_op(self._one(key, command, args, write, None), done), (node, None))
-        self.answered(node)
-        self._raise_for(reply, k)
-        return done(reply)
-
-    def _run(self, op: Op, first: tuple[int, Reply | None] | None = None) -> Any:
-        """Drive ``op``; ``first`` = (node, reply) answers its first request if that goes to ``node`` (a fast
-        get handing over)."""
-        value: Any = None
-        error: Exception | None = None
-        while True:
-            done, action = advance(op, value, error)
-            if done:
-                return action
-            value, error = None, None
-            if type(action) is Batch:
-                value, first = first_reply(action, first), None
-                if value is None:
-                    value = self._io(action)
-            elif type(action) is Sleep:
-                time.sleep(action.seconds)
-            else:  # Compute: the memoized function
-                value, error = action.run()
+    def _perform(self, action: Batch | Sleep | Compute) -> tuple[Any, Exception | None]:
+        """Do what the command asked: ``(outcome, None)``, or ``(None, the error)`` to throw into it."""
+        if isinstance(action, Batch):
+            return self._io(action), None
+        if isinstance(action, Sleep):
+            time.sleep(action.seconds)
+            return None, None
+        return action.run()  # Compute: the memoized function
 
     def _io(self, batch: Batch) -> dict[bytes, Reply]:
         """Send every call, then gather replies until all are in or the batch's timeout passes."""
@@ -236,7 +173,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
             return {} if reply is None else {call.rid: reply}
         state = self._sockets()
         socks = state.reqs
-        deadline = time.monotonic() + batch.timeout
+        deadline = None if batch.timeout is None else time.monotonic() + batch.timeout
         # A REQ carries one request at a time: the nodes are asked at once, and each node's calls one after
         # another, in order (a returning node's invalidation runs before the request behind it).
         queues: dict[int, list[Call]] = {}
@@ -253,7 +190,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                     continue
                 waiting[node] = queues[node].pop()
                 unsent.discard(node)
-            remaining = deadline - time.monotonic()
+            remaining = 1e9 if deadline is None else deadline - time.monotonic()
             if (not waiting and not unsent) or remaining <= 0:
                 return replies
             # A node not connected may have refused our handshake: it is not waited for, and its monitor wakes us.
@@ -262,7 +199,7 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                 return replies
             items = [(socks[n], zmq.POLLIN) for n in waiting] + [(socks[n], zmq.POLLOUT) for n in unsent]
             items += [(state.watches[n].socket, zmq.POLLIN) for n in unsent]
-            for sock, events in zmq.zmq_poll(items, int(remaining * 1000) + 1):
+            for sock, events in zmq.zmq_poll(items, -1 if deadline is None else to_ms(remaining)):
                 node = state.node_of.get(sock, -1)
                 if node < 0:  # a monitor: looked at on the next turn
                     continue
@@ -278,22 +215,24 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
                         if queues[node]:
                             unsent.add(node)
 
-    def _request(self, node: int, rid: bytes, frame: bytes, timeout: float) -> Reply | None:
+    def _request(self, node: int, rid: bytes, frame: bytes, timeout: float | None) -> Reply | None:
         """One request on this thread's REQ to ``node``: send, then a receive bounded by RCVTIMEO (no poll call)."""
         try:
             state = self._local.sockets
         except AttributeError:  # this thread's first call
             state = self._sockets()
         sock = state.reqs[node]
-        wait_ms = _wait_ms(timeout)
+        wait_ms = to_ms(timeout)
         try:
             send_frame(sock, frame, NOBLOCK)
         except zmq.Again:  # not connected (yet, or any more): wait for it within the timeout
-            deadline = time.monotonic() + timeout
-            if not wait_writable(sock, state.watches[node], wait_ms):  # (a refused handshake ends it at once)
+            start = time.monotonic()
+            # (a refused handshake ends the wait at once)
+            if not wait_writable(sock, state.watches[node], _FOREVER_MS if wait_ms < 0 else wait_ms):
                 return None
             send_frame(sock, frame, NOBLOCK)
-            wait_ms = max(1, int((deadline - time.monotonic()) * 1000))
+            if timeout is not None:
+                wait_ms = max(1, to_ms(timeout - (time.monotonic() - start)))
         if state.recv_ms[node] != wait_ms:
             set_recv_timeout(sock, wait_ms)
             state.recv_ms[node] = wait_ms
@@ -307,23 +246,23 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
 
     # -- MutableMapping ------------------------------------------------------------------------------------
 
-    def __getitem__(self, key: Any) -> Any:
+    def __getitem__(self, key: Key) -> Value:
         value = self.get(key, _MISSING)
         if value is _MISSING:
             raise KeyError(key)
         return value
 
-    def __setitem__(self, key: Any, value: Any) -> None:
+    def __setitem__(self, key: Key, value: Value) -> None:
         self.set(key, value)
 
-    def __delitem__(self, key: Any) -> None:
+    def __delitem__(self, key: Key) -> None:
         if not self.delete(key):
             raise KeyError(key)
 
     def __contains__(self, key: object) -> bool:
-        return self.get(key, _MISSING) is not _MISSING
+        return self.get(cast(Key, key), _MISSING) is not _MISSING
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[Key]:
         raise TypeError("a cache cluster cannot list its keys; use get_many() with the keys you want")
 
     def clear(self) -> None:
@@ -352,11 +291,6 @@ class CacheClient(ClientCore, MutableMapping[Any, Any]):
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
-
-
-def _wait_ms(timeout: float) -> int:
-    """A timeout in seconds as a receive timeout in ms (rounded up, never 0: that would not wait)."""
-    return int(timeout * 1000) + 1
 
 
 def _req_reply(reply: bytes, rid: bytes) -> Reply | None:

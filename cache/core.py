@@ -3,10 +3,11 @@
 Every command is a generator that yields I/O actions (:class:`Batch`, :class:`Sleep`, :class:`Compute`) and
 gets their outcome back; the sync runner (``client.py``) and the asyncio runner (``aio.py``) perform them.
 The public methods live here, once: each returns ``self._run(generator)``, which is the value for the sync
-client and a coroutine for the asyncio one. One-key commands go through ``_single``, where a runner may first
-try the command as one plain request (the sync client does; the asyncio one does for ``get``). The sync
-client's ``get`` goes further: :meth:`ClientCore.req_get` makes a key's request frame once, and the next gets
-of that key only send it.
+client and a coroutine for the asyncio one (:class:`command` tells a type checker so). The one fast path,
+fenced here and in the runners' ``_get_fast``: a ``get`` while every node is alive and each key has one copy
+skips its generator (:meth:`ClientCore.fast_get` gives the key's request frame, made once; the runner sends it
+and reads a hit or a miss with :meth:`ClientCore.fast_value`); any other outcome is handed to the generator
+as its first request's reply. docs/performance.md says why.
 
 No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
 this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
@@ -18,16 +19,16 @@ before anything is read from it.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import logging
 import struct
 import time
-from collections.abc import Callable, Generator, Iterable, Mapping
-from typing import Any, cast
+from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar, overload
 
 import mmh3
 
+from zmqkit.checks import DEFAULT, Default, check_int, check_number, check_timeout
 from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import AuthenticationFailed, ConfigurationError, NodeUnavailable, ProtocolError, RemoteError
@@ -36,12 +37,12 @@ from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
 from .health import Health, NodeHealth
-from .keys import canonical, key_bytes
+from .keys import Key, canonical, key_bytes
 from .protocol import GET_OPCODE, HEADER, Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, TooLarge, check_ttl, parse_size
 
-__all__ = ["ClientCore", "RESUME", "map_op", "REQ_RID", "ReqGet"]
+__all__ = ["ClientCore", "Awaiting", "Blocking", "command", "map_op", "REQ_RID", "ReqGet", "Timeout", "Value"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,52 @@ _OK, _MISS = Status.OK, Status.NOT_FOUND
 _ERRORS = frozenset({Status.BAD_REQUEST, Status.TOO_LARGE, Status.NOT_A_NUMBER, Status.SERVER_ERROR})
 _CODEC_BYTE = [bytes([i]) for i in range(256)]
 _pack_rid = struct.Struct(">I").pack
-RESUME = object()  # fast_get_result: this reply needs the full _get
+
+Value: TypeAlias = "bytes | str | int | float | bool | list[Any] | dict[Any, Any] | tuple[Any, ...] | None"
+"""What a cached value may be: what the codecs carry (bytes as is; JSON or msgpack; pickle's objects come back
+as what they are: cast them)."""
+Timeout: TypeAlias = "float | Default | None"
+"""A call's ``timeout=``: seconds, None for no limit, or DEFAULT for the client's own."""
+
+P = ParamSpec("P")
+T = TypeVar("T")
+U = TypeVar("U")
+
+
+class Blocking:
+    """Marks a runner whose commands return their value (see :class:`command`)."""
+
+
+class Awaiting:
+    """Marks a runner whose commands return a coroutine of their value (see :class:`command`)."""
+
+
+if TYPE_CHECKING:
+
+    class command(Generic[P, T]):
+        """A public command, written once: a type checker sees it return ``T`` on a :class:`Blocking` runner and
+        ``Coroutine[Any, Any, T]`` on an :class:`Awaiting` one (so a missing ``await`` is flagged)."""
+
+        def __init__(self, fn: Callable[Concatenate[Any, P], T]) -> None: ...
+
+        @overload
+        def __get__(self, obj: None, owner: Any) -> Callable[Concatenate[Any, P], T]: ...
+
+        @overload
+        def __get__(self, obj: Awaiting, owner: Any) -> Callable[P, Coroutine[Any, Any, T]]: ...
+
+        @overload
+        def __get__(self, obj: Blocking, owner: Any) -> Callable[P, T]: ...
+
+        def __get__(self, obj: Any, owner: Any) -> Any: ...
+
+else:
+
+    def command(fn):
+        """At run time the method itself (no wrapper on the call path)."""
+        return fn
+
+
 # A REQ's gets may all carry this request id: libzmq (REQ_CORRELATE) matches a reply to its request, so a get's
 # frame can be made once per key instead of once per call.
 REQ_RID = b"\x00\x00\x00\x00"
@@ -65,12 +111,6 @@ def _endpoint_weights(endpoints: Any) -> dict[str, int]:
     return dict.fromkeys(parse_endpoints(endpoints), 1)
 
 
-def _check_number(name: str, value: Any, low: float, *, integer: bool = False) -> None:
-    kinds = (int,) if integer else (int, float)
-    if not isinstance(value, kinds) or isinstance(value, bool) or value < low:
-        raise ConfigurationError(f"bad {name} {value!r}: expected a {'whole ' if integer else ''}number >= {low}")
-
-
 class ClientCore:
     """State and commands shared by the sync and asyncio cache clients (see the module docstring)."""
 
@@ -78,7 +118,7 @@ class ClientCore:
         self,
         endpoints: str | Iterable[str] | Mapping[str, int],
         *,
-        timeout: float = 1.0,
+        timeout: float | None = 1.0,
         retries: int = 1,
         dead_timeout: float = 10.0,
         replicas: int = 1,
@@ -91,11 +131,11 @@ class ClientCore:
         options: SocketOptions | None = None,
     ) -> None:
         weights = _endpoint_weights(endpoints)
-        _check_number("timeout", timeout, 0.001)
-        _check_number("retries", retries, 0, integer=True)
-        _check_number("dead_timeout", dead_timeout, 0)
-        _check_number("replicas", replicas, 1, integer=True)
-        _check_number("max_hints", max_hints, 0, integer=True)
+        self.timeout = check_timeout(timeout)
+        check_int("retries", retries, 0)
+        check_number("dead_timeout", dead_timeout, 0)
+        check_int("replicas", replicas, 1)
+        check_int("max_hints", max_hints, 0)
         if replicas > len(weights):
             raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
         # Fixed for the client's life: the node table (health) and the key memo (req_gets) are built on it.
@@ -104,7 +144,6 @@ class ClientCore:
         self.health = Health(
             self.endpoints, retries=retries, dead_timeout=float(dead_timeout), max_hints=max_hints, clock=clock
         )
-        self.timeout = float(timeout)
         self.dead_timeout = float(dead_timeout)
         self.replicas = replicas
         self.options = resolve_options(options, curve)
@@ -120,14 +159,19 @@ class ClientCore:
         self.allow_pickle = isinstance(fallback, PickleCodec)
         self.clock = clock
         self._rids = itertools.count(1)
-        self.req_gets: dict[str | bytes | int, ReqGet] = {}  # see req_get
+        self.req_gets: dict[Key, ReqGet] = {}  # see req_get
         self._setup()
 
     def _setup(self) -> None:
         """The runner's own state, made last in ``__init__`` (so the runners keep this explicit signature)."""
 
-    def _run(self, op: Op) -> Any:
+    def _run(self, op: Generator[Any, Any, T]) -> T:
+        """Drive ``op``: its result (an awaitable of it on an :class:`Awaiting` runner, as :class:`command` says)."""
         raise NotImplementedError  # the runner's job
+
+    def _wait(self, timeout: Timeout) -> float | None:
+        """A call's ``timeout=`` in seconds (None: no limit)."""
+        return self.timeout if timeout is DEFAULT else check_timeout(timeout)
 
     def refused(self, node: int) -> AuthenticationFailed | None:
         """Whether ``node`` refused our CURVE handshake (the runner reads its sockets' monitors); asked only when a
@@ -143,14 +187,14 @@ class ClientCore:
 
     key_bytes = staticmethod(key_bytes)  # the one key encoding (keys.py): str, bytes, int, tuple
 
-    def encode_value(self, key: bytes, value: Any) -> bytes:
+    def encode_value(self, key: bytes, value: Value) -> bytes:
         codec_id, payload = self.codec.pack(value)
         if len(payload) > self._max_payload:
             limit = self.max_item or f"{self._max_payload + 1} (what a socket takes)"
             raise TooLarge(f"value for key {key[:60]!r} is {len(payload)} bytes; the max item size is {limit}")
         return _CODEC_BYTE[codec_id] + payload
 
-    def decode_value(self, frame: bytes) -> Any:
+    def decode_value(self, frame: bytes) -> Value:
         if frame[0] == 0:
             return frame[1:]  # bare bytes: no codec round trip
         return unpack(frame[0], frame[1:], allow_pickle=self.allow_pickle)
@@ -198,14 +242,17 @@ class ClientCore:
         split: Callable[[Reply, list[int]], Iterable[tuple[int, Reply]]] | None,
         *,
         write: bool,
-        timeout: float | None,
+        timeout: Timeout,
+        answered: tuple[int, Reply | None] | None = None,
     ) -> Generator[Batch, dict[bytes, Reply], dict[int, Reply]]:
         """Send each key to its node(s) in parallel, fail over, and return ``{key index: Reply}``.
 
         ``build(indexes)`` gives one node's (command, args); ``split`` cuts a multi-key reply per key.
-        Writes go to ``replicas`` distinct nodes; reads try the next replica on a miss.
+        Writes go to ``replicas`` distinct nodes; reads try the next replica on a miss. ``answered`` =
+        (node, reply or None) is the outcome of a one-key request the fast path already made: it answers the
+        first request when that goes to the same node.
         """
-        wait = self.timeout if timeout is None else timeout
+        wait = self._wait(timeout)
         health = self.health
         nodes = health.nodes
         out: dict[int, Reply] = {}
@@ -220,7 +267,10 @@ class ClientCore:
                 for i, key in enumerate(keys):
                     groups.setdefault(owner[get_node(key)].index, []).append(i)
                 calls = [self._call(index, *build(items), items) for index, items in groups.items()]
-            replies = yield Batch(calls, wait)
+            if answered is not None and len(calls) == 1 and calls[0].node == answered[0]:
+                replies = {} if answered[1] is None else {calls[0].rid: answered[1]}
+            else:
+                replies = yield Batch(calls, wait)
             pending: list[int] = []
             for call in calls:
                 node = nodes[call.node]
@@ -316,12 +366,19 @@ class ClientCore:
         return out
 
     def _one(
-        self, key: Any, command: bytes, args: Callable[[bytes], list[bytes]], write: bool, timeout: float | None
-    ) -> Op:
+        self,
+        key: Key,
+        command: bytes,
+        args: Callable[[bytes], list[bytes]],
+        write: bool,
+        timeout: Timeout,
+        answered: tuple[int, Reply | None] | None = None,
+    ) -> Generator[Batch, dict[bytes, Reply], Reply]:
         """One key, one command: ``(status, body)``, errors raised."""
         k = self.key_bytes(key)
         arguments = args(k)
-        out = yield from self._route([k], lambda _items: (command, arguments), None, write=write, timeout=timeout)
+        build = lambda _items: (command, arguments)  # noqa: E731
+        out = yield from self._route([k], build, None, write=write, timeout=timeout, answered=answered)
         reply = out[0]
         self._raise_for(reply, k)
         return reply
@@ -336,20 +393,18 @@ class ClientCore:
             name = Status(status).name if status in Status.__members__.values() else str(status)
             raise RemoteError(name, message)
 
-    # -- the fast path: what runners may do before (and instead of) a one-key command's generator ------------
+    # -- the fast path: a get that skips its generator (the runners' _get_fast) -------------------------------
 
-    def fast_node(self, key: Any, timeout: float | None) -> tuple[bytes, int] | None:
-        """``(key bytes, node index)`` when a one-key call may skip its generator (no timeout of its own, one
-        copy per key, every node alive), else None."""
-        if timeout is not None or self.replicas != 1 or not self.health.healthy:
+    def fast_get(self, key: Key) -> ReqGet | None:
+        """The key's get as one REQ request to its node (see :meth:`req_get`) while a get may skip its generator:
+        one copy per key, every node alive; else None."""
+        if self.replicas != 1 or not self.health.healthy:
             return None
         kind = type(key)
         route = self.req_gets.get(key) if kind is str or kind is bytes or kind is int else None
-        if route is None:
-            route = cast(ReqGet, self.req_get(key))  # (not None with one copy per key)
-        return route[3], route[1]
+        return self.req_get(key) if route is None else route
 
-    def req_get(self, key: Any) -> ReqGet | None:
+    def req_get(self, key: Key) -> ReqGet | None:
         """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
         the runner checks that the node is alive, as routing would only send it there then); else None.
         Remembered in :attr:`req_gets` for str, bytes and int keys (a lookup checks the exact type first: True
@@ -366,21 +421,18 @@ class ClientCore:
             self.req_gets[key] = route
         return route
 
-    def answered(self, node: int) -> None:
-        """``node`` answered a fast call."""
+    def fast_value(self, node: int, reply: Reply | None, default: Value) -> tuple[bool, Value]:
+        """``(True, value or default)`` from a fast get's reply if it is a hit or a miss; ``(False, None)`` for
+        anything else (no answer, an error status): the runner then hands the reply to the get's generator
+        (``_get(..., answered=(node, reply))``), where failover and errors are handled."""
+        if reply is None or (reply[0] != _OK and reply[0] != _MISS):
+            return False, None
         health = self.health.nodes[node]
         if health.failures:
             self.health.answered(health)
+        return True, self.decode_value(reply[1]) if reply[0] == _OK else default
 
-    def fast_get_result(self, node: int, reply: Reply | None, default: Any) -> Any:
-        """A fast get's value from its reply, or :data:`RESUME` for anything but a hit or a miss (no answer, an
-        error status): the runner then resumes ``_get`` with that reply, where failover and errors are handled."""
-        if reply is None or (reply[0] != _OK and reply[0] != _MISS):
-            return RESUME
-        self.answered(node)
-        return self.value_or(default, reply)
-
-    def value_or(self, default: Any, reply: Reply) -> Any:
+    def value_or(self, default: Value, reply: Reply) -> Value:
         """A get's value from its (error-free) reply, or ``default`` on a miss."""
         return self.decode_value(reply[1]) if reply[0] == _OK else default
 
@@ -388,31 +440,38 @@ class ClientCore:
 
     def _single(
         self,
-        key: Any,
+        key: Key,
         command: bytes,
         args: Callable[[bytes], list[bytes]],
         write: bool,
-        done: Callable[[Reply], Any],
-        timeout: float | None,
-    ) -> Any:
-        """Run a one-key command: its result is ``done(reply)``, errors raised first (the sync runner first tries
-        it without the generator)."""
+        done: Callable[[Reply], T],
+        timeout: Timeout,
+    ) -> T:
+        """Run a one-key command: its result is ``done(reply)``, errors raised first."""
         return self._run(map_op(self._one(key, command, args, write, timeout), done))
 
-    def _get(self, key: Any, default: Any, timeout: float | None) -> Op:
-        return map_op(self._one(key, b"get", _key_only, False, timeout), functools.partial(self.value_or, default))
+    def _get(
+        self, key: Key, default: Value, timeout: Timeout, answered: tuple[int, Reply | None] | None = None
+    ) -> Generator[Batch, dict[bytes, Reply], Value]:
+        """A get's generator; ``answered``: see :meth:`_route`."""
+        reply = yield from self._one(key, b"get", _key_only, False, timeout, answered)
+        return self.value_or(default, reply)
 
-    def _stored(self, value: Any, ttl: float, *extra: bytes) -> Callable[[bytes], list[bytes]]:
+    def _get_fast(self, key: Key, default: Value, timeout: Timeout) -> Value:
+        """:meth:`get` the plain way, through its generator; a runner overrides this with the fast path."""
+        return self._run(self._get(key, default, timeout))
+
+    def _stored(self, value: Value, ttl: float, *extra: bytes) -> Callable[[bytes], list[bytes]]:
         """The arguments of a set-like command (the TTL checked now)."""
         ttl_frame = self._ttl(ttl)
         return lambda k: [k, self.encode_value(k, value), ttl_frame, *extra]
 
-    def _value_and_cas(self, reply: Reply) -> tuple[Any, int | None]:
+    def _value_and_cas(self, reply: Reply) -> tuple[Value, int | None]:
         if reply[0] != _OK:
             return None, None
         return self.decode_value(reply[1][8:]), int.from_bytes(reply[1][:8], "big")
 
-    def _get_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+    def _get_many(self, keys: Iterable[Key], timeout: Timeout) -> Generator[Batch, Any, dict[Key, Value]]:
         originals = list(keys)
         raw = [self.key_bytes(k) for k in originals]
         if not raw:
@@ -428,7 +487,7 @@ class ClientCore:
         hits = [(i, out[i][1]) for i in range(len(raw)) if out[i][0] == _OK]
         return {originals[i]: decode(value) for i, value in hits}
 
-    def _set_many(self, mapping: Mapping[Any, Any], ttl: float, timeout: float | None) -> Op:
+    def _set_many(self, mapping: Mapping[Key, Value], ttl: float, timeout: Timeout) -> Generator[Batch, Any, list[Key]]:
         ttl_frame = self._ttl(ttl)
         raw = [self.key_bytes(k) for k in mapping]
         values = [self.encode_value(k, v) for k, v in zip(raw, mapping.values(), strict=True)]
@@ -446,7 +505,7 @@ class ClientCore:
             self._raise_for(reply, raw[i])
         return [k for i, k in enumerate(mapping) if out[i][0] != _OK]
 
-    def _delete_many(self, keys: Iterable[Any], timeout: float | None) -> Op:
+    def _delete_many(self, keys: Iterable[Key], timeout: Timeout) -> Generator[Batch, Any, int]:
         raw = [self.key_bytes(k) for k in keys]
         if not raw:
             return 0
@@ -454,16 +513,16 @@ class ClientCore:
         out = yield from self._route(raw, build, _split_flags, write=True, timeout=timeout)
         return sum(1 for r in out.values() if r[0] == _OK)
 
-    def _number(self, command: bytes, key: Any, delta: int, timeout: float | None) -> Any:
+    def _number(self, command: bytes, key: Key, delta: int, timeout: Timeout) -> int | None:
         if not isinstance(delta, int) or isinstance(delta, bool) or not 0 <= delta < 2**64:
             raise ConfigurationError(f"bad delta {delta!r}: expected an integer from 0 to 2**64-1")
         return self._single(key, command, lambda k: [k, u64(delta)], True, _number_of, timeout)
 
-    def _broadcast(self, command: bytes, timeout: float | None) -> Op:
+    def _broadcast(self, command: bytes, timeout: Timeout) -> Generator[Batch, Any, dict[str, Reply]]:
         """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
         nodes = self.health.nodes
         calls = [self._call(n.index, command, [], []) for n in nodes]
-        replies = yield Batch(calls, self.timeout if timeout is None else timeout)
+        replies = yield Batch(calls, self._wait(timeout))
         out = {}
         for call in calls:
             reply = replies.get(call.rid)
@@ -477,19 +536,19 @@ class ClientCore:
                 self._check_refused(call.node)
         return out
 
-    def _flush_all(self, timeout: float | None) -> Op:
+    def _flush_all(self, timeout: Timeout) -> Generator[Batch, Any, int]:
         out = yield from self._broadcast(b"flush_all", timeout)
         missing = [ep for ep in self.endpoints if ep not in out]
         if missing:
             log.warning("flush_all: %s did not answer; they will be flushed before they serve again", missing)
         return len(out)
 
-    def _stats(self, timeout: float | None) -> Op:
+    def _stats(self, timeout: Timeout) -> Generator[Batch, Any, dict[str, dict[str, int]]]:
         out = yield from self._broadcast(b"stats", timeout)
         pairs = {ep: unpack_list(r[1], "stats reply") for ep, r in out.items()}
         return {ep: {p[i].decode(): int(p[i + 1]) for i in range(0, len(p) - 1, 2)} for ep, p in pairs.items()}
 
-    def _version(self, timeout: float | None) -> Op:
+    def _version(self, timeout: Timeout) -> Generator[Batch, Any, dict[str, str]]:
         out = yield from self._broadcast(b"version", timeout)
         return {ep: r[1].decode() for ep, r in out.items() if r[1]}
 
@@ -501,13 +560,14 @@ class ClientCore:
         kwargs: dict[str, Any],
         ttl: float,
         lease: float,
-        timeout: float | None,
+        timeout: Timeout,
     ) -> Op:
         """Get ``key``; on a miss, one caller (the lease holder) computes and stores while the others wait."""
         ttl_frame = self._ttl(ttl)
         lease_frame = u32(max(1, int(lease * 1000)))
         delay = 0.002
-        give_up = self.clock() + lease + (self.timeout if timeout is None else timeout)
+        wait = self._wait(timeout)
+        give_up = self.clock() + lease + (wait if wait is not None else float("inf"))
         while True:
             status, body = yield from self._one(key, b"lease_get", lambda k: [k, lease_frame], False, timeout)
             if status == _OK:
@@ -527,91 +587,113 @@ class ClientCore:
             yield Sleep(delay)  # Status.WAIT: another process is computing this value
             delay = min(delay * 2, 0.05)
 
-    # -- public commands (sync values or coroutines, as the runner makes them) ------------------------------
+    # -- public commands (values on a Blocking runner, coroutines on an Awaiting one; see ``command``) ---------
+    # timeout: seconds for each attempt; None waits without limit; DEFAULT is the client's own ``timeout``.
 
-    def get(self, key: Any, default: Any = None, *, timeout: float | None = None) -> Any:
+    @command
+    def get(self, key: Key, default: Value = None, *, timeout: Timeout = DEFAULT) -> Value:
         """The value of ``key``, or ``default`` on a miss."""
-        return self._run(self._get(key, default, timeout))
+        return self._get_fast(key, default, timeout)
 
-    def gets(self, key: Any, *, timeout: float | None = None) -> Any:
+    @command
+    def gets(self, key: Key, *, timeout: Timeout = DEFAULT) -> tuple[Value, int | None]:
         """``(value, cas token)``, or ``(None, None)`` on a miss."""
         return self._single(key, b"gets", _key_only, False, self._value_and_cas, timeout)
 
-    def get_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+    @command
+    def get_many(self, keys: Iterable[Key], *, timeout: Timeout = DEFAULT) -> dict[Key, Value]:
         """``{key: value}`` for the keys found; every node involved is asked at once."""
         return self._run(self._get_many(keys, timeout))
 
-    def set(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+    @command
+    def set(self, key: Key, value: Value, ttl: float = 0, *, timeout: Timeout = DEFAULT) -> bool:
         """Store ``value`` (TTL in seconds, 0 = never expires); returns True."""
         return self._single(key, b"set", self._stored(value, ttl), True, _true, timeout)
 
-    def add(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+    @command
+    def add(self, key: Key, value: Value, ttl: float = 0, *, timeout: Timeout = DEFAULT) -> bool:
         """Store only if ``key`` is absent; True if stored."""
         return self._single(key, b"add", self._stored(value, ttl), True, _reply_ok, timeout)
 
-    def replace(self, key: Any, value: Any, ttl: float = 0, *, timeout: float | None = None) -> Any:
+    @command
+    def replace(self, key: Key, value: Value, ttl: float = 0, *, timeout: Timeout = DEFAULT) -> bool:
         """Store only if ``key`` is present; True if stored."""
         return self._single(key, b"replace", self._stored(value, ttl), True, _reply_ok, timeout)
 
-    def append(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+    @command
+    def append(self, key: Key, data: bytes | str, *, timeout: Timeout = DEFAULT) -> bool:
         """Add ``data`` after the stored payload; True if the key existed."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
         return self._single(key, b"append", lambda k: [k, raw], True, _reply_ok, timeout)
 
-    def prepend(self, key: Any, data: bytes | str, *, timeout: float | None = None) -> Any:
+    @command
+    def prepend(self, key: Key, data: bytes | str, *, timeout: Timeout = DEFAULT) -> bool:
         """Add ``data`` before the stored payload; True if the key existed."""
         raw = data.encode() if isinstance(data, str) else bytes(data)
         return self._single(key, b"prepend", lambda k: [k, raw], True, _reply_ok, timeout)
 
-    def cas(self, key: Any, value: Any, cas: int, ttl: float = 0, *, timeout: float | None = None) -> Any:
+    @command
+    def cas(self, key: Key, value: Value, cas: int, ttl: float = 0, *, timeout: Timeout = DEFAULT) -> bool | None:
         """Store if the item's cas token is still ``cas``: True stored, False changed since, None missing."""
         if not isinstance(cas, int) or isinstance(cas, bool) or not 0 <= cas < 2**64:
             raise ConfigurationError(f"bad cas token {cas!r}: expected the integer from gets()")
         args = self._stored(value, ttl, u64(cas))
         return self._single(key, b"cas", args, True, _cas_outcome, timeout)
 
-    def delete(self, key: Any, *, timeout: float | None = None) -> Any:
+    @command
+    def delete(self, key: Key, *, timeout: Timeout = DEFAULT) -> bool:
         """Remove ``key``; True if it was there."""
         return self._single(key, b"delete", _key_only, True, _reply_ok, timeout)
 
-    def delete_many(self, keys: Iterable[Any], *, timeout: float | None = None) -> Any:
+    @command
+    def delete_many(self, keys: Iterable[Key], *, timeout: Timeout = DEFAULT) -> int:
         """Remove ``keys`` (one message per node, in parallel); the number that were there."""
         return self._run(self._delete_many(keys, timeout))
 
-    def set_many(self, mapping: Mapping[Any, Any], ttl: float = 0, *, timeout: float | None = None) -> Any:
+    @command
+    def set_many(self, mapping: Mapping[Key, Value], ttl: float = 0, *, timeout: Timeout = DEFAULT) -> list[Key]:
         """Store every item (one message per node, in parallel); the keys that were not stored."""
         return self._run(self._set_many(mapping, ttl, timeout))
 
-    def incr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+    @command
+    def incr(self, key: Key, delta: int = 1, *, timeout: Timeout = DEFAULT) -> int | None:
         """Add ``delta`` to a stored decimal number (wraps at 2**64); the new value, or None if missing."""
         return self._number(b"incr", key, delta, timeout)
 
-    def decr(self, key: Any, delta: int = 1, *, timeout: float | None = None) -> Any:
+    @command
+    def decr(self, key: Key, delta: int = 1, *, timeout: Timeout = DEFAULT) -> int | None:
         """Subtract ``delta``, stopping at 0; the new value, or None if missing."""
         return self._number(b"decr", key, delta, timeout)
 
-    def touch(self, key: Any, ttl: float, *, timeout: float | None = None) -> Any:
+    @command
+    def touch(self, key: Key, ttl: float, *, timeout: Timeout = DEFAULT) -> bool:
         """Give ``key`` a new TTL; True if it existed."""
         ttl_frame = self._ttl(ttl)
         return self._single(key, b"touch", lambda k: [k, ttl_frame], True, _reply_ok, timeout)
 
-    def flush_all(self, *, timeout: float | None = None) -> Any:
+    @command
+    def flush_all(self, *, timeout: Timeout = DEFAULT) -> int:
         """Empty every node; the number of nodes that answered (the others are flushed when they return)."""
         return self._run(self._flush_all(timeout))
 
-    def stats(self, *, timeout: float | None = None) -> Any:
+    @command
+    def stats(self, *, timeout: Timeout = DEFAULT) -> dict[str, dict[str, int]]:
         """``{endpoint: {stat: number}}`` for every node that answered."""
         return self._run(self._stats(timeout))
 
-    def version(self, *, timeout: float | None = None) -> Any:
+    @command
+    def version(self, *, timeout: Timeout = DEFAULT) -> dict[str, str]:
         """``{endpoint: version}`` for every node that answered."""
         return self._run(self._version(timeout))
 
-    def ping(self, *, timeout: float | None = None) -> Any:
+    @command
+    def ping(self, *, timeout: Timeout = DEFAULT) -> dict[str, bytes]:
         """``{endpoint: node id}`` for every node that answered (the id changes when a node restarts)."""
         return self._run(map_op(self._broadcast(b"ping", timeout), lambda out: {ep: r[1] for ep, r in out.items()}))
 
-    def memoize(self, ttl: float = 0, *, lease: float = 10.0, timeout: float | None = None) -> Callable[..., Any]:
+    def memoize(
+        self, ttl: float = 0, *, lease: float = 10.0, timeout: Timeout = DEFAULT
+    ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         """Decorator: cache a function's results by its arguments, computing each one once across processes.
 
         When many callers miss the same key at once, one gets a lease and computes; the others wait for its
@@ -621,7 +703,8 @@ class ClientCore:
         ConfigurationError naming its type.
         """
         self._ttl(ttl)
-        _check_number("lease", lease, 0.001)
+        check_number("lease", lease, 0, above=True)
+        self._wait(timeout)
 
         def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
             prefix = f"zmqkit.memo:{fn.__module__}.{fn.__qualname__}:"
@@ -650,7 +733,7 @@ def _after_key(*args: bytes) -> Callable[[bytes], list[bytes]]:
     return lambda key: [key, *args]
 
 
-def map_op(op: Op, fn: Callable[[Any], Any]) -> Op:
+def map_op(op: Generator[Any, Any, T], fn: Callable[[T], U]) -> Generator[Any, Any, U]:
     """An op whose result is ``fn(op's result)``."""
     result = yield from op
     return fn(result)

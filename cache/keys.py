@@ -10,7 +10,7 @@ that differ only in type meet on a node. docs/wire.md (cache, "Keys") has the la
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeAlias
 
 import mmh3
 
@@ -18,7 +18,10 @@ from zmqkit.errors import ConfigurationError
 
 from .store import MAX_KEY
 
-__all__ = ["TYPED", "key_bytes", "canonical"]
+__all__ = ["Key", "TYPED", "key_bytes", "canonical"]
+
+Key: TypeAlias = "str | bytes | int | tuple[Any, ...]"
+"""What a cache key may be (:func:`key_bytes` is the encoding)."""
 
 TYPED = 0xFF  # first byte of every key that is not a str or bytes key
 _INT = b"\xffi"  # an int key: then its ASCII decimal

@@ -17,6 +17,8 @@ from types import TracebackType
 
 import zmq
 
+from zmqkit.checks import check_timeout
+from zmqkit.errors import Closed, ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import (
     SocketOptions,
@@ -77,14 +79,17 @@ class CacheNode:
         """The store's counters, safe to read from any thread while the node serves (for metrics)."""
         return self.store.counters()
 
-    def start(self, timeout: float = 5.0) -> str:
-        """Serve in a background thread; return the bound endpoint once it listens."""
+    def start(self, timeout: float | None = 5.0) -> str:
+        """Serve in a background thread; return the bound endpoint once it listens (``timeout=None``: no limit)."""
+        check_timeout(timeout)
+        if self._stopped:
+            raise Closed(f"cache node {self.endpoint or self._bind} is stopped; make a new CacheNode")
         if self._thread is not None:
-            raise RuntimeError("node already started")
+            raise ConfigurationError(f"cache node {self.endpoint or self._bind} already started")
         self._thread = threading.Thread(target=self._serve_quietly, name=f"zmqkit-{self._control[9:]}", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError(f"cache node did not bind {self._bind!r} within {timeout}s")
+            raise RequestTimeout(f"cache node did not bind {self._bind!r} within {timeout}s")
         if self._error is not None:
             raise self._error
         assert self.endpoint is not None
@@ -144,8 +149,10 @@ class CacheNode:
                     raise
                 send_frame(rep, self.service.refuse([frame, *recv_frames(rep)]))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded."""
+    def stop(self, timeout: float | None = 5.0) -> None:
+        """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded, up
+        to ``timeout`` seconds (None: no limit)."""
+        check_timeout(timeout)
         with self._lock:
             if self._stopped or not self._ready.is_set() or self._error is not None or self._done.is_set():
                 self._stopped = True
@@ -161,7 +168,7 @@ class CacheNode:
         if self._thread is not None and self._thread is not threading.current_thread():
             self._thread.join(timeout)
             if self._thread.is_alive():
-                raise TimeoutError(f"cache node {self.endpoint} did not stop within {timeout}s")
+                raise RequestTimeout(f"cache node {self.endpoint} did not stop within {timeout}s")
 
     close = stop
 

@@ -104,23 +104,12 @@ class _Entry:
 
 
 class _LRU(TLRUCache):
-    """TLRUCache that counts what it evicts and what expires, and offers :attr:`lookup` for a hot read."""
+    """TLRUCache that counts what it evicts and what expires."""
 
     def __init__(self, maxsize: int, clock: Callable[[], float]) -> None:
         super().__init__(maxsize, ttu=_ttu, timer=clock, getsizeof=_sizeof)
         self.evictions = 0
         self.expired = 0
-        # A read through TLRUCache.__getitem__ is five Python calls deep (it, the timer property, _Timer.__call__,
-        # Cache.__getitem__); a node's get is mostly that. cachetools keeps the values in one dict and the LRU
-        # order in an OrderedDict of the same keys: reading the first and moving the key to the end of the second
-        # is what __getitem__ does for a live item, in two C calls. Both are private to cachetools, so they are
-        # looked up once here; when a release keeps them elsewhere, ``lookup`` is None and reads take the public
-        # way (tests/cache/test_store.py fails loudly on that, so the slowdown is not silent).
-        state = vars(self)
-        values, order = state.get("_Cache__data"), state.get("_TLRUCache__items")
-        self.lookup: tuple[Callable[[bytes], _Entry | None], Callable[[bytes], None]] | None = None
-        if type(values) is dict and type(order) is OrderedDict:
-            self.lookup = values.get, order.move_to_end
 
     def expire(self, time: float | None = None) -> list[tuple[Any, Any]]:
         gone = super().expire(time)
@@ -174,10 +163,6 @@ class Store:
         self.misses = 0
         self.other_lookups = 0  # hits + misses counted by commands other than get (so cmd_get needs no counter)
         self.commands: Counter[bytes] = Counter()  # per command name but get, for stats
-        self.hit: Callable[[bytes], bytes | None] = self._hit_public
-        if self._lru.lookup is not None:
-            self._find, self._touch = self._lru.lookup
-            self.hit = self._hit
 
     # -- helpers -------------------------------------------------------------------------------------------
 
@@ -212,22 +197,11 @@ class Store:
 
     # -- memcached commands --------------------------------------------------------------------------------
 
-    def _hit(self, key: bytes) -> bytes | None:
+    def hit(self, key: bytes) -> bytes | None:
         """The value of a live ``key``, now the most recently used and counted as a get hit; None otherwise,
-        counted nowhere. The hot read: a node answers a hit with it, anything else through :meth:`get`."""
-        entry = self._find(key)
-        # Missing, or expired (as cachetools' __getitem__ finds; expire() sweeps it later). An item stored without
-        # a TTL holds _NEVER itself: no clock to read.
-        if entry is None or (entry.expires is not _NEVER and not self._clock() < entry.expires):
-            return None
-        self._touch(key)
-        self.hits += 1
-        return entry.value
-
-    def _hit_public(self, key: bytes) -> bytes | None:
-        """:meth:`_hit` through cachetools' public API (a release that keeps its internals elsewhere)."""
+        counted nowhere (a node answers a hit with it, anything else through :meth:`get`)."""
         try:
-            value = self._lru[key].value
+            value = self._lru[key].value  # (expired: cachetools' __missing__ raises KeyError)
         except KeyError:
             return None
         self.hits += 1

@@ -1,13 +1,15 @@
 """What only the asyncio client does: many calls in flight over shared connections, and failover under load."""
 
 import asyncio
+import sys
+from pathlib import Path
 
 import pytest
 import zmq
 
 from zmqkit.asyncio import CacheClient
 from zmqkit.cache import CacheNode
-from zmqkit.errors import NodeUnavailable, ProtocolError
+from zmqkit.errors import Closed, NodeUnavailable, ProtocolError
 from zmqkit.testing import CacheCluster, free_tcp_endpoint
 
 from .conftest import FakeClock
@@ -79,10 +81,13 @@ async def test_closed_client_says_so() -> None:
         await cache.set("k", 1)
         in_flight = cache.get("k")
         cache.close()
-        with pytest.raises(RuntimeError, match="closed"):
+        with pytest.raises(Closed, match=r"CacheClient for .*tcp://.* is closed"):
             await in_flight
-        with pytest.raises(RuntimeError, match="closed"):
+        with pytest.raises(Closed, match=r"CacheClient for .*tcp://.* is closed"):
             await cache.get("k")
+        with pytest.raises(Closed):
+            await cache.set("k", 2)
+        cache.close()  # again: nothing happens
     finally:
         cluster.close()
 
@@ -158,3 +163,70 @@ async def test_a_write_whose_caller_gave_up_before_it_went_out_never_goes_out() 
             assert cache._socks[0].poll(5000, zmq.POLLOUT)
             assert await asyncio.wait_for(cache.set("k", "new"), 5) is True
             assert await cache.get("k") == "new" and node.store.stats()["cmd_set"] == 1
+
+
+async def test_every_call_can_be_handed_to_create_task() -> None:
+    cluster = CacheCluster(2)
+    try:
+        async with CacheClient(cluster.endpoints) as cache:
+            assert await asyncio.create_task(cache.set("k", 1)) is True
+            got = asyncio.create_task(cache.get("k"))
+            missing = asyncio.create_task(cache.get("nope", "d", timeout=None))
+            assert (await got, await missing) == (1, "d")
+            if sys.version_info >= (3, 11):
+                async with asyncio.TaskGroup() as group:
+                    tasks = [group.create_task(cache.get("k")) for _ in range(20)]
+                    tasks.append(group.create_task(cache.get_many(["k", "nope"])))
+                assert [t.result() for t in tasks] == [1] * 20 + [{"k": 1}]
+            task = asyncio.create_task(cache.get("k"))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await cache.get("k") == 1  # a cancelled get left nothing behind
+    finally:
+        cluster.close()
+
+
+def test_a_get_can_be_the_main_coroutine() -> None:
+    cluster = CacheCluster(1)
+    cache = CacheClient(cluster.endpoints)
+    try:
+        assert asyncio.run(cache.set("k", "v")) is True
+        assert asyncio.run(cache.get("k")) == "v"  # each asyncio.run is a new loop: the client moves to it
+    finally:
+        cache.close()
+        cluster.close()
+
+
+async def test_aclose_lets_calls_in_flight_finish() -> None:
+    cluster = CacheCluster(1)
+    try:
+        cache = CacheClient(cluster.endpoints)
+        await cache.set("k", 1)
+        gets = [cache.get("k") for _ in range(10)]
+        stored = asyncio.ensure_future(cache.set("j", 2))
+        await cache.aclose()
+        assert await asyncio.gather(*gets, stored) == [1] * 10 + [True]
+        with pytest.raises(Closed):
+            await cache.get("k")
+        await cache.aclose()  # again: nothing happens
+    finally:
+        cluster.close()
+
+
+def test_mypy_flags_a_cache_call_not_awaited(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    api = pytest.importorskip("mypy.api", reason="mypy is not installed (the dev extra)")
+    monkeypatch.chdir(tmp_path)  # zmqkit as installed, not this checkout's folder
+    app = tmp_path / "app.py"
+    app.write_text(
+        "from zmqkit.asyncio import CacheClient\n"
+        "async def handler(cache: CacheClient) -> str:\n"
+        "    cache.set('k', 'v')\n"  # line 3: the await is missing
+        "    value = await cache.get('k')\n"
+        "    return str(value)\n"
+    )
+    out, _err, status = api.run(["--strict", "--no-incremental", "--cache-dir", str(tmp_path / "cache"), str(app)])
+    assert status == 1, out
+    assert [line for line in out.splitlines() if "error:" in line and "app.py" in line] == [
+        'app.py:3: error: Value of type "Coroutine[Any, Any, bool]" must be used  [unused-coroutine]'
+    ], out

@@ -7,14 +7,14 @@ from typing import Any
 import cachetools
 import pytest
 
-from zmqkit import ConfigurationError, NodeUnavailable
+from zmqkit import Closed, ConfigurationError, NodeUnavailable
 from zmqkit.cache import CacheClient, CacheNode
 from zmqkit.cache.actions import Batch, Reply, Sleep
 from zmqkit.cache.core import ClientCore
 from zmqkit.cache.protocol import decode_reply
 from zmqkit.cache.service import Service
 from zmqkit.cache.store import Store
-from zmqkit.testing import CacheCluster
+from zmqkit.testing import CacheCluster, wait_until
 
 from .conftest import FakeClock
 
@@ -58,7 +58,7 @@ def test_bad_client_arguments() -> None:
         CacheClient(["nope"])
     with pytest.raises(ConfigurationError, match="bad replicas 3"):
         CacheClient(["tcp://127.0.0.1:5555"], replicas=3)
-    with pytest.raises(ConfigurationError, match="bad timeout 0"):
+    with pytest.raises(ConfigurationError, match="bad timeout=0"):
         CacheClient(["tcp://127.0.0.1:5555"], timeout=0)
     with pytest.raises(ConfigurationError, match="unknown codec 'yaml'"):
         CacheClient(["tcp://127.0.0.1:5555"], codec="yaml")
@@ -139,8 +139,8 @@ def test_failover_and_rejoin_after_dead_timeout(clock: FakeClock) -> None:
         # The node comes back on the same endpoint; after dead_timeout the client uses it again.
         cluster.nodes[1] = CacheNode(endpoint)
         cluster.nodes[1].start()
-        while endpoint not in cache.ping(timeout=0.2):  # the client's socket reconnects (its backoff)
-            pass
+        # the client's socket reconnects (its backoff)
+        wait_until(lambda: endpoint in cache.ping(timeout=0.2), 20, f"{endpoint} answers again")
         clock.now += 31
         assert cache.node_state()[endpoint] == "rejoining"
         for key in keys:
@@ -153,16 +153,14 @@ def test_failover_and_rejoin_after_dead_timeout(clock: FakeClock) -> None:
 
 
 def test_a_remembered_get_fails_over_and_rejoins(clock: FakeClock) -> None:
-    # The sync get remembers each key's request and node (ClientCore.req_gets); that must not outlive the node.
+    # The sync get remembers each key's request and node; that must not outlive the node.
     cluster = CacheCluster(2)
     cache = cluster.client(timeout=0.2, retries=1, dead_timeout=30, clock=clock)
     try:
         cache["k"] = b"v1"
-        assert cache.get("k") == b"v1" and "k" in cache.req_gets and cache.get("k") == b"v1"
-        _frame, owner, health, _k = cache.req_gets["k"]
-        assert not cache.health.failed(health, [])  # one missed answer: the next one that arrives forgets it
-        assert cache.get("k") == b"v1" and health.failures == 0
-        endpoint = cache.endpoints[owner]
+        assert cache.get("k") == b"v1" and cache.get("k") == b"v1"
+        endpoint = cache.ring.get_node(b"k")
+        owner = cache.endpoints.index(endpoint)
         cluster.nodes[owner].stop()
         assert cache.get("k", "gone") == "gone"  # no answer, a retry, then the other node: it never had k
         assert cache.node_state()[endpoint] == "dead"
@@ -171,8 +169,8 @@ def test_a_remembered_get_fails_over_and_rejoins(clock: FakeClock) -> None:
         cluster.nodes[owner] = CacheNode(endpoint)
         cluster.nodes[owner].store.set(b"k", b"\x00stale")  # as if it had kept an old copy
         cluster.nodes[owner].start()
-        while endpoint not in cache.ping(timeout=0.2):  # the client's socket reconnects (its backoff)
-            pass
+        # the client's socket reconnects (its backoff)
+        wait_until(lambda: endpoint in cache.ping(timeout=0.2), 20, f"{endpoint} answers again")
         clock.now += 31
         assert cache.get("k") is None  # the owner again, after it deleted the hinted key: never b"stale"
         assert cache.node_state()[endpoint] == "alive"
@@ -200,10 +198,9 @@ def test_remembered_gets_tell_keys_apart(cache_cluster: CacheCluster, monkeypatc
         cache[1] = "one"
         with pytest.raises(ConfigurationError, match="not bool"):
             cache.get(True)
-    assert all(type(k) in (str, bytes, int) for k in cache.req_gets)
-    for i in range(20):
-        cache.get(f"k{i}")
-    assert 0 < len(cache.req_gets) <= 8  # bounded: it starts over when full
+    cache.set_many({f"k{i}": i for i in range(20)})
+    for _ in range(2):  # more keys than the memo holds (8 here): it starts over, and every get stays right
+        assert [cache.get(f"k{i}") for i in range(20)] == list(range(20))
     with pytest.raises(ConfigurationError, match="bad key"):
         cache.get("")
 
@@ -381,5 +378,36 @@ def test_closed_client_says_so(cache_cluster: CacheCluster) -> None:
     cache = cache_cluster.client()
     cache["k"] = 1
     cache.close()
-    with pytest.raises(RuntimeError, match="closed"):
+    with pytest.raises(Closed, match=r"CacheClient for .*tcp://.* is closed"):
         cache.get("k")
+    cache.close()  # again: nothing happens
+    with pytest.raises(Closed):
+        cache.set("k", 2)
+
+
+def test_help_shows_every_parameter() -> None:
+    import inspect
+
+    params = inspect.signature(CacheClient).parameters
+    assert {"endpoints", "timeout", "retries", "dead_timeout", "replicas", "codec", "max_item", "curve"} <= set(params)
+    get = inspect.signature(CacheClient.get).parameters
+    assert list(get) == ["self", "key", "default", "timeout"] and repr(get["timeout"].default) == "DEFAULT"
+
+
+def test_timeout_none_waits_without_limit() -> None:
+    from zmqkit.endpoints import free_tcp_endpoint
+
+    endpoint = free_tcp_endpoint()
+    cache = CacheClient([endpoint], timeout=0.05, retries=0)
+    got: list[object] = []
+    getter = threading.Thread(target=lambda: got.append(cache.get("k", "miss", timeout=None)))
+    try:
+        getter.start()
+        getter.join(0.3)  # far beyond the client's own timeout: it still waits
+        assert getter.is_alive() and not got
+        with CacheNode(endpoint) as node:
+            node.start()
+            getter.join(10)
+            assert got == ["miss"]
+    finally:
+        cache.close()

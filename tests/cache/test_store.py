@@ -184,24 +184,9 @@ def test_overhead_estimate_covers_real_memory() -> None:
     assert counted <= used * 2, (used, counted)  # it also covers what malloc keeps, but not wildly more
 
 
-def test_hot_reads_find_cachetools_internals(store: Store) -> None:
-    # Store.hit reads cachetools' value dict and LRU order directly (see _LRU.__init__). When a cachetools release
-    # keeps them elsewhere, the store still works through the public API, only slower: this test says so.
-    import cachetools
-
-    assert store._lru.lookup is not None, (
-        f"cachetools {cachetools.__version__} no longer keeps Cache._Cache__data / TLRUCache._TLRUCache__items: "
-        "update _LRU.__init__ in cache/store.py (gets now take the slow public path)"
-    )
-    assert store.hit == store._hit
-
-
-@pytest.mark.parametrize("read", ["lookup", "public"])
-def test_hot_read_keeps_lru_order_ttl_and_counts(clock: FakeClock, read: str) -> None:
+def test_hot_read_keeps_lru_order_ttl_and_counts(clock: FakeClock) -> None:
     item = 1000
     store = Store(3 * (item + 1 + 2 + ITEM_OVERHEAD), 2000, clock=clock)
-    if read == "public":
-        store.hit = store._hit_public
     for i in range(3):
         store.set(b"k%d" % i, b"\x00" + b"x" * item, ttl=10 if i == 2 else 0)
     assert store.hit(b"k0") == b"\x00" + b"x" * item  # k0 is now the most recently used; k1 the oldest
