@@ -115,6 +115,7 @@ def _log_line(record: dict[str, Any]) -> str:
 @click.option("--backups", default=5, show_default=True, type=click.IntRange(min=0), help="Rotated files kept.")
 @click.option("--count", default=0, type=click.IntRange(min=0), help="Stop after this many records (0: never).")
 @click.option("--timeout", default=None, type=float, help="Stop with an error after this many idle seconds.")
+@curve_options("bind")
 def logs(
     connects: str | None,
     binds: str | None,
@@ -126,6 +127,7 @@ def logs(
     backups: int,
     count: int,
     timeout: float | None,
+    curve: CurveFlags,
 ) -> None:
     """Follow the log records of many services at once (published by zmqkit.patterns.LogHandler)."""
     if not connects and not binds:
@@ -136,7 +138,7 @@ def logs(
         out.setFormatter(logging.Formatter("%(message)s"))
     topics = log_topics(services_, level)
     endpoints = connects.split(",") if connects else None
-    with Subscriber(endpoints, bind=binds, topics=topics) as subscriber:
+    with Subscriber(endpoints, bind=binds, topics=topics, curve=curve.for_side(serving=bool(binds))) as subscriber:
         if binds:
             click.echo(f"listening on {subscriber.endpoint}", err=True)
         seen = 0
