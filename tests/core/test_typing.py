@@ -12,7 +12,7 @@ pytest.importorskip("mypy", reason="needs mypy (in the test extra)")
 APP = """
 import asyncio
 
-from zmqkit.asyncio import Client, RpcClient
+from zmqkit.asyncio import CacheClient, Client, RpcClient
 
 
 async def main() -> None:
@@ -21,7 +21,10 @@ async def main() -> None:
     reply: bytes = await client.request(b"awaited")
     rpc = RpcClient(["tcp://127.0.0.1:1"])
     rpc.call("resize", "cat.png")  # line 12: no await
-    print(reply)
+    cache = CacheClient(["tcp://127.0.0.1:1"])
+    cache.set("k", 1)  # line 14: no await
+    value = await cache.get("k")
+    print(reply, value)
 
 asyncio.run(main())
 """
@@ -39,4 +42,4 @@ def test_mypy_strict_finds_zmqkit_asyncio_and_flags_a_missing_await(tmp_path: Pa
     )
     assert "import-not-found" not in out.stdout, out.stdout
     flagged = {line.split(":")[1] for line in out.stdout.splitlines() if "unused-coroutine" in line}
-    assert flagged == {"9", "12"}, out.stdout
+    assert flagged == {"9", "12", "14"}, out.stdout
