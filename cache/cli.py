@@ -9,6 +9,7 @@ zmqkit cache get greeting --nodes tcp://10.0.0.1:11311,tcp://10.0.0.2:11311
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -173,17 +174,40 @@ def _value(value: str | None, as_json: bool, from_file: str | None) -> Any:
         raise click.BadParameter(f"{text!r} is not JSON: {exc}", param_hint="VALUE") from None
 
 
-def _stored_value(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """The VALUE argument and the options that say how to read it, for set, add and cas."""
-    for option in reversed(
-        [
-            click.argument("value", required=False),
-            click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (stored as a number, list, ...)."),
-            click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Store its bytes."),
-        ]
-    ):
-        fn = option(fn)
-    return fn
+def _storing(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """The options set, add and cas share: VALUE and how to read it, --ttl, --max-item, the nodes and CURVE.
+
+    The command gets ``stored`` (the value read) and ``calling()`` (its client, failures mapped to exit codes).
+    """
+
+    @functools.wraps(fn)
+    def command(
+        value: str | None,
+        as_json: bool,
+        from_file: str | None,
+        max_item: str | None,
+        nodes: str,
+        timeout: float,
+        curve: CurveFlags,
+        **rest: Any,
+    ) -> Any:
+        stored = _value(value, as_json, from_file)
+        return fn(stored=stored, calling=lambda: _calling(nodes, timeout, curve, max_item), **rest)
+
+    decorated: Callable[..., Any] = command
+    options: list[Callable[[Callable[..., Any]], Callable[..., Any]]] = [
+        click.argument("value", required=False),
+        click.option("--json", "as_json", is_flag=True, help="VALUE is JSON (stored as a number, list, ...)."),
+        click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Store its bytes."),
+        _TTL,
+        _MAX_ITEM,
+        _NODES,
+        _TIMEOUT,
+        curve_options("client"),
+    ]
+    for option in reversed(options):
+        decorated = option(decorated)
+    return _with_codes(decorated)
 
 
 @cache.command()
@@ -217,56 +241,25 @@ def gets(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     click.echo(f"{token}\t{_show(value)}")
 
 
+_Calling = Callable[[], contextlib.AbstractContextManager[CacheClient]]
+
+
 @cache.command("set")
 @click.argument("key")
-@_stored_value
-@_TTL
-@_MAX_ITEM
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
-def set_(
-    key: str,
-    value: str | None,
-    as_json: bool,
-    from_file: str | None,
-    ttl: int,
-    max_item: str | None,
-    nodes: str,
-    timeout: float,
-    curve: CurveFlags,
-) -> None:
+@_storing
+def set_(key: str, stored: Any, ttl: int, calling: _Calling) -> None:
     """Store VALUE (text; - reads standard input; JSON with --json; a file's bytes with --file) under KEY."""
-    stored = _value(value, as_json, from_file)
-    with _calling(nodes, timeout, curve, max_item) as client:
+    with calling() as client:
         client.set(key, stored, ttl=ttl)
     click.echo("stored")
 
 
 @cache.command()
 @click.argument("key")
-@_stored_value
-@_TTL
-@_MAX_ITEM
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
-def add(
-    key: str,
-    value: str | None,
-    as_json: bool,
-    from_file: str | None,
-    ttl: int,
-    max_item: str | None,
-    nodes: str,
-    timeout: float,
-    curve: CurveFlags,
-) -> None:
+@_storing
+def add(key: str, stored: Any, ttl: int, calling: _Calling) -> None:
     """Store VALUE under KEY only if KEY is not there yet."""
-    stored = _value(value, as_json, from_file)
-    with _calling(nodes, timeout, curve, max_item) as client:
+    with calling() as client:
         if not client.add(key, stored, ttl=ttl):
             raise _Missing(f"{key!r} is already there; nothing stored")
     click.echo("stored")
@@ -275,28 +268,10 @@ def add(
 @cache.command()
 @click.argument("key")
 @click.argument("token", type=click.IntRange(min=0))
-@_stored_value
-@_TTL
-@_MAX_ITEM
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
-def cas(
-    key: str,
-    token: int,
-    value: str | None,
-    as_json: bool,
-    from_file: str | None,
-    ttl: int,
-    max_item: str | None,
-    nodes: str,
-    timeout: float,
-    curve: CurveFlags,
-) -> None:
+@_storing
+def cas(key: str, token: int, stored: Any, ttl: int, calling: _Calling) -> None:
     """Store VALUE under KEY if it is unchanged since `zmqkit cache gets` printed TOKEN."""
-    stored = _value(value, as_json, from_file)
-    with _calling(nodes, timeout, curve, max_item) as client:
+    with calling() as client:
         outcome = client.cas(key, stored, token, ttl=ttl)
     if outcome is None:
         raise _Missing(f"{key!r} not found")
