@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import statistics
 import sys
 import threading
@@ -17,6 +18,7 @@ from zmqkit.bench import Row, print_table, raw_pushpull, spawn
 from zmqkit.cli import (
     CurveFlags,
     MetricsFlags,
+    ZmqkitGroup,
     bench,
     curve_options,
     import_object,
@@ -25,13 +27,15 @@ from zmqkit.cli import (
     stop_signals,
     wait_until_stopped,
 )
+from zmqkit.codecs import unpack
 from zmqkit.endpoints import free_tcp_endpoint
-from zmqkit.errors import RequestTimeout
+from zmqkit.errors import RequestTimeout, ZmqkitError
 from zmqkit.sockets import SocketOptions
 
+from .spool import Spool
 from .sync import Producer, Worker
 
-__all__ = ["push", "pull", "worker", "bench_pipeline"]
+__all__ = ["push", "pull", "worker", "dead", "bench_pipeline"]
 
 
 @main.command()
@@ -71,8 +75,6 @@ def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeou
 
 
 def _json(text: str) -> object:
-    import json
-
     try:
         return json.loads(text)
     except ValueError as exc:
@@ -179,6 +181,95 @@ def worker(
     click.echo(f"worker {handler} on {where} (concurrency {concurrency})", err=True)
     with metrics.serving(sync_worker, service=handler):
         sync_worker.run()
+
+
+@main.group(cls=ZmqkitGroup)
+def dead() -> None:
+    """A spool-backed producer's dead letters, from the shell (safe while the producer runs)."""
+
+
+_SPOOL = click.option(
+    "--spool", required=True, type=click.Path(exists=True, dir_okay=False), help="The producer's spool file."
+)
+
+
+def _shown(codec: int, payload: bytes) -> str:
+    """A dead letter's value as text; a payload we may not or cannot decode is described, never unpickled."""
+    try:
+        value = unpack(codec, payload)
+    except ZmqkitError as exc:
+        return f"<{len(payload)} bytes, codec {codec}, not decoded: {exc}>"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace")
+    return json.dumps(value, default=repr)
+
+
+@dead.command("list")
+@_SPOOL
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0), help="Skip this many first.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(min=1), help="Show at most this many.")
+def dead_list(spool: str, offset: int, limit: int) -> None:
+    """One line per dead letter, oldest first: id, attempts, last error, value."""
+    store = Spool(spool)
+    try:
+        rows = list(store.dead_letters(offset, limit))
+        total = store.dead_count()
+    finally:
+        store.close()
+    for msg_id, codec, payload, attempts, error in rows:
+        value = _shown(codec, payload)
+        click.echo(f"{msg_id}\t{attempts}\t{error}\t{value if len(value) <= 80 else value[:77] + '...'}")
+    click.echo(f"{len(rows)} shown of {total} dead letter(s)", err=True)
+
+
+@dead.command("show")
+@click.argument("msg_id", type=int)
+@_SPOOL
+def dead_show(msg_id: int, spool: str) -> None:
+    """Everything about one dead letter: its value in full, attempts and last error."""
+    store = Spool(spool)
+    try:
+        row = next((r for r in store.dead_letters() if r[0] == msg_id), None)
+    finally:
+        store.close()
+    if row is None:
+        raise click.ClickException(f"no dead letter {msg_id} in {spool}")
+    _, codec, payload, attempts, error = row
+    click.echo(f"id: {msg_id}\nattempts: {attempts}\nerror: {error}\ncodec: {codec}\nvalue: {_shown(codec, payload)}")
+
+
+@dead.command("resubmit")
+@click.argument("msg_ids", nargs=-1, type=int, required=True)
+@_SPOOL
+def dead_resubmit(msg_ids: tuple[int, ...], spool: str) -> None:
+    """Put dead letters back to work: the producer on SPOOL sends them again within a second (or when it next
+    starts), with a fresh attempt count."""
+    store = Spool(spool)
+    try:
+        missing = [i for i in msg_ids if not store.ask_resubmit(i)]
+    finally:
+        store.close()
+    if missing:
+        raise click.ClickException(f"no dead letter {', '.join(map(str, missing))} in {spool}")
+    click.echo(f"asked the producer to resubmit {len(msg_ids)} message(s)")
+
+
+@dead.command("purge")
+@click.argument("msg_ids", nargs=-1, type=int)
+@click.option("--all", "everything", is_flag=True, help="Every dead letter.")
+@_SPOOL
+def dead_purge(msg_ids: tuple[int, ...], everything: bool, spool: str) -> None:
+    """Delete dead letters for good: the ones named, or --all."""
+    if bool(msg_ids) == everything:
+        raise click.UsageError("name the dead letters to purge, or give --all")
+    store = Spool(spool)
+    try:
+        gone = store.purge(None if everything else list(msg_ids))
+    finally:
+        store.close()
+    click.echo(f"purged {gone} dead letter(s)")
 
 
 # -- bench ---------------------------------------------------------------------------------------------------

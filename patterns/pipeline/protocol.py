@@ -161,6 +161,7 @@ class SpoolLike(Protocol):
     def dead_letters(self, offset: int = 0, limit: int | None = None) -> Iterable[tuple[int, int, bytes, int, str]]: ...
     def dead_letter(self, msg_id: int) -> tuple[int, bytes] | None: ...
     def dead_count(self) -> int: ...
+    def take_resubmits(self) -> list[int]: ...
 
 
 # -- fire-and-forget and sink frames ------------------------------------------------------------------------
@@ -238,6 +239,7 @@ class _Peer:
         self.capacity = capacity
 
 
+_MAILBOX = 1.0  # seconds between looks at the spool for dead letters another process asked to resubmit
 _SLOW = 0.25  # seconds a grown worker may hold work without finishing any before it is back to its floor
 
 
@@ -302,6 +304,7 @@ class ProducerProtocol:
         self.clock = clock
         self.random = random
         self.spool = spool
+        self._mailbox_at = clock()  # when to look at the spool's resubmit requests next
         self.counters = _Counters()
         self.messages: dict[int, _Msg] = {}  # every message accepted and not yet finished
         self.queue: deque[_Msg] = deque()  # waiting for a worker with credit
@@ -518,8 +521,16 @@ class ProducerProtocol:
     # -- timers
 
     def tick(self) -> None:
-        """Move due retries back to the queue and redeliver what lost workers held."""
+        """Move due retries back to the queue, redeliver what lost workers held, and (once a second, with a
+        spool) resubmit the dead letters ``zmqkit dead resubmit`` asked for from another process."""
         now = self.clock()
+        if self.spool is not None and now >= self._mailbox_at:
+            self._mailbox_at = now + _MAILBOX
+            for msg_id in self.spool.take_resubmits():
+                try:
+                    self.resubmit(msg_id)
+                except ConfigurationError as exc:  # purged or resubmitted meanwhile
+                    log.warning("resubmit request for %d ignored: %s", msg_id, exc)
         while self.waiting and self.waiting[0][0] <= now:
             msg = heapq.heappop(self.waiting)[2]
             if msg.state == _WAITING:

@@ -26,6 +26,8 @@ CREATE TABLE IF NOT EXISTS messages (
     error TEXT NOT NULL DEFAULT ''
 )
 """
+# Dead letters another process (``zmqkit dead resubmit``) asked the running producer to send again.
+_RESUBMITS = "CREATE TABLE IF NOT EXISTS resubmits (id INTEGER PRIMARY KEY)"
 
 
 class Spool:
@@ -46,6 +48,7 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute(_SCHEMA)
+            self._db.execute(_RESUBMITS)
         except sqlite3.Error as exc:
             raise ConfigurationError(f"cannot open spool {self.path!r}: {exc}") from None
         # One connection, used from two threads: the lock keeps each statement whole.
@@ -111,6 +114,45 @@ class Spool:
         """How many dead letters the spool holds."""
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM messages WHERE dead = 1").fetchone()[0])
+
+    def ask_resubmit(self, msg_id: int) -> bool:
+        """Ask the producer using this spool (now, or when it next starts) to send dead letter ``msg_id`` again;
+        False when there is no such dead letter. Safe from another process while the producer runs."""
+        with self._lock:
+            cur = self._db.execute(
+                "INSERT OR IGNORE INTO resubmits (id) SELECT id FROM messages WHERE id = ? AND dead = 1", (msg_id,)
+            )
+            return (
+                cur.rowcount > 0
+                or self._db.execute("SELECT 1 FROM resubmits WHERE id = ?", (msg_id,)).fetchone() is not None
+            )
+
+    def take_resubmits(self) -> list[int]:
+        """The ids asked for by :meth:`ask_resubmit` since the last call (each given once)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                ids = [int(row[0]) for row in self._db.execute("SELECT id FROM resubmits ORDER BY id")]
+                self._db.execute("DELETE FROM resubmits")
+            finally:
+                self._db.execute("COMMIT")
+        return ids
+
+    def purge(self, ids: Sequence[int] | None = None) -> int:
+        """Delete dead letters ``ids`` (every dead letter when None); return how many went."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                if ids is None:
+                    gone = self._db.execute("DELETE FROM messages WHERE dead = 1").rowcount
+                else:
+                    gone = sum(
+                        self._db.execute("DELETE FROM messages WHERE id = ? AND dead = 1", (i,)).rowcount for i in ids
+                    )
+                self._db.execute("DELETE FROM resubmits WHERE id NOT IN (SELECT id FROM messages)")
+            finally:
+                self._db.execute("COMMIT")
+        return int(gone)
 
     def close(self) -> None:
         with self._lock:
