@@ -152,6 +152,11 @@ def _with_codes(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
+def _client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What every one-key client command takes (--nodes, --timeout, the CURVE options) and its exit codes."""
+    return _NODES(_TIMEOUT(curve_options("client")(_with_codes(fn))))
+
+
 _MAX_ITEM = click.option("--max-item", help="Refuse values above this size before sending (default: the node's).")
 _TTL = click.option("--ttl", default=0, show_default=True, help="Seconds to keep it (0 = until evicted).")
 
@@ -212,10 +217,7 @@ def _storing(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @cache.command()
 @click.argument("key")
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
+@_client_command
 def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Print the value of KEY."""
     missing: Value = cast("Value", object())
@@ -228,10 +230,7 @@ def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
 
 @cache.command()
 @click.argument("key")
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
+@_client_command
 def gets(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Print KEY's cas token and value (TOKEN<TAB>VALUE), for `zmqkit cache cas`."""
     with _calling(nodes, timeout, curve) as client:
@@ -284,10 +283,7 @@ def _counter(name: str, word: str) -> None:
     @cache.command(name)
     @click.argument("key")
     @click.argument("delta", default=1, type=click.IntRange(min=0))
-    @_NODES
-    @_TIMEOUT
-    @curve_options("client")
-    @_with_codes
+    @_client_command
     def command(key: str, delta: int, nodes: str, timeout: float, curve: CurveFlags) -> None:
         with _calling(nodes, timeout, curve) as client:
             value = getattr(client, name)(key, delta)
@@ -307,10 +303,7 @@ _counter("decr", "Decrease (stopping at 0)")
 @cache.command()
 @click.argument("key")
 @click.argument("ttl", type=float)
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
+@_client_command
 def touch(key: str, ttl: float, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Give KEY a new TTL in seconds (0 = until evicted)."""
     with _calling(nodes, timeout, curve) as client:
@@ -321,10 +314,7 @@ def touch(key: str, ttl: float, nodes: str, timeout: float, curve: CurveFlags) -
 
 @cache.command()
 @click.argument("key")
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
+@_client_command
 def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Remove KEY."""
     with _calling(nodes, timeout, curve) as client:
@@ -334,10 +324,7 @@ def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
 
 
 @cache.command()
-@_NODES
-@_TIMEOUT
-@curve_options("client")
-@_with_codes
+@_client_command
 def ping(nodes: str, timeout: float, curve: CurveFlags) -> None:
     """Ask every node for its id, with the round trip; exit 3 if any does not answer."""
     with _calling(nodes, timeout, curve) as client:
