@@ -18,6 +18,8 @@ from .pipeline import Retry as Retry
 from .pipeline import Sink as Sink
 from .pipeline import Worker as Worker
 from .presence import Directory as Directory
+from .presence import Fabric as Fabric
+from .presence import FabricServer as FabricServer
 from .presence import Presence as Presence
 from .reqrep import Client as Client
 from .reqrep import Proxy as Proxy
@@ -35,8 +37,10 @@ __all__ = [
     "Retry",
     "Sink",
     "Worker",
-    # fanout and presence
+    # fanout, presence and discovery
     "Directory",
+    "Fabric",
+    "FabricServer",
     "Forwarder",
     "LogHandler",
     "Presence",

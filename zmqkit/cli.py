@@ -282,4 +282,5 @@ def bench() -> None:
 from zmqkit.cache import cli as _cache_cli  # noqa: E402,F401  (registers commands)
 from zmqkit.patterns.fanout import cli as _fanout_cli  # noqa: E402,F401  (registers commands)
 from zmqkit.patterns.pipeline import cli as _pipeline_cli  # noqa: E402,F401  (registers commands)
+from zmqkit.patterns.presence import cli as _presence_cli  # noqa: E402,F401  (registers commands)
 from zmqkit.patterns.reqrep import cli as _reqrep_cli  # noqa: E402,F401  (registers commands)

@@ -1,4 +1,4 @@
-"""Fanout commands: ``zmqkit pub``, ``sub``, ``logs``, ``forwarder``, ``services`` and ``bench fanout``."""
+"""Fanout commands: ``zmqkit pub``, ``sub``, ``logs``, ``forwarder`` and ``bench fanout``."""
 
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from zmqkit.bench import Row, print_table, raw_pubsub, spawn
 from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
 from zmqkit.sockets import SocketOptions
 
-from ..presence.protocol import Entry
-from ..presence.sync import Directory
 from .logs import LEVELS, log_topics
 from .sync import Forwarder, Publisher, Subscriber
 
-__all__ = ["pub", "sub", "logs", "forwarder", "services", "bench_fanout"]
+__all__ = ["pub", "sub", "logs", "forwarder", "bench_fanout"]
 
 
 @main.command()
@@ -171,48 +169,6 @@ def forwarder(xsub: str, xpub: str, last_value_cache: int, curve: CurveFlags) ->
     with stop_signals() as stop, Forwarder(xsub, xpub, last_value_cache=last_value_cache, curve=security) as fwd:
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
         wait_until_stopped(stop)
-
-
-def _directory_lines(entries: list[Entry], fabric: str, as_json: bool) -> list[str]:
-    if as_json:
-        return [
-            json.dumps({"service": e.service, "status": e.status, "endpoint": e.endpoint, "meta": e.meta})
-            for e in entries
-        ]
-    if not entries:
-        return [f"no services announced on {fabric}"]
-    rows = [(e.service, e.status, e.endpoint, json.dumps(e.meta) if e.meta else "") for e in entries]
-    widths = [max(len(r[i]) for r in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]) for i in range(4)]
-    return [
-        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-        for row in [("SERVICE", "STATUS", "ENDPOINT", "META"), *rows]
-    ]
-
-
-@main.command()
-@click.option("--fabric", required=True, help="Where announcements arrive: a forwarder's XPUB or a Presence.")
-@click.option("--listen", default=2.5, show_default=True, help="Seconds to collect heartbeats before printing.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON object per line instead of a table.")
-@click.option("--watch", type=click.FloatRange(min=0.1), help="Keep listening; redraw every SECONDS.")
-@click.option("--samples", default=0, type=click.IntRange(min=0), help="With --watch: stop after N (0: Ctrl-C).")
-@curve_options("client")
-def services(fabric: str, listen: float, as_json: bool, watch: float | None, samples: int, curve: CurveFlags) -> None:
-    """Print the directory of services announced on FABRIC (name, status, endpoint, meta); --watch redraws it."""
-    with Directory(fabric, curve=curve.for_client()) as directory, stop_signals() as stop:
-        # A listening window, not a synchronisation: heartbeats come once per interval (default 1 s), so
-        # every live service is heard within a little more than one interval (a last-value cache: at once).
-        if stop.wait(listen):
-            return
-        shown = 0
-        while True:
-            if watch is not None:
-                click.clear()
-                click.echo(f"zmqkit services on {fabric}, every {watch:g}s (Ctrl-C to stop)")
-            for line in _directory_lines(directory.lookup(), fabric, as_json):
-                click.echo(line)
-            shown += 1
-            if watch is None or (samples and shown >= samples) or stop.wait(watch):
-                return
 
 
 def _zmqkit_publisher(endpoint: str, n: int, size: int) -> None:

@@ -25,7 +25,7 @@ from ..fanout.protocol import new_id
 from ..fanout.sync import Publisher, Subscriber
 from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement
 
-__all__ = ["Changes", "DirectoryBase", "PresenceBase", "Watcher"]
+__all__ = ["Changes", "DirectoryBase", "PresenceBase", "Watcher", "block"]
 
 log = logging.getLogger(__name__)
 Watcher = Callable[[str, Entry], object]
@@ -90,6 +90,16 @@ class Changes:
             if left <= 0:
                 raise expired()
             yield left
+
+
+def block(changes: Changes, steps: Generator[float | None, None, T]) -> T:
+    """Run a wait's steps (:meth:`Changes.steps`) in this thread: sleep on the condition between looks."""
+    with changes.lock:
+        try:
+            while True:
+                changes.lock.wait(next(steps))
+        except StopIteration as done:
+            return done.value
 
 
 class PresenceBase:

@@ -8,20 +8,23 @@ node. Time comes from an injected monotonic clock, so tests move it by hand.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from zmqkit.checks import check_int
 from zmqkit.errors import ConfigurationError, ProtocolError
 
-__all__ = ["TOPIC_PREFIX", "STATUSES", "Entry", "Announcements", "DirectoryTable", "check_announcement"]
+__all__ = ["TOPIC_PREFIX", "STATUSES", "Entry", "Announcements", "DirectoryTable", "body_of", "check_announcement"]
 
 log = logging.getLogger(__name__)
 
 TOPIC_PREFIX = "_zk.presence."
 STATUSES = ("up", "maintenance", "down")
 Clock = Callable[[], float]
+MALFORMED_LOG_INTERVAL = 10.0  # seconds between two warnings about malformed announcements
 
 
 def check_announcement(service: Any, endpoint: Any, status: Any, meta: Any) -> dict[str, Any]:
@@ -102,22 +105,40 @@ class DirectoryTable:
     ``apply`` and ``expire`` return events ``(kind, entry)``, kind one of added, changed, removed, expired.
     """
 
-    def __init__(self, misses: float = 3, clock: Clock = time.monotonic) -> None:
+    def __init__(self, misses: float = 3, clock: Clock = time.monotonic, max_entries: int = 100_000) -> None:
         if not isinstance(misses, (int, float)) or isinstance(misses, bool) or misses <= 0:
             raise ConfigurationError(f"bad misses {misses!r}: expected a number of heartbeats > 0")
         self.misses = misses
+        self.max_entries = check_int("max_entries", max_entries, 1)
         self._clock = clock
         self._entries: dict[tuple[str, str], Entry] = {}
         self.malformed = 0
+        self.refused = 0  # new entries turned away because the table was full
+        self._last_warning = -math.inf
 
     def apply(self, body: Any) -> list[tuple[str, Entry]]:
-        """Take one announcement body; a bad one is counted, logged and ignored."""
+        """Take one announcement body; a bad one is counted, logged (at most every 10 s) and ignored."""
         try:
-            entry = self._entry(body)
+            entry = self.parse(body)
         except (ProtocolError, ConfigurationError) as exc:
-            self.malformed += 1
-            log.warning("ignored a malformed presence announcement: %s", exc)
+            self.reject(exc)
             return []
+        return self.apply_entry(entry)
+
+    def reject(self, error: Exception) -> None:
+        """Count a malformed announcement; log it, at most one line per :data:`MALFORMED_LOG_INTERVAL`."""
+        self.malformed += 1
+        now = self._clock()
+        if now - self._last_warning >= MALFORMED_LOG_INTERVAL:
+            self._last_warning = now
+            log.warning("ignored a malformed presence announcement (%d so far): %s", self.malformed, error)
+
+    def holds(self, entry: Entry) -> bool:
+        """Whether the table has an entry for ``entry``'s service and endpoint."""
+        return (entry.service, entry.endpoint) in self._entries
+
+    def apply_entry(self, entry: Entry) -> list[tuple[str, Entry]]:
+        """Take one checked announcement; returns the events it causes (none for a plain heartbeat)."""
         key = (entry.service, entry.endpoint)
         old = self._entries.get(key)
         if entry.status == "down":
@@ -125,6 +146,9 @@ class DirectoryTable:
                 return []
             del self._entries[key]
             return [("removed", entry)]
+        if old is None and len(self._entries) >= self.max_entries:
+            self.refused += 1  # a flood of made-up endpoints costs bounded memory; heartbeats of known ones go on
+            return []
         self._entries[key] = entry
         if old is None:
             return [("added", entry)]
@@ -132,7 +156,8 @@ class DirectoryTable:
             return [("changed", entry)]
         return []
 
-    def _entry(self, body: Any) -> Entry:
+    def parse(self, body: Any) -> Entry:
+        """Check one announcement body (ProtocolError naming what is wrong) and date it now."""
         if not isinstance(body, dict):
             raise ProtocolError(f"announcement is not a JSON object: {body!r:.80}")
         fields = check_announcement(body.get("service"), body.get("endpoint"), body.get("status"), body.get("meta"))
@@ -165,3 +190,15 @@ class DirectoryTable:
             and (status is None or e.status == status)
         ]
         return sorted(found, key=lambda e: (e.service, e.status != "up", e.endpoint))
+
+
+def body_of(entry: Entry) -> dict[str, Any]:
+    """An entry as the announcement body that made it (what a fabric server passes on)."""
+    return {
+        "service": entry.service,
+        "endpoint": entry.endpoint,
+        "status": entry.status,
+        "meta": entry.meta,
+        "interval": entry.interval,
+        "node": entry.node,
+    }

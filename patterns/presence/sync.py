@@ -7,25 +7,10 @@ Everything but the blocking waits is in :mod:`.base`, shared with the asyncio tw
 
 from __future__ import annotations
 
-from collections.abc import Generator
-from typing import TypeVar
-
-from .base import Changes, DirectoryBase, PresenceBase
+from .base import DirectoryBase, PresenceBase, block
 from .protocol import Entry
 
 __all__ = ["Presence", "Directory", "Entry"]
-
-T = TypeVar("T")
-
-
-def _block(changes: Changes, steps: Generator[float | None, None, T]) -> T:
-    """Run a wait's steps in this thread: sleep on the condition between looks."""
-    with changes.lock:
-        try:
-            while True:
-                changes.lock.wait(next(steps))
-        except StopIteration as done:
-            return done.value
 
 
 class Presence(PresenceBase):
@@ -42,7 +27,7 @@ class Presence(PresenceBase):
 
         RequestTimeout after ``timeout`` seconds (None: no limit; 0: look once); Closed if closed meanwhile.
         """
-        return _block(self._changes, self._directory_steps(n, timeout))
+        return block(self._changes, self._directory_steps(n, timeout))
 
     def __enter__(self) -> Presence:
         return self
@@ -65,7 +50,7 @@ class Directory(DirectoryBase):
 
         RequestTimeout after ``timeout`` seconds (None: no limit; 0: look once); Closed if closed meanwhile.
         """
-        return _block(self._changes, self._wait_steps(service, timeout, status))
+        return block(self._changes, self._wait_steps(service, timeout, status))
 
     def __enter__(self) -> Directory:
         return self

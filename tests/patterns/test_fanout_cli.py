@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from zmqkit.cli import main
-from zmqkit.patterns import Directory, Forwarder, Presence, Publisher, Subscriber
+from zmqkit.patterns import Publisher, Subscriber
 
 LOCAL = "tcp://127.0.0.1:0"
 EXE = str(Path(sys.executable).parent / "zmqkit")
@@ -60,34 +60,6 @@ def test_forwarder_command_forwards_until_stopped() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)  # a service manager's stop: a clean exit, like Ctrl-C
         assert proc.wait(20) == 0
-
-
-@pytest.mark.timeout(30)
-def test_services_prints_the_directory() -> None:
-    with Forwarder(last_value_cache=10) as fwd, Presence(fwd.xsub_endpoint) as presence:
-        presence.announce("orders", "tcp://10.1.1.1:5000", meta={"q": 1})
-        presence.announce("search", "tcp://10.1.1.2:5001", status="maintenance")
-        with Directory(fwd.xpub_endpoint) as directory:
-            directory.wait("search", timeout=10, status="maintenance")  # the cache now holds both
-        result = CliRunner().invoke(main, ["services", "--fabric", fwd.xpub_endpoint, "--listen", "0.5"])
-    assert result.exit_code == 0, result.output
-    lines = result.output.splitlines()
-    assert lines[0].split() == ["SERVICE", "STATUS", "ENDPOINT", "META"]
-    assert lines[1].split() == ["orders", "up", "tcp://10.1.1.1:5000", '{"q":', "1}"]
-    assert lines[2].split() == ["search", "maintenance", "tcp://10.1.1.2:5001"]
-
-
-@pytest.mark.timeout(30)
-def test_services_watch_redraws_the_directory() -> None:
-    with Forwarder(last_value_cache=10) as fwd, Presence(fwd.xsub_endpoint) as presence:
-        presence.announce("orders", "tcp://10.1.1.1:5000")
-        with Directory(fwd.xpub_endpoint) as directory:
-            directory.wait("orders", timeout=10)
-        args = ["services", "--fabric", fwd.xpub_endpoint, "--listen", "0.2", "--watch", "0.1", "--samples", "3"]
-        result = CliRunner().invoke(main, args)
-    assert result.exit_code == 0, result.output
-    assert result.output.count("zmqkit services on") == 3
-    assert sum(line.split()[:2] == ["orders", "up"] for line in result.output.splitlines()) == 3
 
 
 @pytest.mark.timeout(120)

@@ -1,0 +1,607 @@
+"""The discovery fabric: services announce themselves by name and clients find them, with no fixed address lists.
+
+A **fabric server** (``zmqkit fabric --bind tcp://*:5557``) is one XPUB socket at one address. Every process
+that announces or finds services joins with one :class:`Fabric`: an XSUB socket connected to every fabric server
+(several, for redundancy), run by a background thread.
+
+- Announcements go upstream: one frame ``ZKA1`` + a JSON object (see ``docs/wire.md``), sent to every fabric
+  server at once and repeated every heartbeat interval.
+- A fabric server checks each one, keeps the live table (entries expire after ``misses`` silent intervals) and
+  passes it on to the members that subscribed to its service, as two frames ``[_zk.presence.<service>, JSON]``.
+  A member that subscribes gets the matching live entries at once.
+- Each member keeps its own table with the same expiry, so a fabric server that dies loses nothing: the
+  other servers carry the heartbeats, and a member's view outlives a server by design.
+
+Pattern objects use two small parts: :class:`Announcer` (what a server, producer, publisher or cache node
+announces: up, maintenance when it leaves, down when it closes) and :class:`Members` (the live instances of one
+service, with a version number a driver compares between calls: nothing is added to the per-message path).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Generator, Sequence
+from typing import Any
+
+from zmqkit.checks import check_number
+from zmqkit.endpoints import parse_endpoint, parse_endpoints
+from zmqkit.errors import Closed, ConfigurationError, ProtocolError, RequestTimeout
+from zmqkit.security import Curve
+from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
+
+from .._background import Background
+from .base import Changes, Watcher, block
+from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, body_of, check_announcement
+
+__all__ = [
+    "ANNOUNCE",
+    "ENV_FABRIC",
+    "Announcer",
+    "Fabric",
+    "FabricLike",
+    "FabricServer",
+    "Members",
+    "advertised",
+    "fabric_endpoints",
+    "use_fabric",
+]
+
+log = logging.getLogger(__name__)
+
+ANNOUNCE = b"ZKA1"  # an upstream announcement frame starts with these bytes (never 0 or 1: those subscribe)
+ENV_FABRIC = "ZMQKIT_FABRIC"
+_TOPIC = TOPIC_PREFIX.encode()
+_SUBSCRIBE, _UNSUBSCRIBE = b"\x01", b"\x00"
+_WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
+
+
+def fabric_endpoints(fabric: str | Sequence[str] | None) -> list[str]:
+    """The fabric servers' addresses: ``fabric`` (one or a list), else ``$ZMQKIT_FABRIC`` (comma-separated)."""
+    if fabric is None:
+        fabric = os.environ.get(ENV_FABRIC, "").strip()
+        if not fabric:
+            raise ConfigurationError(f"no fabric: pass fabric='tcp://HOST:PORT' (or a list), or set ${ENV_FABRIC}")
+    return parse_endpoints(fabric)
+
+
+def _route_address(fabric: Sequence[str]) -> str:
+    """This host's address on the route to the first TCP fabric server (what the other hosts can reach)."""
+    for endpoint in fabric:
+        ep = parse_endpoint(endpoint)
+        if ep.transport != "tcp":
+            continue
+        family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
+        # A UDP "connect" sends nothing: it only asks the kernel which local address routes to the server.
+        with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.connect((ep.host, ep.port or 9))
+            return str(probe.getsockname()[0])
+    return "127.0.0.1"  # an ipc or inproc fabric: every member is on this host
+
+
+def advertised(bound: str, fabric: Sequence[str], advertise: str | None = None) -> str:
+    """The address to announce for a socket bound at ``bound``: ``advertise`` when given; for a bind to every
+    interface (``tcp://*:P``, ``0.0.0.0``, ``::``), this host's address on the route to the fabric."""
+    if advertise is not None:
+        return str(parse_endpoint(advertise))
+    ep = parse_endpoint(bound, for_bind=True)
+    if ep.transport != "tcp" or ep.host not in _WILDCARD_HOSTS:
+        return bound
+    if ep.port is None:
+        raise ConfigurationError(f"cannot announce {bound!r}: announce the real endpoint, after the bind")
+    host = _route_address(fabric)
+    return f"tcp://[{host}]:{ep.port}" if ":" in host else f"tcp://{host}:{ep.port}"
+
+
+def _announcement(frame: bytes) -> Any:
+    """The JSON body of an upstream frame; ValueError when it is not one."""
+    if not frame.startswith(ANNOUNCE):
+        raise ValueError(f"not an announcement (expected {ANNOUNCE!r} first): {frame[:16]!r}")
+    return json.loads(frame[len(ANNOUNCE) :])
+
+
+class FabricServer:
+    """One fabric server: takes announcements, keeps the live table, tells each member what it subscribed to.
+
+    >>> with FabricServer("tcp://*:5557") as fabric:
+    ...     fabric.join()  # until close() from another thread, or Ctrl-C in the CLI
+    """
+
+    def __init__(
+        self,
+        bind: str | Sequence[str] = "tcp://*:5557",
+        *,
+        misses: float = 3,
+        max_entries: int = 100_000,
+        options: SocketOptions | None = None,
+        curve: Curve | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``misses``: heartbeats an entry may miss before it expires; ``max_entries`` bounds the table (a
+        flood of made-up announcements costs bounded memory); with ``curve`` only allowed keys can announce."""
+        self._table = DirectoryTable(misses, clock, max_entries)
+        self._xpub = make_socket("xpub", resolve_options(options, curve))  # XPUB_VERBOSER: every subscription
+        self.endpoints = attach(self._xpub, bind, None, "FabricServer")
+        self._lock = threading.Lock()
+        self.announcements = 0
+        self.subscriptions = 0
+        self._background = Background("fabric", {self._xpub: self._on_frames}, tick=self._sweep)
+
+    @property
+    def endpoint(self) -> str:
+        return self.endpoints[0]
+
+    def _on_frames(self, frames: list[bytes]) -> None:
+        first = frames[0]
+        if len(frames) == 1 and first[:1] == _SUBSCRIBE:
+            self.subscriptions += 1
+            self._send_matching(first[1:])
+            return
+        if len(frames) == 1 and first[:1] == _UNSUBSCRIBE:
+            return
+        with self._lock:
+            try:
+                if len(frames) != 1:
+                    raise ProtocolError(f"an announcement is one frame, got {len(frames)}")
+                entry = self._table.parse(_announcement(first))
+            except (ValueError, ProtocolError, ConfigurationError) as exc:
+                self._table.reject(exc)  # counted, logged at a bounded rate, never fatal
+                return
+            self._table.apply_entry(entry)
+            if entry.status != "down" and not self._table.holds(entry):
+                return  # refused: the table is full
+            self.announcements += 1
+        # Heartbeats are passed on too: they keep every member's copy of the entry alive.
+        self._send(entry)
+
+    def _send(self, entry: Entry) -> None:
+        topic = (TOPIC_PREFIX + entry.service).encode()
+        self._xpub.send_multipart([topic, json.dumps(body_of(entry)).encode()])
+
+    def _send_matching(self, prefix: bytes) -> None:
+        if not (prefix.startswith(_TOPIC) or _TOPIC.startswith(prefix)):
+            return
+        with self._lock:
+            entries = [e for e in self._table.lookup() if (TOPIC_PREFIX + e.service).encode().startswith(prefix)]
+        for entry in entries:
+            self._send(entry)
+        # The end of the snapshot (an empty body on the subscribed prefix): a member now knows what this server knows.
+        self._xpub.send_multipart([prefix, b""])
+
+    def _sweep(self) -> float:
+        with self._lock:
+            self._table.expire()
+        return 0.1
+
+    def lookup(self, service: str | None = None) -> list[Entry]:
+        """The server's live table (every service when None), up instances first."""
+        with self._lock:
+            return self._table.lookup(service)
+
+    def stats(self) -> dict[str, int]:
+        """Counters for metrics: announcements taken, malformed ones, entries refused (table full), live entries."""
+        with self._lock:
+            return {
+                "announcements": self.announcements,
+                "malformed": self._table.malformed,
+                "refused": self._table.refused,
+                "entries": len(self._table.lookup()),
+                "subscriptions": self.subscriptions,
+            }
+
+    def join(self, timeout: float | None = None) -> None:
+        """Block until the server stops."""
+        self._background.join(timeout)
+
+    def close(self) -> None:
+        """Stop the thread (it closes the socket); idempotent."""
+        self._background.stop()
+
+    def __enter__(self) -> FabricServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<FabricServer {self.endpoints}>"
+
+
+class Fabric:
+    """A process's membership of a fabric: announces services and follows the ones it watches.
+
+    Pattern objects take ``fabric=`` as addresses (they then share one Fabric per address list in the process)
+    or as a Fabric made here, to set its heartbeat ``interval``, ``misses`` or ``curve`` (a CURVE *client*:
+    the fabric servers' public key) once for many objects.
+
+    >>> with Fabric("tcp://fabric1:5557,tcp://fabric2:5557", interval=0.5) as fabric:
+    ...     server = Server("tcp://*:6000", handler, announce="thumbs", fabric=fabric)
+    """
+
+    # How often (real seconds) the thread looks for expired entries; expiry itself runs on ``clock``.
+    sweep_interval = 0.1
+
+    def __init__(
+        self,
+        fabric: str | Sequence[str] | None = None,
+        *,
+        interval: float = 1.0,
+        misses: float = 3,
+        options: SocketOptions | None = None,
+        curve: Curve | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.endpoints = fabric_endpoints(fabric)
+        self.interval = check_number("interval", interval, above=True)
+        self._announcements = Announcements(os.urandom(8).hex(), self.interval, clock)
+        self._table = DirectoryTable(misses, clock)
+        self._changes = Changes()
+        self._watchers: dict[str, list[Watcher]] = {}
+        # Not IMMEDIATE: an announcement made before the connection is up waits for it instead of being lost.
+        self._xsub = make_socket("xsub", resolve_options(options, curve, immediate=False))
+        attach(self._xsub, None, self.endpoints, "Fabric")
+        self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
+        self._references = 0
+        self._shared_key: tuple[Any, ...] | None = None
+        self._background = Background(
+            "fabric-member",
+            {self._xsub: self._on_message},
+            on_command=self._on_command,
+            tick=self._tick,
+            on_stop=self._goodbye,
+            linger_ms=1000,
+        )
+
+    @property
+    def closed(self) -> bool:
+        return self._changes.closed
+
+    @property
+    def node(self) -> str:
+        """This member's id in its announcements."""
+        return self._announcements.node
+
+    @property
+    def malformed(self) -> int:
+        """Messages from fabric servers dropped as malformed."""
+        return self._table.malformed
+
+    # --- announcing -------------------------------------------------------------------------------------
+    def announce(self, service: str, endpoint: str, status: str = "up", meta: dict[str, Any] | None = None) -> None:
+        """Announce ``service`` at ``endpoint`` (again: a change of status or meta); ``down`` withdraws it."""
+        fields = check_announcement(service, str(parse_endpoint(endpoint)), status, meta)
+        try:
+            payload = json.dumps(fields).encode()
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"bad meta {meta!r}: not JSON-serialisable ({exc})") from None
+        self._command(b"announce", payload)
+
+    # --- finding ----------------------------------------------------------------------------------------
+    def watch(self, service: str | None, callback: Watcher) -> Callable[[], None]:
+        """Call ``callback(event, entry)`` on added/changed/removed/expired instances of ``service`` (None: of
+        every service) in the fabric's thread; instances already known are replayed as "added". Returns the
+        function that stops it."""
+        if service is not None:
+            check_announcement(service, "", "up", None)
+        service = service or ""
+        if not callable(callback):
+            raise ConfigurationError(f"bad watch callback {callback!r}: expected a callable")
+        with self._changes.lock:
+            if self._changes.closed:
+                raise self._closed_error()
+            callbacks = self._watchers.setdefault(service, [])
+            callbacks.append(callback)
+            first = len(callbacks) == 1
+            known = self._table.lookup(service or None)
+        if first:
+            self._command(b"subscribe", service.encode())
+        for entry in known:
+            callback("added", entry)
+
+        def unwatch() -> None:
+            with self._changes.lock:
+                callbacks = self._watchers.get(service, [])
+                if callback in callbacks:
+                    callbacks.remove(callback)
+                last = not callbacks and self._watchers.pop(service, None) is not None
+            if last and not self._changes.closed:
+                self._command(b"unsubscribe", service.encode())
+
+        return unwatch
+
+    def lookup(self, service: str | None) -> list[Entry]:
+        """The live instances of a watched ``service`` (None: of every service watched), up ones first."""
+        with self._changes.lock:
+            if self._changes.closed:
+                raise self._closed_error()
+            return self._table.lookup(service)
+
+    def wait_synced(self, timeout: float | None = 5.0) -> bool:
+        """Block until a fabric server has sent its snapshot of what this member watches (False on timeout)."""
+        steps = self._changes.steps(
+            lambda: self.synced or None, timeout, lambda: RequestTimeout(""), self._closed_error()
+        )
+        try:
+            return bool(block(self._changes, steps))
+        except RequestTimeout:
+            return False
+
+    def wait_steps(self, service: str, timeout: float | None) -> Generator[float | None, None, Entry]:
+        """A wait for an "up" instance of a watched ``service``, sans-I/O (see ``presence.base.Changes.steps``)."""
+
+        def first() -> Entry | None:
+            with self._changes.lock:
+                found = self._table.lookup(service, "up")
+            return found[0] if found else None
+
+        def not_found() -> RequestTimeout:
+            return RequestTimeout(f"no instance of {service!r} announced on {', '.join(self.endpoints)}")
+
+        return self._changes.steps(first, timeout, not_found, self._closed_error())
+
+    def wait(self, service: str, timeout: float | None = 10.0) -> Entry:
+        """Block until ``service`` has an instance up and return it (watching it meanwhile).
+
+        RequestTimeout after ``timeout`` seconds; Closed if the fabric closes meanwhile.
+        """
+        unwatch = self.watch(service, lambda event, entry: None)
+        try:
+            return block(self._changes, self.wait_steps(service, timeout))
+        finally:
+            unwatch()
+
+    # --- the thread -------------------------------------------------------------------------------------
+    def _command(self, kind: bytes, payload: bytes) -> None:
+        if self._changes.closed:
+            raise self._closed_error()
+        self._background.command(kind, payload)
+
+    def _on_command(self, frames: list[bytes]) -> None:
+        kind, payload = frames
+        if kind == b"announce":
+            _, body = self._announcements.announce(json.loads(payload))
+            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+        elif kind == b"subscribe":
+            self._xsub.send(_SUBSCRIBE + _TOPIC + payload)
+        else:
+            self._xsub.send(_UNSUBSCRIBE + _TOPIC + payload)
+            with self._changes.lock:
+                for entry in self._table.lookup(payload.decode() or None):
+                    self._table.apply_entry(Entry(entry.service, entry.endpoint, "down"))
+
+    def _on_message(self, frames: list[bytes]) -> None:
+        if len(frames) == 2 and not frames[1] and frames[0].startswith(_TOPIC):
+            with self._changes.lock:
+                self.synced += 1
+            self._changes.notify()
+            return
+        with self._changes.lock:
+            try:
+                if len(frames) != 2 or not frames[0].startswith(_TOPIC):
+                    raise ProtocolError(f"expected [topic, announcement], got {len(frames)} frame(s)")
+                entry = self._table.parse(json.loads(frames[1]))
+            except (ValueError, ProtocolError, ConfigurationError) as exc:
+                self._table.reject(exc)
+                return
+            events = self._table.apply_entry(entry)
+        self._publish(events)
+
+    def _tick(self) -> float:
+        for _, body in self._announcements.due():
+            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+        with self._changes.lock:
+            events = self._table.expire()
+        self._publish(events)
+        return min(self._announcements.wait(), self.sweep_interval)
+
+    def _publish(self, events: list[tuple[str, Entry]]) -> None:
+        if not events:
+            return
+        self._changes.notify()
+        for kind, entry in events:
+            with self._changes.lock:
+                watchers = [*self._watchers.get(entry.service, ()), *self._watchers.get("", ())]
+            for watcher in watchers:
+                try:
+                    watcher(kind, entry)
+                except Exception:
+                    log.exception("fabric watcher %r failed", watcher)
+
+    def _goodbye(self) -> None:
+        for _, body in self._announcements.withdraw():
+            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+
+    # --- life -------------------------------------------------------------------------------------------
+    def _closed_error(self) -> Closed:
+        return Closed(f"Fabric {', '.join(self.endpoints)} is closed")
+
+    def close(self) -> None:
+        """Announce ``down`` for everything this member announced, then stop; idempotent."""
+        with _SHARED_LOCK:
+            if self._shared_key is not None and _SHARED.get(self._shared_key) is self:
+                del _SHARED[self._shared_key]
+        if self._changes.close():
+            self._background.stop()
+
+    def retain(self) -> Fabric:
+        """Take a reference (an object that uses this fabric); :meth:`release` gives it back."""
+        with _SHARED_LOCK:
+            if self._changes.closed:
+                raise self._closed_error()
+            self._references += 1
+        return self
+
+    def release(self) -> None:
+        """Give a reference back; a shared Fabric (made from addresses by :func:`use_fabric`) closes with its
+        last one, one made by the user stays open until the user closes it."""
+        with _SHARED_LOCK:
+            self._references -= 1
+            last = self._references <= 0 and self._shared_key is not None
+        if last:
+            self.close()
+
+    def __enter__(self) -> Fabric:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<Fabric {self.node} {', '.join(self.endpoints)}>"
+
+
+FabricLike = Fabric | str | Sequence[str] | None
+_SHARED: dict[tuple[Any, ...], Fabric] = {}
+_SHARED_LOCK = threading.RLock()
+
+
+def use_fabric(fabric: FabricLike, *, curve: Curve | None = None) -> Fabric:
+    """The Fabric an object should use, with a reference taken (give it back with ``release()``).
+
+    A Fabric is used as given; addresses (or None: ``$ZMQKIT_FABRIC``) share one Fabric per address list and
+    CURVE setting in this process, made on first use and closed with its last user.
+    """
+    if isinstance(fabric, Fabric):
+        return fabric.retain()
+    endpoints = fabric_endpoints(fabric)
+    key = (tuple(endpoints), curve, os.getpid())
+    with _SHARED_LOCK:
+        found = _SHARED.get(key)
+        if found is None or found.closed:
+            found = Fabric(endpoints, curve=curve)
+            found._shared_key = key
+            _SHARED[key] = found
+        return found.retain()
+
+
+class Announcer:
+    """What one object announces: ``service`` at its endpoints, up while it runs.
+
+    ``maintenance()`` when it leaves (clients send it no new work), ``close()`` announces down and releases
+    the fabric.
+    """
+
+    def __init__(
+        self,
+        fabric: FabricLike,
+        service: str,
+        endpoints: Sequence[str],
+        *,
+        meta: dict[str, Any] | None = None,
+        advertise: str | Sequence[str] | None = None,
+        curve: Curve | None = None,
+    ) -> None:
+        check_announcement(service, "", "up", meta)
+        self.service = service
+        self._meta = dict(meta or {})
+        self._fabric = use_fabric(fabric, curve=curve)
+        try:
+            if advertise is not None:
+                self.endpoints = parse_endpoints(advertise)
+            else:
+                self.endpoints = [advertised(ep, self._fabric.endpoints) for ep in endpoints]
+            self._status = ""
+            self.up()
+        except BaseException:
+            self._fabric.release()
+            raise
+
+    @property
+    def status(self) -> str:
+        """What was announced last: up, maintenance or down."""
+        return self._status
+
+    def _say(self, status: str) -> None:
+        if self._status == "down" or status == self._status:
+            return
+        self._status = status
+        for endpoint in self.endpoints:
+            self._fabric.announce(self.service, endpoint, status, self._meta)
+
+    def up(self) -> None:
+        """Announce (again) that the service takes work here."""
+        self._say("up")
+
+    def maintenance(self) -> None:
+        """Announce that this instance is going away: it takes no new work, and finishes what it holds."""
+        self._say("maintenance")
+
+    def close(self) -> None:
+        """Announce down and release the fabric; idempotent."""
+        if self._status == "down":
+            return
+        with contextlib.suppress(Closed):
+            self._say("down")
+        self._status = "down"
+        self._fabric.release()
+
+    def __repr__(self) -> str:
+        return f"<Announcer {self.service} {self._status} {self.endpoints}>"
+
+
+class Members:
+    """The live instances of one service, for a driver to read between calls.
+
+    ``version`` changes with every change; a driver keeps the version it applied and calls :meth:`current`
+    only when it differs (one integer compare per call). ``on_change`` (optional) runs in the fabric's thread
+    after each change, e.g. to wake an event loop.
+    """
+
+    def __init__(
+        self,
+        fabric: FabricLike,
+        service: str,
+        *,
+        curve: Curve | None = None,
+        on_change: Callable[[], None] | None = None,
+    ) -> None:
+        check_announcement(service, "", "up", None)
+        self.service = service
+        self.version = 0
+        self._lock = threading.Lock()
+        self._status: dict[str, str] = {}
+        self._on_change = on_change
+        self._fabric = use_fabric(fabric, curve=curve)
+        self.endpoints = self._fabric.endpoints  # the fabric's, for error messages
+        self._unwatch: Callable[[], None] | None = None
+        self._unwatch = self._fabric.watch(service, self._on_event)
+
+    def _on_event(self, event: str, entry: Entry) -> None:
+        with self._lock:
+            if event in ("removed", "expired"):
+                self._status.pop(entry.endpoint, None)
+            else:
+                self._status[entry.endpoint] = entry.status
+            self.version += 1
+        if self._on_change is not None:
+            self._on_change()
+
+    def current(self) -> tuple[int, dict[str, str]]:
+        """``(version, {endpoint: status})``: status is up or maintenance (gone instances are not listed)."""
+        with self._lock:
+            return self.version, dict(self._status)
+
+    def up(self) -> list[str]:
+        """The endpoints that take new work now, sorted."""
+        with self._lock:
+            return sorted(ep for ep, status in self._status.items() if status == "up")
+
+    def wait_steps(self, timeout: float | None) -> Generator[float | None, None, Entry]:
+        """A wait for an instance up (see :meth:`Fabric.wait_steps`)."""
+        return self._fabric.wait_steps(self.service, timeout)
+
+    def close(self) -> None:
+        """Stop following the service and release the fabric; idempotent."""
+        unwatch, self._unwatch = self._unwatch, None
+        if unwatch is not None:
+            with contextlib.suppress(Closed):
+                unwatch()
+            self._fabric.release()
+
+    def __repr__(self) -> str:
+        return f"<Members {self.service} v{self.version} {self._status}>"
