@@ -32,6 +32,8 @@ __all__ = [
     "curve_options",
     "MetricsFlags",
     "metrics_options",
+    "DiscoveryFlags",
+    "discovery_options",
     "import_object",
 ]
 
@@ -210,6 +212,85 @@ def metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         show_envvar=True,
         help="Serve Prometheus metrics (GET /metrics) on this port; needs the metrics extra (prometheus_client).",
     )(command)
+
+
+@dataclass(frozen=True)
+class DiscoveryFlags:
+    """What ``--service``/``--announce``, ``--fabric``, ``--advertise`` and ``--fabric-curve-server`` asked for."""
+
+    name: str | None = None  # the service to find (--service) or to announce (--announce)
+    fabric: str | None = None
+    advertise: str | None = None
+    fabric_curve_server: str | None = None
+
+    @property
+    def wanted(self) -> bool:
+        """Whether the command should find or announce a service at all."""
+        return self.name is not None
+
+    @contextlib.contextmanager
+    def joined(self, secret: str | None = None) -> Iterator[Any]:
+        """Within the block, the command's ``Fabric`` (None when no service was named); ``secret`` is this
+        side's key pair for a CURVE fabric (a fresh pair without it)."""
+        if self.name is None:
+            if self.fabric_curve_server is not None:
+                raise click.UsageError("--fabric-curve-server needs --service or --announce")
+            yield None
+            return
+        from zmqkit.patterns.presence.fabric import Fabric
+
+        curve = Curve.client(self.fabric_curve_server, secret) if self.fabric_curve_server is not None else None
+        with Fabric(self.fabric, curve=curve) as fabric:
+            yield fabric
+
+
+def discovery_options(side: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add the discovery options to a command, which then gets ``discovery: DiscoveryFlags``: ``side`` "find"
+    adds ``--service NAME``, "announce" adds ``--announce NAME`` and ``--advertise``; both add ``--fabric``
+    (``ZMQKIT_FABRIC``) and ``--fabric-curve-server`` (``ZMQKIT_FABRIC_CURVE_SERVER``)."""
+    if side == "find":
+        named = click.option("--service", "discovery_name", help="Find the service's instances on the fabric.")
+    else:
+        named = click.option("--announce", "discovery_name", help="Announce this service name on the fabric.")
+    options = [
+        named,
+        click.option(
+            "--fabric",
+            "discovery_fabric",
+            envvar="ZMQKIT_FABRIC",
+            show_envvar=True,
+            help="Fabric servers, comma-separated (`zmqkit fabric`).",
+        ),
+        click.option(
+            "--fabric-curve-server",
+            "discovery_curve",
+            envvar="ZMQKIT_FABRIC_CURVE_SERVER",
+            show_envvar=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="The fabric servers' public key file: joins the fabric with CURVE (this side's key: --curve-secret).",
+        ),
+    ]
+    if side == "announce":
+        options.append(
+            click.option("--advertise", "discovery_advertise", help="The endpoint to announce, when not the bound one.")
+        )
+
+    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn)
+        def command(**kwargs: Any) -> Any:
+            flags = DiscoveryFlags(
+                kwargs.pop("discovery_name"),
+                kwargs.pop("discovery_fabric"),
+                kwargs.pop("discovery_advertise", None),
+                kwargs.pop("discovery_curve"),
+            )
+            return fn(discovery=flags, **kwargs)
+
+        for option in reversed(options):
+            command = option(command)
+        return command
+
+    return decorate
 
 
 def import_object(spec: str, what: str = "MODULE:NAME") -> Any:
