@@ -31,7 +31,8 @@ from typing import Any
 
 from zmqkit.checks import check_number
 from zmqkit.endpoints import parse_endpoint, parse_endpoints
-from zmqkit.errors import Closed, ConfigurationError, ProtocolError, RequestTimeout
+from zmqkit.errors import AuthenticationFailed, Closed, ConfigurationError, ProtocolError, RequestTimeout
+from zmqkit.handshake import HandshakeWatch
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
@@ -244,7 +245,13 @@ class Fabric:
         self._watchers: dict[str, list[Watcher]] = {}
         # Not IMMEDIATE: an announcement made before the connection is up waits for it instead of being lost.
         self._xsub = make_socket("xsub", resolve_options(options, curve, immediate=False))
-        attach(self._xsub, None, self.endpoints, "Fabric")
+        self._watch = HandshakeWatch(self._xsub)  # read in the thread: which fabric servers refused our keys
+        self._refused: dict[str, str] = {}
+        try:
+            attach(self._xsub, None, self.endpoints, "Fabric")
+        except BaseException:
+            self._watch.close()
+            raise
         self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
         self._references = 0
         self._shared_key: tuple[Any, ...] | None = None
@@ -254,12 +261,18 @@ class Fabric:
             on_command=self._on_command,
             tick=self._tick,
             on_stop=self._goodbye,
+            owned=(self._watch.socket,),
             linger_ms=1000,
         )
 
     @property
     def closed(self) -> bool:
         return self._changes.closed
+
+    def refused(self) -> dict[str, str]:
+        """``{fabric server: why}`` for each fabric server that refused this member's CURVE handshake."""
+        with self._changes.lock:
+            return dict(self._refused)
 
     @property
     def node(self) -> str:
@@ -339,7 +352,11 @@ class Fabric:
                 found = self._table.lookup(service, "up")
             return found[0] if found else None
 
-        def not_found() -> RequestTimeout:
+        def not_found() -> Exception:
+            refused = self.refused()
+            if len(refused) == len(self.endpoints):  # every fabric server refused us: say so, not "none found"
+                endpoint, reason = next(iter(refused.items()))
+                return AuthenticationFailed(endpoint, reason)
             return RequestTimeout(f"no instance of {service!r} announced on {', '.join(self.endpoints)}")
 
         return self._changes.steps(first, timeout, not_found, self._closed_error())
@@ -392,6 +409,11 @@ class Fabric:
         self._publish(events)
 
     def _tick(self) -> float:
+        refused = self._watch.refused()
+        if refused or self._refused:
+            self._watch.warn_new("fabric member")
+            with self._changes.lock:
+                self._refused = dict(refused)
         for _, body in self._announcements.due():
             self._xsub.send(ANNOUNCE + json.dumps(body).encode())
         with self._changes.lock:
