@@ -338,3 +338,43 @@ def test_cli_rpc_serve_announces_and_rpc_call_finds_it(
         assert done.returncode == 0 and done.stdout.strip() == "2", done.stderr
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(15) == 0
+
+
+@pytest.mark.timeout(60)
+def test_asyncio_load_through_a_leave_and_a_join_fails_no_call(fabric: Fabric, servers: list[Server]) -> None:
+    seen: Counter[str] = Counter()
+    one = _server(servers, "one", seen, fabric)
+    _server(servers, "two", seen, fabric)
+
+    async def run() -> list[BaseException]:
+        failures: list[BaseException] = []
+        async with AsyncClient(service="echo", fabric=fabric, timeout=5) as client:
+            stop = asyncio.Event()
+
+            async def lane() -> None:
+                while not stop.is_set():
+                    try:
+                        await client.request(b"x")
+                    except Exception as exc:  # every failure is what the test counts
+                        failures.append(exc)
+
+            lanes = [asyncio.ensure_future(lane()) for _ in range(50)]
+            loop = asyncio.get_running_loop()
+
+            async def until(condition: Callable[[], bool], what: str) -> None:
+                deadline = loop.time() + 10
+                while not condition():
+                    assert loop.time() < deadline, what
+                    await asyncio.sleep(0.01)
+
+            await until(lambda: seen["one"] > 100 and seen["two"] > 100, "load on both servers")
+            assert await asyncio.to_thread(one.leave, 5)
+            after = seen["one"]
+            await asyncio.to_thread(_server, servers, "three", seen, fabric)
+            await until(lambda: seen["three"] > 100, "load on the server that joined")
+            stop.set()
+            await asyncio.gather(*lanes)
+            assert seen["one"] == after
+        return failures
+
+    assert asyncio.run(run()) == []
