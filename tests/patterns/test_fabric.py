@@ -253,3 +253,55 @@ def test_a_fabric_server_exposes_its_counters_to_prometheus(server: FabricServer
     assert 'zmqkit_fabric_entries{endpoint="' in text
     assert "zmqkit_fabric_announcements_total{" in text
     assert "zmqkit_fabric_malformed_total{" in text
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.mark.timeout(30)
+def test_beacons_need_no_fabric_server() -> None:
+    # 127.255.255.255: the beacons stay on this host (a multi-host test runs in network namespaces).
+    beacons = f"udp://127.255.255.255:{_free_udp_port()}"
+    with Fabric(beacons, interval=60) as announcing, Fabric(beacons, interval=FAST) as finding:
+        members = Members(finding, "thumbs")
+        announcing.announce("thumbs", "tcp://10.9.3.1:6000")
+        wait_until(lambda: members.up() == ["tcp://10.9.3.1:6000"], 5, "the beacon heard")
+        # A member that joins later asks; with a heartbeat every 60 s only the answer can explain what it knows.
+        with Fabric(beacons, interval=FAST) as late:
+            late.watch("thumbs", lambda event, entry: None)
+            assert late.wait_synced(5)
+            wait_until(lambda: late.lookup("thumbs"), 5, "the late member told at once")
+        announcing.announce("thumbs", "tcp://10.9.3.1:6000", status="down")
+        wait_until(lambda: members.current()[1] == {}, 5, "down heard")
+        members.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_malformed_beacon_is_counted_and_ignored() -> None:
+    import socket
+
+    port = _free_udp_port()
+    with Fabric(f"udp://127.255.255.255:{port}", interval=FAST) as member:
+        member.watch(None, lambda event, entry: None)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as raw:
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            for junk in (b"junk", ANNOUNCE + b"{oops", ANNOUNCE + b'{"service": 5}'):
+                raw.sendto(junk, ("127.255.255.255", port))
+        wait_until(lambda: member.malformed == 3, 5, "three bad beacons counted")
+        member.announce("ok", "tcp://10.9.3.2:1")
+        wait_until(lambda: member.lookup("ok"), 5, "a good beacon still heard")
+
+
+def test_beacon_fabrics_refuse_what_they_cannot_do() -> None:
+    with pytest.raises(ConfigurationError, match="not both"):
+        Fabric(["udp://*:5670", "tcp://127.0.0.1:5557"])
+    with pytest.raises(ConfigurationError, match="real UDP port"):
+        Fabric("udp://*:0")
+    keys = Curve.client(Curve.server(Curve.client(b"x" * 40).keys, allow="*").keys.public)
+    with pytest.raises(ConfigurationError, match="CURVE"):
+        Fabric("udp://127.255.255.255:5670", curve=keys)
