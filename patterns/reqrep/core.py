@@ -389,6 +389,11 @@ class ServerCore:
             router.close(linger=0)
             raise
 
+    @property
+    def announced(self) -> list[str]:
+        """The endpoints announced on the fabric (this host's address for a bind to ``*``); [] when none."""
+        return list(self._announcer.endpoints) if self._announcer is not None else []
+
     def _announce_up(self) -> None:
         """Announce the service at the bound endpoints (at start, once they are known)."""
         service, fabric, advertise = self._announce

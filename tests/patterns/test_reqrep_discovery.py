@@ -280,6 +280,7 @@ def test_rpc_server_announces_and_rpc_clients_find_it(fabric: Fabric) -> None:
     with server:
         members = Members(fabric, "math")
         wait_until(lambda: members.up() == server.endpoints, 5, "the RPC server announced at its endpoint")
+        assert server.announced == server.endpoints
         members.close()
         with RpcClient(service="math", fabric=fabric) as client:
             assert client.api.add(2, 3) == 5
