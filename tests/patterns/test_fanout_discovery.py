@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -128,3 +131,42 @@ def test_bad_arguments() -> None:
         Publisher(connect="tcp://127.0.0.1:5556", announce="news", fabric="tcp://127.0.0.1:5557")
     with pytest.raises(ConfigurationError, match="needs announce"):
         Publisher("tcp://127.0.0.1:0", fabric="tcp://127.0.0.1:5557")
+
+
+ZMQKIT = str(Path(sys.executable).parent / "zmqkit")
+
+
+@pytest.mark.timeout(60)
+def test_cli_sub_finds_an_announced_pub(tmp_path: Path) -> None:
+    with FabricServer("tcp://127.0.0.1:0") as server:
+        fabric = ["--fabric", server.endpoint]
+        sub = subprocess.Popen(
+            [ZMQKIT, "sub", "--service", "news", "sport", "--count", "1", "--timeout", "30", *fabric],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            pub = subprocess.run(
+                [ZMQKIT, "pub", "tcp://127.0.0.1:0", "sport", "goal", "--bind", "--announce", "news", *fabric],
+                cwd=tmp_path,
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            assert pub.returncode == 0, pub.stderr
+            out, err = sub.communicate(timeout=30)
+        finally:
+            sub.kill()
+            sub.wait()
+        assert sub.returncode == 0, err
+        assert out.strip() == "sport goal"
+        usage = subprocess.run(
+            [ZMQKIT, "sub", "tcp://127.0.0.1:5556", "--bind", "--service", "news", *fabric],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        assert usage.returncode == 2 and "--service" in usage.stderr

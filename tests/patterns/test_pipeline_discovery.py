@@ -4,8 +4,12 @@ and go (issue 14), sync and asyncio."""
 from __future__ import annotations
 
 import asyncio
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -147,3 +151,51 @@ def test_bad_arguments() -> None:
         Producer(bind="tcp://127.0.0.1:0", fabric="tcp://127.0.0.1:5557")
     with pytest.raises(ConfigurationError, match="bad service name"):
         Worker(print, service="", fabric="tcp://127.0.0.1:5557")
+
+
+ZMQKIT = str(Path(sys.executable).parent / "zmqkit")
+
+
+@pytest.mark.timeout(90)
+def test_cli_worker_and_push_found_by_name(tmp_path: Path) -> None:
+    """`zmqkit worker --service` takes work from `zmqkit push --announce`, and from a Producer announced later."""
+    (tmp_path / "tasks.py").write_text("def double(n):\n    return int(n) * 2\n")
+    with FabricServer("tcp://127.0.0.1:0") as server:
+        proc = subprocess.Popen(
+            [ZMQKIT, "worker", "tasks:double", "--service", "emails", "--fabric", server.endpoint],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            push = subprocess.run(
+                [ZMQKIT, "push", "tcp://127.0.0.1:0", "-", "--announce", "emails", "--fabric", server.endpoint],
+                cwd=tmp_path,
+                input="1\n2\n3\n",
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert push.returncode == 0, push.stderr
+            assert "announced as 'emails'" in push.stderr
+            assert sorted(push.stdout.split("\n")[:3]) == ["1\t2", "2\t4", "3\t6"], push.stdout
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            _, err = proc.communicate(timeout=30)
+        assert proc.returncode == 0, err
+        assert "service 'emails'" in err
+
+
+def test_cli_usage_errors(tmp_path: Path) -> None:
+    (tmp_path / "tasks.py").write_text("def double(n):\n    return n\n")
+    cases = [
+        ["worker", "tasks:double", "--connect", "tcp://127.0.0.1:5555", "--service", "x", "--fabric", "tcp://h:1"],
+        ["worker", "tasks:double"],
+        ["pull", "tcp://127.0.0.1:5555", "--service", "x", "--fabric", "tcp://h:1"],
+        ["push", "tcp://127.0.0.1:5555", "m", "--connect", "--announce", "x", "--fabric", "tcp://h:1"],
+    ]
+    for argv in cases:
+        done = subprocess.run([ZMQKIT, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=30)
+        assert done.returncode == 2, (argv, done.stderr)
+        assert "--service" in done.stderr or "--announce" in done.stderr, (argv, done.stderr)
