@@ -32,6 +32,8 @@ class Background:
     ``on_command(frames)`` gets what :meth:`command` sends; ``tick()`` runs after every wake-up and returns
     how many seconds the thread may sleep (None: until a message arrives). ``on_stop()`` runs last, in the thread.
     ``run(control)`` replaces the poll loop (e.g. ``zmq.proxy_steerable``); ``owned`` sockets are closed at the end.
+    A handled "socket" may also be any object with ``fileno()``, ``recv_multipart(flags)`` (raising zmq.Again
+    when empty) and ``close(linger)``, such as a UDP socket.
     """
 
     def __init__(
@@ -108,6 +110,11 @@ class Background:
     def _loop(self) -> None:
         poller = zmq.Poller()
         poller.register(self._peer, zmq.POLLIN)
+        # The poller names a zmq socket by itself and anything else (a UDP socket) by its file descriptor.
+        watched = [
+            (sock, sock if isinstance(sock, zmq.Socket) else sock.fileno(), handler)
+            for sock, handler in self._handlers.items()
+        ]
         for sock in self._handlers:
             poller.register(sock, zmq.POLLIN)
         wait = self._tick() if self._tick is not None else None
@@ -119,8 +126,8 @@ class Background:
                     break
                 if self._on_command is not None:
                     self._guard(self._on_command, frames)
-            for sock, handler in self._handlers.items():
-                if sock in ready:
+            for sock, key, handler in watched:
+                if key in ready:
                     self._drain(sock, handler)
             if self._tick is not None:
                 wait = self._tick()

@@ -41,6 +41,7 @@ GAUGES = frozenset(
         "cached_topics",
         "leases",
         "dead_kept",
+        "entries",
     }
 )
 # Where a stats() key would make a poor series name: (capability, key) -> name.
@@ -57,12 +58,13 @@ _CAPABILITIES = (
     ("zmqkit.patterns.pipeline", "pipeline"),
     ("zmqkit.patterns.reqrep", "reqrep"),
     ("zmqkit.patterns.fanout", "fanout"),
+    ("zmqkit.patterns.presence.fabric", "fabric"),
     ("zmqkit.patterns.presence", "fanout"),
 )
 
 
 def capability_of(obj: object) -> str:
-    """``cache``, ``pipeline``, ``reqrep`` or ``fanout``: the first word of the object's series names."""
+    """``cache``, ``pipeline``, ``reqrep``, ``fanout`` or ``fabric``: the first word of the object's series names."""
     module = type(obj).__module__
     for prefix, capability in _CAPABILITIES:
         if module.startswith(prefix):

@@ -26,17 +26,20 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
 from zmqkit.checks import check_number
 from zmqkit.endpoints import parse_endpoint, parse_endpoints
-from zmqkit.errors import Closed, ConfigurationError, ProtocolError, RequestTimeout
+from zmqkit.errors import AuthenticationFailed, Closed, ConfigurationError, ProtocolError, RequestTimeout
+from zmqkit.handshake import HandshakeWatch
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
 from .._background import Background
 from .base import Changes, Watcher, block
+from .beacon import QUERY, BeaconLink, beacon_target, broadcast_addresses, is_beacon
 from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, body_of, check_announcement
 
 __all__ = [
@@ -56,30 +59,42 @@ log = logging.getLogger(__name__)
 
 ANNOUNCE = b"ZKA1"  # an upstream announcement frame starts with these bytes (never 0 or 1: those subscribe)
 ENV_FABRIC = "ZMQKIT_FABRIC"
+BEACON_SETTLE = 0.5  # seconds a beacon member waits for the answers to its query before it counts as synced
+BEACON_ANSWERS = 10  # answers to beacon queries a member sends a second at most
 _TOPIC = TOPIC_PREFIX.encode()
 _SUBSCRIBE, _UNSUBSCRIBE = b"\x01", b"\x00"
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 
 
 def fabric_endpoints(fabric: str | Sequence[str] | None) -> list[str]:
-    """The fabric servers' addresses: ``fabric`` (one or a list), else ``$ZMQKIT_FABRIC`` (comma-separated)."""
+    """The fabric servers' addresses: ``fabric`` (one or a list), else ``$ZMQKIT_FABRIC`` (comma-separated);
+    or one ``udp://*:PORT`` for beacons on this segment (no fabric server)."""
     if fabric is None:
         fabric = os.environ.get(ENV_FABRIC, "").strip()
         if not fabric:
             raise ConfigurationError(f"no fabric: pass fabric='tcp://HOST:PORT' (or a list), or set ${ENV_FABRIC}")
+    items = [item.strip() for item in fabric.split(",")] if isinstance(fabric, str) else list(fabric)
+    if items and all(isinstance(item, str) for item in items) and is_beacon(items):
+        return items  # checked by BeaconLink
     return parse_endpoints(fabric)
 
 
 def _route_address(fabric: Sequence[str]) -> str:
-    """This host's address on the route to the first TCP fabric server (what the other hosts can reach)."""
+    """This host's address on the route to the first fabric server (or beacon segment): what other hosts reach."""
     for endpoint in fabric:
-        ep = parse_endpoint(endpoint)
-        if ep.transport != "tcp":
-            continue
-        family = socket.AF_INET6 if ":" in ep.host else socket.AF_INET
-        # A UDP "connect" sends nothing: it only asks the kernel which local address routes to the server.
+        if is_beacon([endpoint]):
+            host, port = beacon_target(endpoint)
+            target = (broadcast_addresses()[0] if host == "*" else host, port)
+        else:
+            ep = parse_endpoint(endpoint)
+            if ep.transport != "tcp":
+                continue
+            target = (ep.host, ep.port or 9)
+        family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
+        # A UDP "connect" sends nothing: it only asks the kernel which local address routes to the target.
         with contextlib.suppress(OSError), socket.socket(family, socket.SOCK_DGRAM) as probe:
-            probe.connect((ep.host, ep.port or 9))
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+            probe.connect(target)
             return str(probe.getsockname()[0])
     return "127.0.0.1"  # an ipc or inproc fabric: every member is on this host
 
@@ -212,6 +227,27 @@ class FabricServer:
         return f"<FabricServer {self.endpoints}>"
 
 
+class _ServerLink:
+    """A member's link to fabric servers: one XSUB socket connected to all of them (an XSUB sends to all peers)."""
+
+    def __init__(self, endpoints: Sequence[str], options: SocketOptions | None, curve: Curve | None) -> None:
+        # Not IMMEDIATE: an announcement made before the connection is up waits for it instead of being lost.
+        self.socket = make_socket("xsub", resolve_options(options, curve, immediate=False))
+        self.watch = HandshakeWatch(self.socket)  # read in the thread: which fabric servers refused our keys
+        try:
+            attach(self.socket, None, endpoints, "Fabric")
+        except BaseException:
+            self.watch.close()
+            raise
+        self.owned = (self.watch.socket,)
+
+    def send(self, frame: bytes) -> None:
+        self.socket.send(frame)
+
+    def subscribe(self, notice: bytes) -> None:
+        self.socket.send(notice)
+
+
 class Fabric:
     """A process's membership of a fabric: announces services and follows the ones it watches.
 
@@ -242,25 +278,40 @@ class Fabric:
         self._table = DirectoryTable(misses, clock)
         self._changes = Changes()
         self._watchers: dict[str, list[Watcher]] = {}
-        # Not IMMEDIATE: an announcement made before the connection is up waits for it instead of being lost.
-        self._xsub = make_socket("xsub", resolve_options(options, curve, immediate=False))
-        attach(self._xsub, None, self.endpoints, "Fabric")
+        self._link: _ServerLink | BeaconLink
+        if is_beacon(self.endpoints):
+            if curve is not None:
+                raise ConfigurationError("udp:// beacons carry no CURVE: use fabric servers for a secured fabric")
+            self._link = BeaconLink(self.endpoints)
+        else:
+            self._link = _ServerLink(self.endpoints, options, curve)
+        self._refused: dict[str, str] = {}
         self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
         self._synced_topics: set[bytes] = set()  # the subscriptions a snapshot has answered
+        self._started = clock()
+        self._clock = clock
+        self._answers: deque[float] = deque(maxlen=BEACON_ANSWERS)  # when this member answered beacon queries
+        self._queried = False
         self._references = 0
         self._shared_key: tuple[Any, ...] | None = None
         self._background = Background(
             "fabric-member",
-            {self._xsub: self._on_message},
+            {self._link.socket: self._on_message},
             on_command=self._on_command,
             tick=self._tick,
             on_stop=self._goodbye,
+            owned=self._link.owned,
             linger_ms=1000,
         )
 
     @property
     def closed(self) -> bool:
         return self._changes.closed
+
+    def refused(self) -> dict[str, str]:
+        """``{fabric server: why}`` for each fabric server that refused this member's CURVE handshake."""
+        with self._changes.lock:
+            return dict(self._refused)
 
     @property
     def node(self) -> str:
@@ -339,7 +390,10 @@ class Fabric:
 
         def synced() -> bool | None:
             with self._changes.lock:
-                return True if topic in self._synced_topics or _TOPIC in self._synced_topics else None
+                if topic in self._synced_topics or _TOPIC in self._synced_topics:
+                    return True
+                # Beacons have no per-service snapshot: every member hears every service once it has settled.
+                return True if self.synced and isinstance(self._link, BeaconLink) else None
 
         try:
             return (yield from self._changes.steps(synced, timeout, lambda: RequestTimeout(""), self._closed_error()))
@@ -354,7 +408,11 @@ class Fabric:
                 found = self._table.lookup(service, "up")
             return found[0] if found else None
 
-        def not_found() -> RequestTimeout:
+        def not_found() -> Exception:
+            refused = self.refused()
+            if len(refused) == len(self.endpoints):  # every fabric server refused us: say so, not "none found"
+                endpoint, reason = next(iter(refused.items()))
+                return AuthenticationFailed(endpoint, reason)
             return RequestTimeout(f"no instance of {service!r} announced on {', '.join(self.endpoints)}")
 
         return self._changes.steps(first, timeout, not_found, self._closed_error())
@@ -380,17 +438,25 @@ class Fabric:
         kind, payload = frames
         if kind == b"announce":
             _, body = self._announcements.announce(json.loads(payload))
-            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+            self._link.send(ANNOUNCE + json.dumps(body).encode())
         elif kind == b"subscribe":
-            self._xsub.send(_SUBSCRIBE + _TOPIC + payload)
+            self._link.subscribe(_SUBSCRIBE + _TOPIC + payload)
         else:
-            self._xsub.send(_UNSUBSCRIBE + _TOPIC + payload)
+            self._link.subscribe(_UNSUBSCRIBE + _TOPIC + payload)
             with self._changes.lock:
                 self._synced_topics.discard(_TOPIC + payload)
                 for entry in self._table.lookup(payload.decode() or None):
                     self._table.apply_entry(Entry(entry.service, entry.endpoint, "down"))
 
     def _on_message(self, frames: list[bytes]) -> None:
+        if frames == [QUERY]:  # a beacon member joined: tell it what we announce now
+            now = self._clock()
+            answers = self._answers  # at most BEACON_ANSWERS a second: a flood of queries costs little
+            if len(answers) < BEACON_ANSWERS or now - answers[0] >= 1.0:
+                answers.append(now)
+                for _, body in self._announcements.current():
+                    self._link.send(ANNOUNCE + json.dumps(body).encode())
+            return
         if len(frames) == 2 and not frames[1] and frames[0].startswith(_TOPIC):
             with self._changes.lock:
                 self.synced += 1
@@ -399,9 +465,13 @@ class Fabric:
             return
         with self._changes.lock:
             try:
-                if len(frames) != 2 or not frames[0].startswith(_TOPIC):
+                if len(frames) == 1 and isinstance(self._link, BeaconLink):
+                    body = _announcement(frames[0])
+                elif len(frames) == 2 and frames[0].startswith(_TOPIC):
+                    body = json.loads(frames[1])
+                else:
                     raise ProtocolError(f"expected [topic, announcement], got {len(frames)} frame(s)")
-                entry = self._table.parse(json.loads(frames[1]))
+                entry = self._table.parse(body)
             except (ValueError, ProtocolError, ConfigurationError) as exc:
                 self._table.reject(exc)
                 return
@@ -409,8 +479,24 @@ class Fabric:
         self._publish(events)
 
     def _tick(self) -> float:
+        if isinstance(self._link, _ServerLink):
+            refused = self._link.watch.refused()
+            if refused or self._refused:
+                self._link.watch.warn_new("fabric member")
+                with self._changes.lock:
+                    self._refused = dict(refused)
+        elif not self.synced:
+            # No server says "that is all": a beacon member asks once, and counts as synced once the answers
+            # had time to come (they come within milliseconds on one segment; heartbeats cover any lost).
+            if not self._queried:
+                self._queried = True
+                self._link.send(QUERY)
+            if self._clock() - self._started >= min(self.interval, BEACON_SETTLE):
+                with self._changes.lock:
+                    self.synced = 1
+                self._changes.notify()
         for _, body in self._announcements.due():
-            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+            self._link.send(ANNOUNCE + json.dumps(body).encode())
         with self._changes.lock:
             events = self._table.expire()
         self._publish(events)
@@ -431,7 +517,7 @@ class Fabric:
 
     def _goodbye(self) -> None:
         for _, body in self._announcements.withdraw():
-            self._xsub.send(ANNOUNCE + json.dumps(body).encode())
+            self._link.send(ANNOUNCE + json.dumps(body).encode())
 
     # --- life -------------------------------------------------------------------------------------------
     def _closed_error(self) -> Closed:
