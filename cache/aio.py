@@ -134,12 +134,7 @@ class AsyncCacheClient(ClientCore, Awaiting):
         old, loop = self._loop, asyncio.get_running_loop()
         try:
             if not self._socks:
-                for endpoint in self.endpoints:
-                    sock = make_socket("dealer", self.options)
-                    self._socks.append(sock)
-                    self._watches.append(HandshakeWatch(sock))
-                    connect(sock, endpoint)
-                self._fds = [int(sock.getsockopt(zmq.FD)) for sock in self._socks]
+                self._open()
             elif old is not None and not old.is_closed():
                 for fd in self._fds:
                     old.remove_reader(fd)
@@ -151,6 +146,26 @@ class AsyncCacheClient(ClientCore, Awaiting):
         except BaseException:
             self.close()
             raise
+
+    def _open(self) -> list[int]:
+        """Open a DEALER to each node past those open (the node table only grows); their new indexes."""
+        added = list(range(len(self._socks), len(self.endpoints)))
+        for node in added:
+            sock = make_socket("dealer", self.options)
+            self._socks.append(sock)
+            self._watches.append(HandshakeWatch(sock))
+            self._fds.append(int(sock.getsockopt(zmq.FD)))
+            connect(sock, self.endpoints[node])
+        return added
+
+    def _nodes_added(self) -> None:
+        # Sockets open with the first call; after that, a node's socket opens when membership brings it.
+        if not self._socks or self._closed:
+            return
+        added = self._open()
+        if self._loop is not None and not self._loop.is_closed():
+            for node in added:
+                self._loop.add_reader(self._fds[node], self._drain, node)
 
     def _drain(self, node: int) -> None:
         """Hand every reply waiting on ``node``'s socket to its call. Reading until EAGAIN re-arms the socket's
@@ -384,6 +399,7 @@ class AsyncCacheClient(ClientCore, Awaiting):
     def close(self) -> None:
         """Stop watching the sockets and close them now (calls in flight end unanswered); idempotent."""
         self._closed = True
+        self._close_members()
         loop, self._loop = self._loop, None
         if loop is not None and not loop.is_closed():
             for fd in self._fds:

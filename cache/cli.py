@@ -12,6 +12,7 @@ import contextlib
 import functools
 import json
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -20,10 +21,12 @@ import click
 
 from zmqkit.cli import (
     CurveFlags,
+    DiscoveryFlags,
     MetricsFlags,
     ZmqkitGroup,
     bench,
     curve_options,
+    discovery_options,
     main,
     metrics_options,
     stop_signals,
@@ -90,25 +93,61 @@ def cache() -> None:
 @click.option("--max-item", default="1M", show_default=True, help="Largest value a node stores.")
 @click.option("--service", default="cache", show_default=True, help="The service label on this node's metrics.")
 @curve_options("server")
+@discovery_options("announce")
 @metrics_options
 def serve(
-    bind: str, count: int, memory: str, max_item: str, service: str, curve: CurveFlags, metrics: MetricsFlags
+    bind: str,
+    count: int,
+    memory: str,
+    max_item: str,
+    service: str,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
+    metrics: MetricsFlags,
 ) -> None:
-    """Run cache nodes until Ctrl-C or SIGTERM (with --nodes N, all N serve with the same CURVE key)."""
+    """Run cache nodes until Ctrl-C or SIGTERM (with --nodes N, all N serve with the same CURVE key).
+
+    With --announce NAME --fabric F, each node announces NAME on the fabric (clients made with
+    `--service NAME` find it); on Ctrl-C or SIGTERM it announces maintenance, then down once stopped.
+    """
     endpoints = node_endpoints(str(count), bind)
     security = curve.for_server()
-    nodes = [CacheNode(ep, memory=memory, max_item=max_item, curve=security) for ep in endpoints]
-    with stop_signals() as stop:
-        try:
-            for node in nodes:
-                click.echo(f"cache node listening on {node.start()} (memory {memory}, max item {max_item})")
-            click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
-            with metrics.serving(*nodes, service=service):
-                wait_until_stopped(stop)
-            click.echo("stopping", err=True)
-        finally:
-            for node in nodes:
-                node.stop()
+    if discovery.advertise is not None and len(endpoints) > 1:
+        raise click.UsageError(f"--advertise names one endpoint; --nodes {count} runs {len(endpoints)}")
+    with stop_signals() as stop, discovery.joined(curve.secret) as fabric:
+        nodes = [
+            CacheNode(
+                ep,
+                memory=memory,
+                max_item=max_item,
+                curve=security,
+                announce=discovery.name,
+                fabric=fabric,
+                advertise=discovery.advertise,
+            )
+            for ep in endpoints
+        ]
+        _serve_nodes(nodes, memory, max_item, service, metrics, stop)
+
+
+def _serve_nodes(
+    nodes: list[CacheNode], memory: str, max_item: str, service: str, metrics: MetricsFlags, stop: threading.Event
+) -> None:
+    """Start the nodes, serve until ``stop``, stop them (announced ones: maintenance first, then down)."""
+    try:
+        for node in nodes:
+            endpoint = node.start()
+            announced = f"; announced as {', '.join(node.announced)}" if node.announced else ""
+            click.echo(f"cache node listening on {endpoint} (memory {memory}, max item {max_item}){announced}")
+        click.echo(f"{len(nodes)} node(s) ready; Ctrl-C to stop", err=True)
+        with metrics.serving(*nodes, service=service):
+            wait_until_stopped(stop)
+        click.echo("stopping", err=True)
+    finally:
+        for node in nodes:
+            node.leave()  # every node in maintenance before the first goes down
+        for node in nodes:
+            node.stop()
 
 
 EXIT_MISSING, EXIT_UNREACHABLE, EXIT_ERROR = 1, 3, 4  # the client commands' exit codes (2 is a usage error)

@@ -68,18 +68,25 @@ class _ThreadSockets:
     def __init__(self, endpoints: list[str], options: SocketOptions | None) -> None:
         self.reqs: list[zmq.Socket] = []
         self.watches: list[HandshakeWatch] = []  # each REQ's handshake outcome, read only when a node is silent
+        self.node_of: dict[zmq.Socket, int] = {}
+        self.recv_ms: list[int] = []  # each REQ's RCVTIMEO, set only when a call needs another
+        self.options = options
+        self.thread = threading.current_thread()
         try:
-            for endpoint in endpoints:
-                sock = make_socket("req", options)
-                self.reqs.append(sock)
-                self.watches.append(HandshakeWatch(sock))
-                connect(sock, endpoint)
+            self.grow(endpoints)
         except BaseException:
             self.close()
             raise
-        self.node_of = {sock: i for i, sock in enumerate(self.reqs)}
-        self.recv_ms = [-1] * len(self.reqs)  # each REQ's RCVTIMEO, set only when a call needs another
-        self.thread = threading.current_thread()
+
+    def grow(self, endpoints: list[str]) -> None:
+        """Connect to the nodes of ``endpoints`` past those this thread has (the node table only grows)."""
+        for endpoint in endpoints[len(self.reqs) :]:
+            sock = make_socket("req", self.options)
+            self.node_of[sock] = len(self.reqs)
+            self.reqs.append(sock)
+            self.recv_ms.append(-1)
+            self.watches.append(HandshakeWatch(sock))
+            connect(sock, endpoint)
 
     def close(self) -> None:
         for watch in self.watches:
@@ -172,6 +179,8 @@ class CacheClient(ClientCore, Blocking, MutableMapping[Key, Value]):  # type: ig
             reply = self._request(call.node, call.rid, call.frame, batch.timeout)
             return {} if reply is None else {call.rid: reply}
         state = self._sockets()
+        if len(state.reqs) < len(self.endpoints):  # a node this thread has no socket for yet (membership)
+            state.grow(self.endpoints)
         socks = state.reqs
         deadline = None if batch.timeout is None else time.monotonic() + batch.timeout
         # A REQ carries one request at a time: the nodes are asked at once, and each node's calls one after
@@ -221,7 +230,11 @@ class CacheClient(ClientCore, Blocking, MutableMapping[Key, Value]):  # type: ig
             state = self._local.sockets
         except AttributeError:  # this thread's first call
             state = self._sockets()
-        sock = state.reqs[node]
+        try:
+            sock = state.reqs[node]
+        except IndexError:  # a node this thread has no socket for yet (membership)
+            state.grow(self.endpoints)
+            sock = state.reqs[node]
         wait_ms = to_ms(timeout)
         try:
             send_frame(sock, frame, NOBLOCK)
@@ -277,6 +290,7 @@ class CacheClient(ClientCore, Blocking, MutableMapping[Key, Value]):  # type: ig
 
     def close(self) -> None:
         """Close every thread's sockets; the client cannot be used afterwards."""
+        self._close_members()
         with self._lock:
             self._closed = True
             for state in self._all:

@@ -9,12 +9,19 @@ skips its generator (:meth:`ClientCore.fast_get` gives the key's request frame, 
 and reads a hit or a miss with :meth:`ClientCore.fast_value`); any other outcome is handed to the generator
 as its first request's reply. docs/performance.md says why.
 
+Membership (``service=``): the ring holds the service's nodes that are up; a client applies a change between
+calls (:meth:`ClientCore.follow`, one version compare per call; nothing else on the get path): it rebuilds the
+ring and forgets the key memo; the node table only grows, so what a command in flight holds stays valid.
+
 No stale read after a node returns (the bookkeeping is in ``health.py``): while a node is dead, every key
 this client writes or deletes that the node would have owned is remembered as a *hint*; so is a write that
 timed out on the node when the client gives up on it, as that write may still land there. Before the node
 serves again, the first request to it is preceded, on the same connection, by ``delete_many(hints)``
 (``flush_all`` when the hints overflowed or the node missed a flush), so what it held for those keys is gone
-before anything is read from it.
+before anything is read from it. A node that leaves the service (maintenance, down, expired) is *away*: every
+key this client writes that the node comes before in the key's order over every node this client has known is
+hinted for it, and its return is a rejoin like a dead node's. A node new to the client after the client's first
+write is flushed before it serves: it may hold copies older than this client's writes.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import itertools
 import logging
 import struct
+import threading
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeAlias, TypeVar, overload
@@ -41,6 +49,9 @@ from .keys import Key, canonical, key_bytes
 from .protocol import GET_OPCODE, HEADER, Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
 from .store import MAX_KEY, TooLarge, check_ttl, parse_size
+
+if TYPE_CHECKING:
+    from zmqkit.patterns.presence.fabric import FabricLike, Members
 
 __all__ = ["ClientCore", "Awaiting", "Blocking", "command", "map_op", "REQ_RID", "ReqGet", "Timeout", "Value"]
 
@@ -104,7 +115,22 @@ ReqGet = tuple[bytes, int, NodeHealth, bytes]
 _REQ_GETS_MAX = 4096  # keys whose ReqGet is remembered; the memo starts over when it is full
 
 
-def _endpoint_weights(endpoints: Any) -> dict[str, int]:
+class _Fixed:
+    """The membership of a static client: it never changes."""
+
+    version = 0
+
+    def current(self) -> tuple[int, dict[str, str]]:
+        return 0, {}
+
+
+def _endpoint_weights(endpoints: Any, service: str | None) -> dict[str, int]:
+    if service is not None:
+        if endpoints is not None:
+            raise ConfigurationError(f"give endpoints or service={service!r}, not both (endpoints: {endpoints!r})")
+        return {}
+    if endpoints is None:
+        raise ConfigurationError("no cache nodes: give endpoints, or service= (and fabric=) to find them")
     if isinstance(endpoints, Mapping):
         eps = parse_endpoints(list(endpoints))
         return dict(zip(eps, endpoints.values(), strict=True))
@@ -116,8 +142,10 @@ class ClientCore:
 
     def __init__(
         self,
-        endpoints: str | Iterable[str] | Mapping[str, int],
+        endpoints: str | Iterable[str] | Mapping[str, int] | None = None,
         *,
+        service: str | None = None,
+        fabric: FabricLike = None,
         timeout: float | None = 1.0,
         retries: int = 1,
         dead_timeout: float = 10.0,
@@ -130,16 +158,19 @@ class ClientCore:
         curve: Curve | None = None,
         options: SocketOptions | None = None,
     ) -> None:
-        weights = _endpoint_weights(endpoints)
+        weights = _endpoint_weights(endpoints, service)
         self.timeout = check_timeout(timeout)
         check_int("retries", retries, 0)
         check_number("dead_timeout", dead_timeout, 0)
         check_int("replicas", replicas, 1)
         check_int("max_hints", max_hints, 0)
-        if replicas > len(weights):
+        if service is None and replicas > len(weights):
             raise ConfigurationError(f"bad replicas {replicas!r}: only {len(weights)} node(s) given")
-        # Fixed for the client's life: the node table (health) and the key memo (req_gets) are built on it.
+        # The ring holds the nodes up now (all of a static list); the node table (health, endpoints) every node
+        # this client has known, in the order it learnt of them; known_ring is the ring over all of them.
         self.ring = HashRing(weights, vnodes=vnodes)
+        self.known_ring = self.ring
+        self.vnodes = vnodes
         self.endpoints = list(weights)
         self.health = Health(
             self.endpoints, retries=retries, dead_timeout=float(dead_timeout), max_hints=max_hints, clock=clock
@@ -160,7 +191,66 @@ class ClientCore:
         self.clock = clock
         self._rids = itertools.count(1)
         self.req_gets: dict[Key, ReqGet] = {}  # see req_get
+        self.wrote = False  # whether this client has written yet (nodes new after that are flushed first)
+        self.service = service
+        self.members: Members | _Fixed = _Fixed()
+        self.applied = 0  # the membership version the ring is built on
+        self._follow_lock = threading.Lock()
         self._setup()
+        if service is not None:
+            self._join(service, fabric)
+
+    def _join(self, service: str, fabric: FabricLike) -> None:
+        """Follow ``service`` on ``fabric``: wait (up to the client's timeout) for what the fabric knows of it,
+        so that the first ring holds every node up, then build it."""
+        from zmqkit.patterns.presence.fabric import Members
+
+        self.applied = -1
+        self.members = members = Members(fabric, service)
+        if not members.wait_synced(self.timeout):
+            log.warning("no fabric server of %s answered for %r yet", ", ".join(members.endpoints), service)
+        self.follow()
+
+    def follow(self) -> None:
+        """Apply the service's membership if it changed since the ring was built (a runner calls this between
+        calls: ``members.version != applied``)."""
+        with self._follow_lock:
+            version, statuses = self.members.current()
+            if version == self.applied:
+                return
+            up = sorted(ep for ep, status in statuses.items() if status == "up")
+            added = self.health.follow(up, suspect_new=self.wrote)
+            if added:
+                self.endpoints.extend(node.endpoint for node in added)
+                self.known_ring = HashRing(self.endpoints, vnodes=self.vnodes)
+            self.ring = HashRing(up, vnodes=self.vnodes)
+            self.req_gets = {}  # routes of the old ring
+            self.applied = version
+        if added:
+            self._nodes_added()
+
+    def _nodes_added(self) -> None:
+        """The node table grew (``self.endpoints``): a runner that opens its sockets up front opens theirs."""
+
+    def node_for(self, key: Key) -> str:
+        """The endpoint of the node that owns ``key`` now (its first copy); NodeUnavailable when none is up."""
+        if self.members.version != self.applied:
+            self.follow()
+        ring = self.ring
+        if not len(ring):
+            raise NodeUnavailable(self._none_up())
+        return ring.get_node(self.key_bytes(key))
+
+    def _none_up(self) -> str:
+        where = f" of service {self.service!r}" if self.service is not None else ""
+        return f"no cache node{where} is up ({len(self.endpoints)} known, none on the ring)"
+
+    def _close_members(self) -> None:
+        """Stop following the service (the runners' close)."""
+        members, self.members = self.members, _Fixed()
+        self.applied = 0
+        if not isinstance(members, _Fixed):
+            members.close()
 
     def _setup(self) -> None:
         """The runner's own state, made last in ``__init__`` (so the runners keep this explicit signature)."""
@@ -252,9 +342,15 @@ class ClientCore:
         (node, reply or None) is the outcome of a one-key request the fast path already made: it answers the
         first request when that goes to the same node.
         """
+        if self.members.version != self.applied:
+            self.follow()
         wait = self._wait(timeout)
         health = self.health
         nodes = health.nodes
+        if write:
+            self.wrote = True
+            if health.away:
+                self._hint_away(keys)
         out: dict[int, Reply] = {}
         given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
         if health.healthy and self.replicas == 1:
@@ -315,9 +411,11 @@ class ClientCore:
                     if chosen >= need[i]:
                         break
                 if not chosen and i not in out:
+                    if not len(self.ring):
+                        raise NodeUnavailable(self._none_up())
                     raise NodeUnavailable(
                         f"no cache node answers for key {keys[i][:60]!r} (tried {len(tried[i])} of "
-                        f"{len(nodes)}; the others are marked dead for up to {self.dead_timeout:g}s)"
+                        f"{len(self.ring)}; the others are marked dead for up to {self.dead_timeout:g}s)"
                     )
             calls = []
             sent: dict[int, tuple[bytes, list[bytes]]] = {}  # rejoin requests, by node
@@ -365,6 +463,24 @@ class ClientCore:
             pending = [i for i in dict.fromkeys(pending) if not (write and need[i] <= 0)]
         return out
 
+    def _hint_away(self, keys: list[bytes]) -> None:
+        """Hint each written key to every away node that comes before the nodes it is written to, in the key's
+        order over every node this client has known: the nodes that may own it again when they return."""
+        health = self.health
+        if all(node.flush for node in health.away):
+            return  # each will be flushed on its return: no key needs remembering
+        by_endpoint, replicas = health.by_endpoint, self.replicas
+        for key in keys:
+            copies = 0
+            for endpoint in self.known_ring.iter_nodes(key):
+                node = by_endpoint[endpoint]
+                if node.away:
+                    health.hint(node, key)
+                elif node.dead_until is None:
+                    copies += 1
+                    if copies >= replicas:
+                        break
+
     def _one(
         self,
         key: Key,
@@ -398,6 +514,8 @@ class ClientCore:
     def fast_get(self, key: Key) -> ReqGet | None:
         """The key's get as one REQ request to its node (see :meth:`req_get`) while a get may skip its generator:
         one copy per key, every node alive; else None."""
+        if self.members.version != self.applied:
+            self.follow()
         if self.replicas != 1 or not self.health.healthy:
             return None
         kind = type(key)
@@ -408,8 +526,8 @@ class ClientCore:
         """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
         the runner checks that the node is alive, as routing would only send it there then); else None.
         Remembered in :attr:`req_gets` for str, bytes and int keys (a lookup checks the exact type first: True
-        equals 1, 1.0 equals 1), so the next get of the key costs a dict lookup: the ring and the node list do
-        not change."""
+        equals 1, 1.0 equals 1), so the next get of the key costs a dict lookup until the ring changes (:meth:`follow`
+        starts the memo over)."""
         if self.replicas != 1:
             return None
         k = self.key_bytes(key)
@@ -520,8 +638,10 @@ class ClientCore:
 
     def _broadcast(self, command: bytes, timeout: Timeout) -> Generator[Batch, Any, dict[str, Reply]]:
         """Send ``command`` to every node; ``{endpoint: Reply}`` of those that answered."""
+        if self.members.version != self.applied:
+            self.follow()
         nodes = self.health.nodes
-        calls = [self._call(n.index, command, [], []) for n in nodes]
+        calls = [self._call(n.index, command, [], []) for n in nodes if not n.away]
         replies = yield Batch(calls, self._wait(timeout))
         out = {}
         for call in calls:
@@ -531,6 +651,9 @@ class ClientCore:
                 out[node.endpoint] = reply
             elif command == b"flush_all":
                 self.health.missed_flush(node)
+        if command == b"flush_all":
+            for node in self.health.away:
+                self.health.missed_flush(node)  # flushed when it returns
         for call in calls:
             if call.rid not in replies:
                 self._check_refused(call.node)
@@ -538,7 +661,7 @@ class ClientCore:
 
     def _flush_all(self, timeout: Timeout) -> Generator[Batch, Any, int]:
         out = yield from self._broadcast(b"flush_all", timeout)
-        missing = [ep for ep in self.endpoints if ep not in out]
+        missing = [n.endpoint for n in self.health.nodes if not n.away and n.endpoint not in out]
         if missing:
             log.warning("flush_all: %s did not answer; they will be flushed before they serve again", missing)
         return len(out)
@@ -724,7 +847,8 @@ class ClientCore:
         return decorate
 
     def node_state(self) -> dict[str, str]:
-        """``{endpoint: "alive" | "dead" | "rejoining"}`` as this client sees the nodes now."""
+        """``{endpoint: "alive" | "dead" | "rejoining" | "away"}`` as this client sees the nodes now (away: not up
+        in the service, so off the ring)."""
         return self.health.state()
 
 

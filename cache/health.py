@@ -1,6 +1,10 @@
 """Node health as one cache client sees it: missed answers, dead timers on an injected clock, and the *hints*
 that make a returning node forget what changed while it was away (so it never serves a stale value).
 
+With ``service=``, :meth:`Health.follow` applies membership: the node table only grows (a node's index stays
+its index, so the runners' sockets and the routes a command holds stay valid), a node that leaves is *away*
+(off the ring, its hints kept), and one that comes back rejoins through the same invalidation as a dead one.
+
 >>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
 >>> node = health.nodes[0]
 >>> health.failed(node, [b"k"]), health.failed(node, [b"k"])     # a retry, then dead; b"k" is hinted
@@ -23,7 +27,7 @@ log = logging.getLogger(__name__)
 class NodeHealth:
     """One node: consecutive missed answers, when it may be tried again, and its hints."""
 
-    __slots__ = ("dead_until", "endpoint", "failures", "flush", "hints", "index")
+    __slots__ = ("away", "dead_until", "endpoint", "failures", "flush", "hints", "index")
 
     def __init__(self, index: int, endpoint: str) -> None:
         self.index = index
@@ -32,6 +36,7 @@ class NodeHealth:
         self.dead_until: float | None = None  # None: alive; else skipped until then, and rejoining after
         self.hints: set[bytes] = set()  # keys changed elsewhere while it was dead: delete them on rejoin
         self.flush = False  # its data can't be trusted key by key any more: flush it on rejoin
+        self.away = False  # not in the service's membership as "up" (gone, expired or in maintenance)
 
 
 class Health:
@@ -47,7 +52,41 @@ class Health:
         self.max_hints = max_hints
         self.clock = clock
         self.healthy = True  # no node is dead or rejoining: callers may take their short path
+        self.away: list[NodeHealth] = []  # nodes off the ring (membership): writes hint them
         self._lock = threading.Lock()
+
+    def follow(self, up: list[str], suspect_new: bool) -> list[NodeHealth]:
+        """Apply membership: ``up`` are the endpoints on the ring now; the others are away. Returns the nodes
+        new to this client. With ``suspect_new`` (this client has written), a new node is flushed before it
+        serves: it may hold copies older than this client's writes (it may be one that was away before this
+        client started)."""
+        with self._lock:
+            now = self.clock()
+            added = []
+            for endpoint in up:
+                node = self.by_endpoint.get(endpoint)
+                if node is None:
+                    node = NodeHealth(len(self.nodes), endpoint)
+                    self.nodes.append(node)
+                    self.by_endpoint[endpoint] = node
+                    added.append(node)
+                    if suspect_new:
+                        node.flush = True
+                        node.dead_until = now  # usable at once, through a rejoin
+                elif node.away:
+                    node.away = False
+                    if node.flush or node.hints:
+                        node.dead_until = now
+            present = set(up)
+            for node in self.nodes:
+                if node.endpoint not in present and not node.away:
+                    # What it holds is read elsewhere now; its hints stay for its return.
+                    node.away = True
+                    node.dead_until = None
+                    node.failures = 0
+            self.away = [n for n in self.nodes if n.away]
+            self.healthy = bool(up) and all(n.dead_until is None for n in self.nodes)
+            return added
 
     @staticmethod
     def usable(node: NodeHealth, now: float) -> bool:
@@ -91,6 +130,8 @@ class Health:
         """``node`` did not hear a flush_all: it must be flushed before it serves anything again."""
         with self._lock:
             node.flush = True
+            if node.away:
+                return  # its return is a rejoin anyway
             if node.dead_until is None:
                 node.dead_until = self.clock()  # usable at once, but through a rejoin
             self.healthy = False
@@ -120,9 +161,13 @@ class Health:
                 self.healthy = all(n.dead_until is None for n in self.nodes)
 
     def state(self) -> dict[str, str]:
-        """``{endpoint: "alive" | "dead" | "rejoining"}`` now."""
+        """``{endpoint: "alive" | "dead" | "rejoining" | "away"}`` now."""
         now = self.clock()
         return {
-            n.endpoint: "alive" if n.dead_until is None else ("dead" if now < n.dead_until else "rejoining")
+            n.endpoint: "away"
+            if n.away
+            else "alive"
+            if n.dead_until is None
+            else ("dead" if now < n.dead_until else "rejoining")
             for n in self.nodes
         }

@@ -3,6 +3,10 @@
 >>> with CacheNode("tcp://127.0.0.1:0", memory="64M") as node:
 ...     node.start()                      # background thread; node.endpoint is where it listens
 ...     client = CacheClient([node.endpoint])
+
+With ``announce="cache"`` (and ``fabric=``), the node announces itself on the discovery fabric while it serves,
+so ``CacheClient(service="cache")`` finds it: maintenance on :meth:`leave` and first thing in :meth:`stop`, down
+when it is gone.
 """
 
 from __future__ import annotations
@@ -14,10 +18,12 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 import zmq
 
 from zmqkit.checks import check_timeout
+from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import Closed, ConfigurationError, RequestTimeout
 from zmqkit.security import Curve
 from zmqkit.sockets import (
@@ -35,6 +41,9 @@ from .protocol import GET_OPCODE, HEAD, HEADER, OK_BYTE
 from .service import Service
 from .store import Store
 
+if TYPE_CHECKING:
+    from zmqkit.patterns.presence.fabric import Announcer, FabricLike
+
 __all__ = ["CacheNode"]
 
 log = logging.getLogger(__name__)
@@ -45,7 +54,8 @@ class CacheNode:
     """A cache node: one byte-bounded LRU store answering ZKC requests on a REP socket.
 
     ``memory`` and ``max_item`` take bytes or ``"64M"``-style sizes. ``stop()`` ends ``serve()`` from any
-    thread (or a signal handler); the serving thread owns the socket; stop() asks it over an in-process endpoint.
+    thread (or a signal handler, when the node announces nothing); the serving thread owns the socket; stop()
+    asks it over an in-process endpoint. With ``announce=``, see the module docstring.
     """
 
     def __init__(
@@ -57,7 +67,20 @@ class CacheNode:
         clock: Callable[[], float] = time.monotonic,
         curve: Curve | None = None,
         options: SocketOptions | None = None,
+        announce: str | None = None,
+        fabric: FabricLike = None,
+        advertise: str | None = None,
     ) -> None:
+        """``announce``: the service name to announce on ``fabric`` (a Fabric, its addresses, or None for
+        $ZMQKIT_FABRIC) once bound; ``advertise``: the endpoint to announce when not the bound one."""
+        if announce is not None:
+            _check_announce(announce, fabric, advertise)
+        elif advertise is not None:
+            raise ConfigurationError(f"advertise={advertise!r} needs announce= (a service name)")
+        self._announce = announce
+        self._fabric = fabric
+        self._advertise = advertise
+        self._announcer: Announcer | None = None
         self.store = Store(memory, max_item, clock=clock)
         self.service = Service(self.store)
         self.options = resolve_options(options, curve)
@@ -110,6 +133,8 @@ class CacheNode:
             self.endpoint = bind(rep, self._bind)
             self.service.peer = f"a client of {self.endpoint}"
             bind(rep, self._control)  # stop() asks on this in-process endpoint, so the loop needs no poll
+            if self._announce is not None:
+                self._announcer = _announcer(self._announce, self._fabric, self.endpoint, self._advertise)
             self._ready.set()
             if ready is not None:
                 ready(self.endpoint)
@@ -117,6 +142,8 @@ class CacheNode:
                 self._loop(rep, None if timeout is None else time.monotonic() + timeout)
         finally:
             rep.close(linger=0)
+            if self._announcer is not None:
+                self._announcer.close()  # down: gone
             self._done.set()
 
     def _loop(self, rep: zmq.Socket, deadline: float | None) -> None:
@@ -149,10 +176,22 @@ class CacheNode:
                     raise
                 send_frame(rep, self.service.refuse([frame, *recv_frames(rep)]))
 
+    @property
+    def announced(self) -> list[str]:
+        """The endpoints announced on the fabric (empty without ``announce=``, or before the bind)."""
+        return list(self._announcer.endpoints) if self._announcer is not None else []
+
+    def leave(self) -> None:
+        """Announce maintenance: clients stop placing keys here (what it holds is read elsewhere); the node
+        serves on until :meth:`stop`."""
+        if self._announcer is not None:
+            self._announcer.maintenance()
+
     def stop(self, timeout: float | None = 5.0) -> None:
-        """Make ``serve()`` return (callable from any thread or a signal handler); wait for it when threaded, up
-        to ``timeout`` seconds (None: no limit)."""
+        """Make ``serve()`` return (callable from any thread); wait for it when threaded, up to ``timeout``
+        seconds (None: no limit). An announced node says maintenance first, and down once it has stopped."""
         check_timeout(timeout)
+        self.leave()
         with self._lock:
             if self._stopped or not self._ready.is_set() or self._error is not None or self._done.is_set():
                 self._stopped = True
@@ -179,3 +218,21 @@ class CacheNode:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.close()
+
+
+def _check_announce(service: str, fabric: FabricLike, advertise: str | None) -> None:
+    """Bad announce arguments fail at construction, not in the serving thread."""
+    from zmqkit.patterns.presence.fabric import Fabric, fabric_endpoints
+    from zmqkit.patterns.presence.protocol import check_announcement
+
+    check_announcement(service, "", "up", None)
+    if not isinstance(fabric, Fabric):
+        fabric_endpoints(fabric)
+    if advertise is not None:
+        parse_endpoint(advertise)
+
+
+def _announcer(service: str, fabric: FabricLike, endpoint: str, advertise: str | None) -> Announcer:
+    from zmqkit.patterns.presence.fabric import Announcer
+
+    return Announcer(fabric, service, [endpoint], meta={"kind": "cache"}, advertise=advertise)

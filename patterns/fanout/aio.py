@@ -66,9 +66,7 @@ class AsyncPublisher(PublisherBase):
         Publishing never waits, so there is no call in flight to finish: what drains is the socket's queue,
         in libzmq's I/O thread (this returns at once). Without ``drain`` queued messages are dropped.
         """
-        linger = to_ms(check_timeout(timeout, allow_zero=True)) if drain else 0
-        if not self._sock.closed:
-            self._sock.close(linger=linger)
+        self._shut(to_ms(check_timeout(timeout, allow_zero=True)) if drain else 0)
 
     async def __aenter__(self) -> AsyncPublisher:
         return self
@@ -92,9 +90,11 @@ class AsyncSubscriber(SubscriberBase):
 
         Closed when the subscriber is (or gets) closed. Cancelling the call loses no message.
         """
-        sock, waits = self._sock, self._polls(timeout)
+        sock, waits, following = self._sock, self._polls(timeout), self._following
         try:
             while True:
+                if following is not None and following.members.version != following.version:
+                    self._follow()
                 try:
                     frames = await sock.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:

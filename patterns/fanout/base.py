@@ -6,22 +6,31 @@ receive, poll); the deadlines, notice counting, errors and closing live here.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
 from zmqkit.checks import check_timeout, to_ms
 from zmqkit.codecs import Codec
-from zmqkit.errors import Closed, RequestTimeout, ZmqkitError
+from zmqkit.endpoints import parse_endpoints
+from zmqkit.errors import Closed, ConfigurationError, RequestTimeout, ZmqkitError
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
+from zmqkit.sockets import SocketOptions, attach, connect, make_socket, resolve_options
+
+from .._follow import announcer, following
+
+if TYPE_CHECKING:  # presence imports this module
+    from ..presence.fabric import FabricLike
 
 from .protocol import HELLO_PREFIX, MAX_TOPICS, PublisherState, SubscriberCounter, SubscriberState, TopicFilter, new_id
 
 __all__ = ["Endpoints", "PublisherBase", "SubscriberBase", "polls"]
 
 Endpoints = str | list[str] | tuple[str, ...] | None
+_FOLLOW_MS = 100  # a subscriber following a service looks at its membership at least this often while waiting
 
 
 def polls(timeout: float | None, expired: Callable[[], ZmqkitError]) -> Iterator[int]:
@@ -54,6 +63,9 @@ class PublisherBase:
         connect: Endpoints = None,
         codec: str | Codec = "auto",
         max_topics: int = MAX_TOPICS,
+        announce: str | None = None,
+        advertise: str | None = None,
+        fabric: FabricLike = None,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
     ) -> None:
@@ -65,6 +77,12 @@ class PublisherBase:
         self._encode = self._state.encode
         # Notices are read without blocking through a plain view of the socket (the same socket, same thread).
         self._sync_view = zmq.Socket.shadow(self._sock.underlying) if self._asyncio else self._sock
+        bound = self.endpoints[: len(parse_endpoints(bind, for_bind=True)) if bind else 0]
+        try:
+            self._announcer = announcer("Publisher", announce, fabric, bound, advertise, {"kind": "fanout"})
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
 
     @property
     def endpoint(self) -> str:
@@ -122,9 +140,17 @@ class PublisherBase:
         return ZmqkitError(f"{type(self).__name__} {self.endpoints}: {exc}")
 
     def close(self) -> None:
-        """Close the socket at once (queued messages get the socket's ``linger_ms`` to go out); idempotent."""
+        """Close the socket at once (queued messages get the socket's ``linger_ms`` to go out); idempotent.
+        An announced publisher says maintenance, then down once closed."""
+        self._shut(None)
+
+    def _shut(self, linger: int | None) -> None:
+        if self._announcer is not None:
+            self._announcer.maintenance()
         if not self._sock.closed:
-            self._sock.close()
+            self._sock.close(linger=linger)
+        if self._announcer is not None:
+            self._announcer.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.id.hex()} {self.endpoints}>"
@@ -143,9 +169,15 @@ class SubscriberBase:
         bind: Endpoints = None,
         allow_pickle: bool = False,
         max_topics: int = MAX_TOPICS,
+        service: str | None = None,
+        fabric: FabricLike = None,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
     ) -> None:
+        if service is not None and bind:
+            raise ConfigurationError(
+                f"Subscriber: service={service!r} with bind={bind!r}: a subscriber finds publishers"
+            )
         self._state = SubscriberState(TopicFilter(topics), allow_pickle=allow_pickle, max_topics=max_topics)
         self._feed = self._state.feed
         self._feed_pair = self._state.feed_pair
@@ -156,7 +188,36 @@ class SubscriberBase:
             self._sock.subscribe(prefix)
         # Last, so a publisher that sees it knows the topics above are already in effect.
         self._sock.subscribe(HELLO_PREFIX + self.id)
-        self.endpoints = attach(self._sock, bind, endpoints, "Subscriber")
+        try:
+            self._following = following("Subscriber", service, fabric, endpoints)
+        except BaseException:
+            self._sock.close(linger=0)
+            raise
+        # Following a service: the endpoints are its publishers, connected as they come (see _follow).
+        self.endpoints = attach(self._sock, bind, endpoints, "Subscriber") if self._following is None else []
+
+    @property
+    def service(self) -> str | None:
+        """The service whose publishers this subscriber follows (None: fixed endpoints)."""
+        return None if self._following is None else self._following.members.service
+
+    def _follow(self) -> None:
+        """Connect to the service's publishers that joined, disconnect from gone ones (between receives)."""
+        assert self._following is not None
+        added, gone = self._following.changes()
+        for endpoint in added:
+            connect(self._sock, endpoint)
+        for endpoint in gone:
+            with contextlib.suppress(zmq.ZMQError):  # never connected: nothing to undo
+                self._sock.disconnect(endpoint)
+        self.endpoints = sorted(self._following.attached)
+
+    def _tick(self) -> float:
+        """The callback thread's look at membership, between batches of messages."""
+        following = self._following
+        if following is not None and following.members.version != following.version:
+            self._follow()
+        return _FOLLOW_MS / 1000
 
     @property
     def endpoint(self) -> str:
@@ -189,10 +250,17 @@ class SubscriberBase:
         """How long to wait before each look for a message; Closed when closed, RequestTimeout at the deadline."""
         if self._closed:
             raise self._closed_error()
-        return polls(timeout, lambda: RequestTimeout(f"no message from {self.endpoints} within {timeout}s"))
+        waits = polls(timeout, lambda: RequestTimeout(f"no message from {self._where()} within {timeout}s"))
+        if self._following is None:
+            return waits
+        # Following: wake up often enough to connect a publisher that joins while nothing arrives.
+        return (_FOLLOW_MS if ms < 0 or ms > _FOLLOW_MS else ms for ms in waits)
+
+    def _where(self) -> str:
+        return str(self.endpoints) if self._following is None else f"service {self.service!r} {self.endpoints}"
 
     def _closed_error(self) -> Closed:
-        return Closed(f"{type(self).__name__} {self.endpoints} is closed")
+        return Closed(f"{type(self).__name__} {self._where()} is closed")
 
     def _failed(self, exc: zmq.ZMQError) -> ZmqkitError:
         """What a failed socket call means to the caller (it only fails on a closed socket or context)."""
@@ -205,6 +273,8 @@ class SubscriberBase:
         self._closed = True
         if not self._sock.closed:
             self._sock.close(linger=0)
+        if self._following is not None:
+            self._following.close()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.endpoints} {self.stats()}>"

@@ -13,7 +13,16 @@ from typing import Any
 import click
 
 from zmqkit.bench import Row, print_table, raw_pubsub, spawn
-from zmqkit.cli import CurveFlags, bench, curve_options, main, stop_signals, wait_until_stopped
+from zmqkit.cli import (
+    CurveFlags,
+    DiscoveryFlags,
+    bench,
+    curve_options,
+    discovery_options,
+    main,
+    stop_signals,
+    wait_until_stopped,
+)
 from zmqkit.sockets import SocketOptions
 
 from .logs import LEVELS, log_topics
@@ -31,12 +40,35 @@ __all__ = ["pub", "sub", "logs", "forwarder", "bench_fanout"]
 @click.option("--wait", default=1, show_default=True, type=click.IntRange(min=0), help="Subscribers to wait for.")
 @click.option("--timeout", default=10.0, show_default=True, help="Seconds to wait for them.")
 @curve_options("bind")
+@discovery_options("announce")
 def pub(
-    endpoint: str, topic: str, message: str, count: int, do_bind: bool, wait: int, timeout: float, curve: CurveFlags
+    endpoint: str,
+    topic: str,
+    message: str,
+    count: int,
+    do_bind: bool,
+    wait: int,
+    timeout: float,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
 ) -> None:
-    """Publish MESSAGE on TOPIC, after WAIT subscribers joined (connects to a forwarder's XSUB by default)."""
+    """Publish MESSAGE on TOPIC, after WAIT subscribers joined (connects to a forwarder's XSUB by default).
+
+    With --bind and --announce NAME, subscribers find it with `zmqkit sub --service NAME`."""
+    if discovery.wanted and not do_bind:
+        raise click.UsageError("--announce needs --bind: a publisher announces the endpoint it binds")
     kwargs: dict[str, Any] = {"bind": endpoint} if do_bind else {"connect": endpoint}
-    with Publisher(codec="str", curve=curve.for_side(serving=do_bind), **kwargs) as publisher:
+    with (
+        discovery.joined(curve.secret) as fabric,
+        Publisher(
+            codec="str",
+            announce=discovery.name,
+            advertise=discovery.advertise,
+            fabric=fabric,
+            curve=curve.for_side(serving=do_bind),
+            **kwargs,
+        ) as publisher,
+    ):
         if wait:
             publisher.wait_for_subscribers(wait, timeout=timeout)
         for _ in range(count):
@@ -51,25 +83,39 @@ def _text(body: Any) -> Any:
 
 
 @main.command()
-@click.argument("endpoint")
+@click.argument("endpoint", required=False)
 @click.argument("topics", nargs=-1)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 @click.option("--count", default=0, type=click.IntRange(min=0), help="Stop after this many messages (0: never).")
 @click.option("--timeout", default=None, type=float, help="Stop with an error after this many idle seconds.")
 @click.option("--bind", "do_bind", is_flag=True, help="Bind ENDPOINT instead of connecting to it.")
 @curve_options("bind")
+@discovery_options("find")
 def sub(
-    endpoint: str,
+    endpoint: str | None,
     topics: tuple[str, ...],
     as_json: bool,
     count: int,
     timeout: float | None,
     do_bind: bool,
     curve: CurveFlags,
+    discovery: DiscoveryFlags,
 ) -> None:
-    """Print messages on TOPICS (prefixes or subjects like orders.*.paid, logs.>; none: everything)."""
+    """Print messages on TOPICS (prefixes or subjects like orders.*.paid, logs.>; none: everything) from
+    ENDPOINT, or from every publisher of --service NAME (then every argument is a topic)."""
     kwargs: dict[str, Any] = {"bind": endpoint} if do_bind else {"endpoints": endpoint}
-    with Subscriber(topics=list(topics) or [""], curve=curve.for_side(serving=do_bind), **kwargs) as subscriber:
+    if discovery.wanted:
+        if do_bind:
+            raise click.UsageError("--service finds publishers to connect to: it does not go with --bind")
+        topics, kwargs = ((endpoint, *topics) if endpoint is not None else topics), {"service": discovery.name}
+    elif endpoint is None:
+        raise click.UsageError("give ENDPOINT or --service NAME (with --fabric)")
+    with (
+        discovery.joined(curve.secret) as fabric,
+        Subscriber(
+            topics=list(topics) or [""], fabric=fabric, curve=curve.for_side(serving=do_bind), **kwargs
+        ) as subscriber,
+    ):
         seen = 0
         while not count or seen < count:
             msg = subscriber.recv(timeout=timeout)

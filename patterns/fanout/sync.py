@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 from cachetools import LRUCache
@@ -21,6 +21,9 @@ from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from .._background import Background
 from .base import Endpoints, PublisherBase, SubscriberBase
 from .protocol import HELLO_PREFIX, MAX_TOPICS, Message
+
+if TYPE_CHECKING:  # presence imports this package
+    from ..presence.fabric import FabricLike
 
 __all__ = ["Publisher", "Subscriber", "Forwarder", "Message"]
 
@@ -80,13 +83,23 @@ class Subscriber(SubscriberBase):
         callback: Callable[[Message], object] | None = None,
         allow_pickle: bool = False,
         max_topics: int = MAX_TOPICS,
+        service: str | None = None,
+        fabric: FabricLike = None,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
     ) -> None:
         if callback is not None and not callable(callback):
             raise ConfigurationError(f"bad callback {callback!r}: expected a callable")
         super().__init__(
-            endpoints, topics, bind=bind, allow_pickle=allow_pickle, max_topics=max_topics, options=options, curve=curve
+            endpoints,
+            topics,
+            bind=bind,
+            allow_pickle=allow_pickle,
+            max_topics=max_topics,
+            service=service,
+            fabric=fabric,
+            options=options,
+            curve=curve,
         )
         self._background: Background | None = None
         if callback is not None:
@@ -96,15 +109,18 @@ class Subscriber(SubscriberBase):
                 if msg is not None:
                     callback(msg)
 
-            # From here on the socket belongs to the background thread.
-            self._background = Background("subscriber", {self._sock: handle})
+            # From here on the socket belongs to the background thread (which also follows the service).
+            tick = self._tick if self._following is not None else None
+            self._background = Background("subscriber", {self._sock: handle}, tick=tick)
 
     def recv(self, timeout: float | None = None) -> Message:
         """The next message; RequestTimeout when none comes within ``timeout`` seconds (None: no limit)."""
         self._no_callback()
-        read, poll, waits = self._read, self._sock.poll, self._polls(timeout)
+        read, poll, waits, following = self._read, self._sock.poll, self._polls(timeout), self._following
         try:
             while True:
+                if following is not None and following.members.version != following.version:
+                    self._follow()
                 try:
                     msg = read(zmq.NOBLOCK)
                 except zmq.Again:
@@ -120,6 +136,9 @@ class Subscriber(SubscriberBase):
         self._no_callback()
         if self._closed:
             raise self._closed_error()
+        if self._following is not None:  # recv() looks at membership between messages; a blocking read would not
+            while True:
+                yield self.recv()
         read = self._read
         try:
             while True:

@@ -176,7 +176,8 @@ class Producer(_Driven, ProducerCore):
 
     def close(self) -> list[tuple[int, Any]]:
         """Stop and close at once (idempotent); return ``(id, value)`` of messages not acknowledged (still in
-        the spool, if any)."""
+        the spool, if any). An announced producer says maintenance, then down once closed."""
+        self._leaving()
         if self._closed:
             return []
         self._closed = True
@@ -185,9 +186,15 @@ class Producer(_Driven, ProducerCore):
         self._notify()
         return self._shut()
 
+    async def leave(self, timeout: float | None = 10.0) -> list[tuple[int, Any]]:
+        """Go away gracefully: :meth:`aclose` with ``drain`` (maintenance, workers finish, then down)."""
+        return await self.aclose(drain=True, timeout=timeout)
+
     async def aclose(self, *, drain: bool = True, timeout: float | None = 10.0) -> list[tuple[int, Any]]:
-        """With ``drain``, wait up to ``timeout`` seconds for accepted messages to be acknowledged; then
-        :meth:`close` and return what was not."""
+        """With ``drain``, wait up to ``timeout`` seconds for accepted messages to be acknowledged (announced
+        as in maintenance meanwhile); then :meth:`close` and return what was not."""
+        if drain:
+            self._leaving()
         if drain and self.protocol is not None and not self._closed:
             with contextlib.suppress(RequestTimeout):
                 await self.join(timeout)
@@ -301,7 +308,10 @@ class Worker(_Driven, WorkerCore):
 
     async def _plain(self, lane: Lane) -> None:
         (sock,) = lane.socks
+        following = lane.following
         while not self._stop.is_set():
+            if following is not None and following.members.version != following.version:
+                self._follow_plain(lane)
             if not await sock.poll(100):
                 continue
             for (frame,) in await _drain(sock):

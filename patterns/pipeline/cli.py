@@ -17,10 +17,12 @@ import click
 from zmqkit.bench import Row, print_table, raw_pushpull, spawn
 from zmqkit.cli import (
     CurveFlags,
+    DiscoveryFlags,
     MetricsFlags,
     ZmqkitGroup,
     bench,
     curve_options,
+    discovery_options,
     import_object,
     main,
     metrics_options,
@@ -46,13 +48,40 @@ __all__ = ["push", "pull", "worker", "dead", "bench_pipeline"]
 @click.option("--codec", default="str", show_default=True, help="How to encode each message (str, json, bytes...).")
 @click.option("--timeout", default=30.0, show_default=True, help="Seconds to wait for workers to finish.")
 @curve_options("bind")
-def push(endpoint: str, message: str, bind: bool, acks: bool, codec: str, timeout: float, curve: CurveFlags) -> None:
-    """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters."""
+@discovery_options("announce")
+def push(
+    endpoint: str,
+    message: str,
+    bind: bool,
+    acks: bool,
+    codec: str,
+    timeout: float,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
+) -> None:
+    """Put MESSAGE (or each line of stdin with "-") into a pipeline; print results and dead letters.
+
+    With --announce NAME the bound producer is announced on the fabric, for `zmqkit worker --service NAME`."""
     lines = [line.rstrip("\n") for line in sys.stdin] if message == "-" else [message]
+    if discovery.wanted and not bind:
+        raise click.UsageError("--announce needs --bind: a producer announces the endpoint it binds")
     binds, connects = (endpoint, None) if bind else (None, endpoint)
-    with Producer(binds, connects, acks=acks, codec=codec, curve=curve.for_side(serving=bind)) as producer:
+    with (
+        discovery.joined(curve.secret) as fabric,
+        Producer(
+            binds,
+            connects,
+            acks=acks,
+            codec=codec,
+            announce=discovery.name,
+            advertise=discovery.advertise,
+            fabric=fabric,
+            curve=curve.for_side(serving=bind),
+        ) as producer,
+    ):
         if bind:
-            click.echo(f"producer on {producer.endpoint}", err=True)
+            named = f", announced as {discovery.name!r}" if discovery.wanted else ""
+            click.echo(f"producer on {producer.endpoint}{named}", err=True)
         for line in lines:
             producer.send(line if codec != "json" else _json(line), timeout=timeout)
         if not acks:
@@ -82,17 +111,27 @@ def _json(text: str) -> object:
 
 
 @main.command()
-@click.argument("endpoint")
+@click.argument("endpoint", required=False)
 @click.option("--bind/--connect", default=False, show_default=True, help="Bind ENDPOINT or connect to a producer.")
 @click.option("--acks/--no-acks", default=True, show_default=True, help="Acknowledge (acked producer) or plain PULL.")
 @click.option("--count", default=0, show_default=True, help="Stop after this many messages (0: until Ctrl-C).")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
 @curve_options("bind")
+@discovery_options("find")
 @metrics_options
 def pull(
-    endpoint: str, bind: bool, acks: bool, count: int, allow_pickle: bool, curve: CurveFlags, metrics: MetricsFlags
+    endpoint: str | None,
+    bind: bool,
+    acks: bool,
+    count: int,
+    allow_pickle: bool,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
+    metrics: MetricsFlags,
 ) -> None:
-    """Take messages from a pipeline and print each one (acknowledging it) until Ctrl-C or --count."""
+    """Take messages from a pipeline (ENDPOINT, or every producer of --service NAME) and print each one
+    (acknowledging it) until Ctrl-C or --count."""
+    _one_source(endpoint is not None, discovery, "ENDPOINT")
     done = threading.Event()
     seen = 0
 
@@ -107,21 +146,36 @@ def pull(
     # A pull usually waits for a producer that is not up yet: retry the connection every 100 ms instead of
     # backing off to 2 s, so a `zmqkit push` started later is served at once (the Worker greets it on connect).
     options = SocketOptions(reconnect_ivl_max_ms=0)
-    worker = Worker(
-        show,
-        connect=connects,
-        bind=binds,
-        acks=acks,
-        credit=1,
-        allow_pickle=allow_pickle,
-        options=options,
-        curve=curve.for_side(serving=bind),
-    )
-    if bind:
-        click.echo(f"worker on {worker.endpoint}", err=True)
-    with stop_signals(done), worker, metrics.serving(worker, service="pull"):
-        worker.start()
-        wait_until_stopped(done)
+    with discovery.joined(curve.secret) as fabric:
+        worker = Worker(
+            show,
+            connect=connects,
+            bind=binds,
+            acks=acks,
+            credit=1,
+            allow_pickle=allow_pickle,
+            service=discovery.name,
+            fabric=fabric,
+            options=options,
+            curve=curve.for_side(serving=bind),
+        )
+        if bind or discovery.wanted:
+            click.echo(f"worker on {_where(worker)}", err=True)
+        with stop_signals(done), worker, metrics.serving(worker, service="pull"):
+            worker.start()
+            wait_until_stopped(done)
+
+
+def _where(worker: Any) -> str:
+    return ", ".join(worker.endpoints) if worker.service is None else f"service {worker.service!r}"
+
+
+def _one_source(endpoints: bool, discovery: DiscoveryFlags, what: str) -> None:
+    """A command that takes endpoints takes them, or --service, not both nor neither."""
+    if endpoints and discovery.wanted:
+        raise click.UsageError(f"give {what} or --service NAME, not both")
+    if not endpoints and not discovery.wanted:
+        raise click.UsageError(f"give {what} or --service NAME (with --fabric)")
 
 
 @main.command()
@@ -133,6 +187,7 @@ def pull(
 @click.option("--sink", help="Push results to a Sink at this endpoint instead of back to the producer.")
 @click.option("--allow-pickle", is_flag=True, help="Accept pickled payloads (trusted producers only).")
 @curve_options("bind")
+@discovery_options("find")
 @metrics_options
 def worker(
     handler: str,
@@ -143,6 +198,7 @@ def worker(
     sink: str | None,
     allow_pickle: bool,
     curve: CurveFlags,
+    discovery: DiscoveryFlags,
     metrics: MetricsFlags,
 ) -> None:
     """Run HANDLER (MODULE:FUNCTION, importable from here) on a pipeline's messages until Ctrl-C or SIGTERM.
@@ -154,33 +210,36 @@ def worker(
     function = import_object(handler, "MODULE:FUNCTION")
     if not callable(function):
         raise click.BadParameter(f"{handler!r} is not a function", param_hint="HANDLER")
-    if bool(connects) == bool(binds):
-        raise click.UsageError("give --connect ENDPOINT (repeatable) or --bind ENDPOINT")
-    settings: dict[str, Any] = {
-        "connect": list(connects) or None,
-        "bind": binds,
-        "concurrency": concurrency,
-        "credit": credit,
-        "sink": sink,
-        "allow_pickle": allow_pickle,
-        "curve": curve.for_side(serving=bool(binds)),
-    }
-    if inspect.iscoroutinefunction(function):
-        from .aio import Worker as AsyncWorker
+    if connects and binds:
+        raise click.UsageError("give --connect ENDPOINT (repeatable) or --bind ENDPOINT, not both")
+    _one_source(bool(connects or binds), discovery, "--connect ENDPOINT (repeatable), --bind ENDPOINT")
+    with discovery.joined(curve.secret) as fabric:
+        settings: dict[str, Any] = {
+            "connect": list(connects) or None,
+            "bind": binds,
+            "concurrency": concurrency,
+            "credit": credit,
+            "sink": sink,
+            "allow_pickle": allow_pickle,
+            "service": discovery.name,
+            "fabric": fabric,
+            "curve": curve.for_side(serving=bool(binds)),
+        }
+        if inspect.iscoroutinefunction(function):
+            from .aio import Worker as AsyncWorker
 
-        async def serve() -> None:
-            async_worker = AsyncWorker(function, **settings)
-            click.echo(f"worker {handler} (async) on {', '.join(async_worker.endpoints)}", err=True)
-            with metrics.serving(async_worker, service=handler):
-                await async_worker.run()
+            async def serve() -> None:
+                async_worker = AsyncWorker(function, **settings)
+                click.echo(f"worker {handler} (async) on {_where(async_worker)}", err=True)
+                with metrics.serving(async_worker, service=handler):
+                    await async_worker.run()
 
-        asyncio.run(serve())
-        return
-    sync_worker = Worker(function, **settings)
-    where = ", ".join(sync_worker.endpoints)
-    click.echo(f"worker {handler} on {where} (concurrency {concurrency})", err=True)
-    with metrics.serving(sync_worker, service=handler):
-        sync_worker.run()
+            asyncio.run(serve())
+            return
+        sync_worker = Worker(function, **settings)
+        click.echo(f"worker {handler} on {_where(sync_worker)} (concurrency {concurrency})", err=True)
+        with metrics.serving(sync_worker, service=handler):
+            sync_worker.run()
 
 
 @main.group(cls=ZmqkitGroup)

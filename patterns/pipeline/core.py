@@ -8,6 +8,7 @@ those actions. The frames and state machines themselves are in ``protocol.py``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random as _random
 import threading
@@ -26,6 +27,8 @@ from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from zmqkit.sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
 from zmqkit.sockets import connect as _connect
 
+from .._follow import Following, announcer, following
+from ..presence.fabric import Announcer, FabricLike
 from .actions import NOTIFY, WAKE, Poll, Recv, Run, Send, Steps, Wait, Writable
 from .protocol import (
     PICKLE_REFUSED,
@@ -93,14 +96,19 @@ class ProducerCore:
         max_dead_letters: int = 10_000,
         spool: str | None = None,
         allow_pickle: bool = False,
+        announce: str | None = None,
+        advertise: str | None = None,
+        fabric: FabricLike = None,
         curve: Curve | None = None,
         options: SocketOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
         random: Callable[[], float] = _random.random,
     ) -> None:
         """``batch``: messages per TASK frame at most (never more than the worker's credit);
-        ``max_dead_letters``: kept in memory without a spool (with one they stay on disk only)."""
+        ``max_dead_letters``: kept in memory without a spool (with one they stay on disk only);
+        ``announce``: a service name workers find on the ``fabric`` (the bound endpoints, or ``advertise``)."""
         binds, connects = endpoints_of(bind, connect)
+        self._announcer: Announcer | None = None
         if on_full not in ("block", "raise"):
             raise ConfigurationError(f"bad on_full {on_full!r}: expected 'block' or 'raise'")
         if spool is not None and not acks:
@@ -144,6 +152,12 @@ class ProducerCore:
         self._woken = False
         self._raw_bytes = self._codec.name in ("bytes", "auto")  # these codecs send bytes as they are (id 0)
         self._setup()
+        try:  # last: workers that find it are served at once
+            meta = {"kind": "pipeline", "acks": acks}
+            self._announcer = announcer("Producer", announce, fabric, self.endpoints[: len(binds)], advertise, meta)
+        except BaseException:
+            self.close()
+            raise
 
     def _setup(self) -> None:
         """The runner's own state (threads, tasks), made at the end of ``__init__``."""
@@ -317,8 +331,16 @@ class ProducerCore:
 
     # -- closing
 
+    def close(self) -> list[tuple[int, Any]]:
+        raise NotImplementedError
+
+    def _leaving(self) -> None:
+        """An announced producer is going: workers keep draining it, and it says so before it stops."""
+        if self._announcer is not None:
+            self._announcer.maintenance()
+
     def _shut(self) -> list[tuple[int, Any]]:
-        """Close the sockets (the I/O loop has stopped); return what was not acknowledged."""
+        """Close the sockets (the I/O loop has stopped), announce down; return what was not acknowledged."""
         left = []
         if self.protocol is not None:
             left = [(i, self._decode(c, p)) for i, c, p in self.protocol.unfinished()]
@@ -338,6 +360,8 @@ class ProducerCore:
         self._sock.close(linger=None if self.protocol is None else 0)
         if self._spool is not None:
             self._spool.close()
+        if self._announcer is not None:
+            self._announcer.close()
         return left
 
 
@@ -347,17 +371,39 @@ class ProducerCore:
 class Lane:
     """One handler loop's sockets (a DEALER per producer endpoint, or one PULL), their protocols, its sink
     and its counters. The lock lets a heartbeat thread send on these sockets while a handler runs (libzmq
-    allows a socket to move between threads behind a full memory barrier, which the lock gives)."""
+    allows a socket to move between threads behind a full memory barrier, which the lock gives).
 
-    def __init__(self, socks: list[Any], credit: int, most: int, sink: Any) -> None:
+    With ``following`` (a worker made with ``service=``), the DEALERs come and go with the service's
+    producers: ``attached`` maps each producer endpoint to its socket, ``leaving`` holds the gone ones
+    until nothing taken from them is left unfinished."""
+
+    def __init__(self, socks: list[Any], credit: int, most: int, sink: Any, following: Following | None) -> None:
+        self.credit, self.most = credit, most
         self.socks = socks
         self.protos = [WorkerProtocol(credit, most) for _ in socks]
         self.pairs = list(zip(socks, self.protos, strict=True))
         self.sink = sink
+        self.following = following
+        self.attached: dict[str, Any] = {}
+        self.leaving: dict[str, Any] = {}
         self.lock = threading.Lock()
         self.last_hb = 0.0
         self.processed = 0  # written by this lane's loop only
         self.failed = 0
+
+    def add(self, sock: Any) -> WorkerProtocol:
+        """Take work from one more producer, through ``sock``."""
+        proto = WorkerProtocol(self.credit, self.most)
+        # New lists, not appends: the heartbeat thread may be iterating the old ones.
+        self.socks, self.protos = [*self.socks, sock], [*self.protos, proto]
+        self.pairs = list(zip(self.socks, self.protos, strict=True))
+        return proto
+
+    def remove(self, sock: Any) -> None:
+        """Stop using ``sock`` (the caller closes it)."""
+        keep = [i for i, s in enumerate(self.socks) if s is not sock]
+        self.socks, self.protos = [self.socks[i] for i in keep], [self.protos[i] for i in keep]
+        self.pairs = list(zip(self.socks, self.protos, strict=True))
 
     def finished(self) -> bool:
         """Stopping may end: every producer said nothing more will come, and every task in hand is done and
@@ -385,13 +431,17 @@ class WorkerCore:
         allow_pickle: bool = False,
         heartbeat: float = 1.0,
         stop_timeout: float = 10.0,
+        service: str | None = None,
+        fabric: FabricLike = None,
         curve: Curve | None = None,
         options: SocketOptions | None = None,
     ) -> None:
         if not callable(handler):
             raise ConfigurationError(f"bad handler {handler!r}: expected a callable")
         self._check_handler(handler)
-        binds, connects = endpoints_of(bind, connect)
+        if service is not None and bind:
+            raise ConfigurationError(f"Worker: service={service!r} with bind={bind!r}: a worker finds producers")
+        binds, connects = endpoints_of(bind, connect) if service is None else ([], [])
         check_int("concurrency", concurrency, 1)
         if binds and concurrency > 1 and not self._ASYNC:
             raise ConfigurationError(f"bind={bind!r} with concurrency={concurrency}: connect workers to the producer")
@@ -408,10 +458,11 @@ class WorkerCore:
         self._codec = get_codec(codec)
         self._stop = threading.Event()
         self._closed = False
-        opts = resolve_options(options, curve)
+        self._opts = opts = resolve_options(options, curve)
         self.concurrency = concurrency
         self.lanes: list[Lane] = []
         self.endpoints: list[str] = []
+        self._following = following("Worker", service, fabric, connect)  # last check, first thing to release
         try:
             for _ in range(1 if self._ASYNC else concurrency):  # asyncio: one lane, handlers as tasks
                 if acks:
@@ -420,12 +471,15 @@ class WorkerCore:
                         self.endpoints += attach(s, [ep] if ep in binds else [], [ep] if ep in connects else [])
                 else:
                     socks = [make_socket("pull", opts, asyncio=self._ASYNC)]
-                    self.endpoints += attach(socks[0], binds, connects)
+                    if self._following is None:
+                        self.endpoints += attach(socks[0], binds, connects)
                 sink_sock = None
                 if sink is not None:
                     sink_sock = make_socket("push", opts, asyncio=self._ASYNC)
                     attach(sink_sock, [], [sink])
-                self.lanes.append(Lane(socks, credit, most, sink_sock))
+                # Each lane applies membership on its own (its own version), from the worker's one Members.
+                lane_following = None if self._following is None else Following(self._following.members)
+                self.lanes.append(Lane(socks, credit, most, sink_sock, lane_following))
         except BaseException:
             self._close_sockets()
             raise
@@ -455,8 +509,57 @@ class WorkerCore:
         """Messages handled (``processed``) and handler failures (``failed``) since start."""
         return {"processed": self.processed, "failed": self.failed}
 
+    @property
+    def service(self) -> str | None:
+        """The service this worker takes work from (None: fixed endpoints)."""
+        return None if self._following is None else self._following.members.service
+
     def _closed_error(self) -> Closed:
-        return Closed(f"{type(self).__name__} of {', '.join(self.endpoints)} is closed")
+        where = ", ".join(self.endpoints) if self._following is None else f"service {self.service!r}"
+        return Closed(f"{type(self).__name__} of {where} is closed")
+
+    # -- membership (service=): applied between calls, never per message
+
+    def _follow(self, lane: Lane) -> Steps[None]:
+        """Connect a DEALER to each producer that joined the service (and greet it); mark gone ones leaving."""
+        assert lane.following is not None
+        added, gone = lane.following.changes()
+        for endpoint in added:
+            sock = lane.leaving.pop(endpoint, None)  # back before it was let go: keep its socket
+            if sock is None:
+                sock = make_socket("dealer", self._opts, asyncio=self._ASYNC)
+                attach(sock, [], [endpoint], "Worker")
+                lane.attached[endpoint] = sock
+                proto = lane.add(sock)
+                if not (yield Send(sock, proto.ready())):
+                    proto.unreachable()  # not connected yet: greeted once writable
+            log.info("worker takes work from %s (service %r)", endpoint, lane.following.members.service)
+        for endpoint in gone:
+            if endpoint in lane.attached:
+                lane.leaving[endpoint] = lane.attached[endpoint]
+        self._let_go(lane)
+
+    def _follow_plain(self, lane: Lane) -> None:
+        """A PULL lane (``acks=False``): connect to producers that joined, disconnect from gone ones."""
+        assert lane.following is not None
+        (sock,) = lane.socks
+        added, gone = lane.following.changes()
+        for endpoint in added:
+            _connect(sock, endpoint)
+        for endpoint in gone:
+            with contextlib.suppress(zmq.ZMQError):  # never connected (a bad address): nothing to undo
+                sock.disconnect(endpoint)
+
+    def _let_go(self, lane: Lane) -> None:
+        """Close the sockets of gone producers once every task taken from them ran and its outcome was sent."""
+        for endpoint, sock in list(lane.leaving.items()):
+            proto = lane.protos[lane.socks.index(sock)]
+            if proto.held or proto.unflushed:
+                continue
+            del lane.leaving[endpoint], lane.attached[endpoint]
+            lane.remove(sock)
+            sock.close(linger=0)
+            log.info("worker let go of %s: gone from service %r", endpoint, self.service)
 
     # -- the acknowledged lane loop
 
@@ -467,7 +570,13 @@ class WorkerCore:
             if not (yield Send(sock, proto.ready())):
                 proto.unreachable()  # the producer is not connected yet: greet it once it is
         deadline = None
+        following = lane.following
         while True:
+            if following is not None and deadline is None:
+                if following.members.version != following.version:
+                    yield from self._follow(lane)
+                elif lane.leaving:
+                    self._let_go(lane)
             if self._stop.is_set() and deadline is None:
                 deadline = time.monotonic() + self.stop_timeout
                 for sock, proto in lane.pairs:
@@ -539,6 +648,8 @@ class WorkerCore:
             lane.sink.send_multipart(encode_result(0, cid, payload))
 
     def _close_sockets(self) -> None:
+        if self._following is not None:
+            self._following.close()
         for lane in self.lanes:
             for sock in [*lane.socks, lane.sink]:
                 if sock is not None:

@@ -7,6 +7,7 @@ plain PUSH/PULL from the caller's thread.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import signal
@@ -18,7 +19,7 @@ from typing import Any
 import zmq
 
 from zmqkit.checks import check_timeout, to_ms
-from zmqkit.errors import ConfigurationError
+from zmqkit.errors import ConfigurationError, RequestTimeout
 from zmqkit.sockets import NOBLOCK, has_input, send_frame
 
 from .actions import Action, Notify, Poll, Recv, Run, Send, Steps, T, Wait, Wake, Writable
@@ -55,6 +56,9 @@ def _perform(action: Action, run: Callable[[Run], None] | None) -> Any:
     if isinstance(action, Recv):
         return _recv_ready(action.sock)
     if isinstance(action, Poll):
+        if not action.items:  # a worker following a service with no producer yet: zmq_poll would not wait
+            time.sleep(action.ms / 1000)
+            return []
         return zmq.zmq_poll(action.items, action.ms)
     if isinstance(action, Writable):
         return bool(action.sock.poll(to_ms(action.timeout), zmq.POLLOUT))
@@ -185,9 +189,19 @@ class Producer(ProducerCore):
         """Send dead letter ``msg_id`` again, with a fresh attempt count."""
         self._run(self._resubmit(msg_id))
 
+    def leave(self, timeout: float | None = 10.0) -> list[tuple[int, Any]]:
+        """Go away gracefully: announce maintenance (when announced), let workers finish what was accepted (up
+        to ``timeout`` seconds), then close; return ``(id, value)`` of messages not acknowledged."""
+        self._leaving()
+        if self.protocol is not None and not self._closed:
+            with contextlib.suppress(RequestTimeout):
+                self.join(timeout)
+        return self.close()
+
     def close(self) -> list[tuple[int, Any]]:
         """Stop and close at once (idempotent); return ``(id, value)`` of messages not acknowledged (still in
-        the spool, if any)."""
+        the spool, if any). An announced producer says maintenance, then down once closed."""
+        self._leaving()
         with self._cond:
             if self._closed:
                 return []
@@ -300,8 +314,10 @@ class Worker(WorkerCore):
     def _lane_plain(self, index: int) -> None:
         lane = self.lanes[index]
         (sock,) = lane.socks
-        handler, recv = self.handler, sock.recv
+        handler, recv, following = self.handler, sock.recv, lane.following
         while not self._stop.is_set():
+            if following is not None and following.members.version != following.version:
+                self._follow_plain(lane)
             if not sock.poll(100):
                 continue
             done = 0

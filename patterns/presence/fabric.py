@@ -287,6 +287,7 @@ class Fabric:
             self._link = _ServerLink(self.endpoints, options, curve)
         self._refused: dict[str, str] = {}
         self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
+        self._synced_topics: set[bytes] = set()  # the subscriptions a snapshot has answered
         self._started = clock()
         self._clock = clock
         self._answers: deque[float] = deque(maxlen=BEACON_ANSWERS)  # when this member answered beacon queries
@@ -382,6 +383,23 @@ class Fabric:
         except RequestTimeout:
             return False
 
+    def synced_steps(self, service: str, timeout: float | None) -> Generator[float | None, None, bool]:
+        """A wait, sans-I/O, until a fabric server has sent its snapshot of a watched ``service`` (True), or
+        ``timeout`` seconds have passed (False): then this member knows what the fabric knew of it."""
+        topic = (TOPIC_PREFIX + service).encode()
+
+        def synced() -> bool | None:
+            with self._changes.lock:
+                if topic in self._synced_topics or _TOPIC in self._synced_topics:
+                    return True
+                # Beacons have no per-service snapshot: every member hears every service once it has settled.
+                return True if self.synced and isinstance(self._link, BeaconLink) else None
+
+        try:
+            return (yield from self._changes.steps(synced, timeout, lambda: RequestTimeout(""), self._closed_error()))
+        except RequestTimeout:
+            return False
+
     def wait_steps(self, service: str, timeout: float | None) -> Generator[float | None, None, Entry]:
         """A wait for an "up" instance of a watched ``service``, sans-I/O (see ``presence.base.Changes.steps``)."""
 
@@ -426,6 +444,7 @@ class Fabric:
         else:
             self._link.subscribe(_UNSUBSCRIBE + _TOPIC + payload)
             with self._changes.lock:
+                self._synced_topics.discard(_TOPIC + payload)
                 for entry in self._table.lookup(payload.decode() or None):
                     self._table.apply_entry(Entry(entry.service, entry.endpoint, "down"))
 
@@ -441,6 +460,7 @@ class Fabric:
         if len(frames) == 2 and not frames[1] and frames[0].startswith(_TOPIC):
             with self._changes.lock:
                 self.synced += 1
+                self._synced_topics.add(frames[0])
             self._changes.notify()
             return
         with self._changes.lock:
@@ -677,6 +697,11 @@ class Members:
     def wait_steps(self, timeout: float | None) -> Generator[float | None, None, Entry]:
         """A wait for an instance up (see :meth:`Fabric.wait_steps`)."""
         return self._fabric.wait_steps(self.service, timeout)
+
+    def wait_synced(self, timeout: float | None) -> bool:
+        """Block until a fabric server has sent what it knows of the service (False after ``timeout`` s): then
+        :meth:`current` holds every instance the fabric knew, not only the first to arrive."""
+        return block(self._fabric._changes, self._fabric.synced_steps(self.service, timeout))
 
     def close(self) -> None:
         """Stop following the service and release the fabric; idempotent."""
