@@ -46,6 +46,35 @@ class AsyncClient(ClientCore):
         self._timer_at = math.inf  # the protocol deadline the timer is set for
         self._soon: asyncio.Handle | None = None  # a _settle the loop runs on its next turn
 
+    def _nudge(self) -> None:
+        # In the fabric's thread: have the watching loop apply the change (new servers get a hello at once, and
+        # a call waiting for an instance is sent). With no loop yet, the next request applies it.
+        loop = self._reader
+        if loop is not None:
+            with contextlib.suppress(RuntimeError):  # that loop is closed: the next request's loop applies it
+                loop.call_soon_threadsafe(self._on_members)
+
+    def _on_members(self) -> None:
+        if self._members is not None and self._members.version != self._applied and not self.closed:
+            try:
+                self._apply_members()
+            except Exception as exc:
+                self._broken(exc)
+                return
+            self._settle_safely()
+
+    def _adopt(self, alias: bytes) -> None:
+        fd = self._fds[alias] = int(self._socks[alias].getsockopt(zmq.FD))
+        if self._reader is not None:
+            self._reader.add_reader(fd, self._readable, alias)
+            self._look.add(alias)
+
+    def _forget(self, alias: bytes) -> None:
+        fd = self._fds.pop(alias)
+        self._look.discard(alias)
+        if self._reader is not None and not self._reader.is_closed():
+            self._reader.remove_reader(fd)
+
     async def request(self, body: Value, timeout: float | Default | None = DEFAULT) -> Value:
         """Send ``body``; return the reply, or raise RequestTimeout, RemoteError or Unavailable.
 
@@ -253,6 +282,11 @@ class AsyncServer(ServerCore):
         if self._task is None:
             router = make_socket("router", self._options, asyncio=True)
             self._open(router)
+            try:
+                self._announce_up()
+            except BaseException:
+                router.close(linger=0)
+                raise
             self._socket = router
             # Non-blocking reads and writes go through a plain view of the same socket (see _settle).
             self._sock = zmq.Socket.shadow(router.underlying)
@@ -320,6 +354,7 @@ class AsyncServer(ServerCore):
             self._closed = True
             return self._left_cleanly
         proto = self._proto
+        self._announce_leaving()
         proto.leave()
         self._settle()
         deadline = self._clock() + timeout
@@ -335,6 +370,7 @@ class AsyncServer(ServerCore):
     def close(self) -> None:
         """Stop now: handlers still running are cancelled; their clients retry elsewhere. Idempotent."""
         self._closed = True
+        self._announce_leaving()
         if self._task is not None:
             self._task.cancel()
             self._task = None
@@ -343,6 +379,7 @@ class AsyncServer(ServerCore):
         if self._socket is not None:
             self._socket.close()  # its linger lets the last replies leave
             self._socket = self._sock = None
+        self._announce_down()
 
     async def aclose(self, *, drain: bool = True, timeout: float | None = 10.0) -> None:
         """Close; with ``drain``, leave gracefully first (goodbye, finish what is held, up to ``timeout``)."""

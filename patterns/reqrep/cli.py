@@ -14,10 +14,12 @@ import click
 from zmqkit.bench import RawReqRep, Row, median_of, print_table, raw_dealer, spawn, take_turns
 from zmqkit.cli import (
     CurveFlags,
+    DiscoveryFlags,
     MetricsFlags,
     ZmqkitGroup,
     bench,
     curve_options,
+    discovery_options,
     import_object,
     main,
     metrics_options,
@@ -32,16 +34,50 @@ from .sync import Client, Proxy, Server
 __all__ = ["req", "rep", "rpc", "rpc_call", "rpc_serve", "proxy", "bench_reqrep"]
 
 
+def _found_by_service(
+    endpoint: str | None, rest: tuple[str, ...], discovery: DiscoveryFlags
+) -> tuple[str | None, tuple[str, ...]]:
+    """The endpoint and the arguments after it: with ``--service`` the first argument is not an endpoint."""
+    if not discovery.wanted:
+        if endpoint is None:
+            raise click.UsageError("give ENDPOINT, or --service NAME --fabric F")
+        return endpoint, rest
+    if endpoint is None:
+        return None, rest
+    if "://" in endpoint:
+        raise click.UsageError(f"give ENDPOINT ({endpoint!r}) or --service {discovery.name!r}, not both")
+    return None, (endpoint, *rest)
+
+
 @main.command()
-@click.argument("endpoint")
-@click.argument("message")
+@click.argument("endpoint", required=False)
+@click.argument("message", required=False)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
 @click.option("--retries", default=2, show_default=True, help="Retries (on another server) after a timeout.")
 @curve_options("client")
-def req(endpoint: str, message: str, timeout: float, retries: int, curve: CurveFlags) -> None:
-    """Send MESSAGE to the server(s) at ENDPOINT (comma-separated for many) and print the reply."""
-    with Client(endpoint, timeout=timeout, retries=retries, curve=curve.for_client()) as client:
-        reply = client.request(message.encode())
+@discovery_options("find")
+def req(
+    endpoint: str | None,
+    message: str | None,
+    timeout: float,
+    retries: int,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
+) -> None:
+    """Send MESSAGE to the server(s) at ENDPOINT (comma-separated for many) and print the reply.
+
+    With --service NAME --fabric F instead of ENDPOINT: to the instances of NAME announced on the fabric.
+    """
+    endpoint, rest = _found_by_service(endpoint, (message,) if message is not None else (), discovery)
+    if len(rest) != 1:
+        raise click.UsageError("give MESSAGE (after ENDPOINT, or alone with --service)")
+    with (
+        discovery.joined(curve.secret) as fabric,
+        Client(
+            endpoint, service=discovery.name, fabric=fabric, timeout=timeout, retries=retries, curve=curve.for_client()
+        ) as client,
+    ):
+        reply = client.request(rest[0].encode())
     click.echo(reply.decode(errors="replace") if isinstance(reply, bytes) else json.dumps(reply))
 
 
@@ -51,23 +87,38 @@ def req(endpoint: str, message: str, timeout: float, retries: int, curve: CurveF
 @click.option("--concurrency", default=1, show_default=True, help="Handler threads.")
 @click.option("--connect", is_flag=True, help="Connect to ENDPOINT (a proxy's backend) instead of binding it.")
 @curve_options("bind")
+@discovery_options("announce")
 @metrics_options
-def rep(endpoint: str, echo: bool, concurrency: int, connect: bool, curve: CurveFlags, metrics: MetricsFlags) -> None:
-    """Serve requests on ENDPOINT: an echo server (Ctrl-C leaves gracefully).
+def rep(
+    endpoint: str,
+    echo: bool,
+    concurrency: int,
+    connect: bool,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
+    metrics: MetricsFlags,
+) -> None:
+    """Serve requests on ENDPOINT: an echo server (Ctrl-C or SIGTERM leaves gracefully).
 
-    CURVE: binding, this is the server; with --connect (to a proxy), a client of the proxy's backend.
+    CURVE: binding, this is the server; with --connect (to a proxy), a client of the proxy's backend. With
+    --announce NAME --fabric F it is announced as an instance of NAME (maintenance when it leaves, down when gone).
     """
-    server = Server(
-        None if connect else endpoint,
-        lambda body: body,
-        concurrency=concurrency,
-        connect=endpoint if connect else (),
-        curve=curve.for_side(serving=not connect),
-    )
-    with stop_signals() as stop:
+    if connect and discovery.wanted:
+        raise click.UsageError("--announce needs a bound ENDPOINT, not --connect")
+    with stop_signals() as stop, discovery.joined(curve.secret) as fabric:
+        server = Server(
+            None if connect else endpoint,
+            lambda body: body,
+            concurrency=concurrency,
+            connect=endpoint if connect else (),
+            announce=discovery.name,
+            fabric=fabric,
+            advertise=discovery.advertise,
+            curve=curve.for_side(serving=not connect),
+        )
         server.start()
         click.echo(f"echoing on {', '.join(server.endpoints) or endpoint}", err=True)
-        with metrics.serving(server, service="echo"):
+        with metrics.serving(server, service=discovery.name or "echo"):
             wait_until_stopped(stop)
         click.echo("leaving...", err=True)
         server.leave()
@@ -77,7 +128,7 @@ class _RpcGroup(ZmqkitGroup):
     """``zmqkit rpc serve ...`` and ``zmqkit rpc call ...``; ``zmqkit rpc ENDPOINT ...`` is short for ``call``."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        if args and args[0] not in self.commands and not args[0].startswith("-"):
+        if args and args[0] not in self.commands and (not args[0].startswith("-") or args[0].startswith("--service")):
             args = ["call", *args]
         return super().parse_args(ctx, args)
 
@@ -110,21 +161,34 @@ def _arguments(texts: tuple[str, ...]) -> tuple[list[Any], dict[str, Any]]:
 
 
 @rpc.command("call")
-@click.argument("endpoint")
+@click.argument("endpoint", required=False)
 @click.argument("method", required=False)
 @click.argument("args", nargs=-1)
 @click.option("--timeout", default=5.0, show_default=True, help="Seconds to wait for the reply.")
 @click.option("--json", "as_json", is_flag=True, help="Print the answer (or the method list) as JSON.")
 @curve_options("client")
+@discovery_options("find")
 def rpc_call(
-    endpoint: str, method: str | None, args: tuple[str, ...], timeout: float, as_json: bool, curve: CurveFlags
+    endpoint: str | None,
+    method: str | None,
+    args: tuple[str, ...],
+    timeout: float,
+    as_json: bool,
+    curve: CurveFlags,
+    discovery: DiscoveryFlags,
 ) -> None:
     """Call METHOD on ENDPOINT (comma-separate several servers); without METHOD, list its methods.
 
     Each ARG is JSON, else a plain string; ``name=VALUE`` passes a keyword argument (a positional string with
-    an ``=`` in it is passed as JSON: '"a=b"').
+    an ``=`` in it is passed as JSON: '"a=b"'). With --service NAME --fabric F instead of ENDPOINT: the
+    instances of NAME announced on the fabric (``zmqkit rpc call --service NAME METHOD ARGS...``).
     """
-    with RpcClient(endpoint, timeout=timeout, curve=curve.for_client()) as client:
+    endpoint, rest = _found_by_service(endpoint, (method, *args) if method is not None else args, discovery)
+    method, args = (rest[0], rest[1:]) if rest else (None, ())
+    with (
+        discovery.joined(curve.secret) as fabric,
+        RpcClient(endpoint, service=discovery.name, fabric=fabric, timeout=timeout, curve=curve.for_client()) as client,
+    ):
         if method is None:
             methods = client.methods()
             if as_json:
@@ -145,6 +209,7 @@ def rpc_call(
 @click.option("--prefix", default="", help="Serve each method as PREFIX + name.")
 @click.option("--codec", default="json", show_default=True, type=click.Choice(["json", "msgpack"]))
 @curve_options("server")
+@discovery_options("announce")
 @metrics_options
 def rpc_serve(
     target: str,
@@ -153,25 +218,35 @@ def rpc_serve(
     prefix: str,
     codec: str,
     curve: CurveFlags,
+    discovery: DiscoveryFlags,
     metrics: MetricsFlags,
 ) -> None:
     """Serve the public methods of TARGET (MODULE:OBJECT, importable from here) until Ctrl-C or SIGTERM.
 
     OBJECT may be an instance, a class (made with no arguments) or a module; its public callables become
     methods (``zmqkit rpc ENDPOINT`` lists them). Ctrl-C or SIGTERM leaves gracefully: calls in hand finish.
+    With --announce NAME --fabric F the server is announced as an instance of NAME while it serves.
     """
     obj = import_object(target, "MODULE:OBJECT")
     if isinstance(obj, type):
         obj = obj()
-    server = RpcServer(list(binds), concurrency=concurrency, codec=codec, curve=curve.for_server())
-    names = server.register(obj, prefix=prefix)
-    if not names:
-        server.close()
-        raise click.BadParameter(f"{target!r} has no public methods to serve", param_hint="TARGET")
-    with stop_signals() as stop:
+    with stop_signals() as stop, discovery.joined(curve.secret) as fabric:
+        server = RpcServer(
+            list(binds),
+            concurrency=concurrency,
+            codec=codec,
+            announce=discovery.name,
+            fabric=fabric,
+            advertise=discovery.advertise,
+            curve=curve.for_server(),
+        )
+        names = server.register(obj, prefix=prefix)
+        if not names:
+            server.close()
+            raise click.BadParameter(f"{target!r} has no public methods to serve", param_hint="TARGET")
         server.start()
         click.echo(f"serving {target} ({', '.join(names)}) on {', '.join(server.endpoints)}", err=True)
-        with metrics.serving(server, service=target):
+        with metrics.serving(server, service=discovery.name or target):
             wait_until_stopped(stop)
         click.echo("leaving...", err=True)
         server.leave()

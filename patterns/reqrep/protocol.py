@@ -79,6 +79,9 @@ _REPLY_HEAD = HEADER + bytes([REPLY])
 _UNTRIED_FIRST = 1 << 40
 # Peer states, as the client sees a server.
 CONNECTING, READY_, LEAVING, DOWN, SUSPECT = "connecting", "ready", "leaving", "down", "suspect"
+# A server its service's membership put in maintenance: it finishes what it holds, gets nothing new and is not
+# probed (a READY from it does not make it choosable again; only membership does).
+DRAINING = "draining"
 
 Outcome = tuple[bool, Any]  # (True, value) or (False, exception)
 
@@ -187,9 +190,12 @@ class ClientProtocol:
         probe_min: float = 0.01,
         probe_max: float = 1.0,
         allow_pickle: bool = False,
+        dynamic: bool = False,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if not peers:
+        """``dynamic``: the server set follows a service's membership (:meth:`add_peer`, :meth:`drain_peer`,
+        :meth:`remove_peer`), so it may start empty."""
+        if not peers and not dynamic:
             raise ConfigurationError(f"bad endpoints {list(peers.values())!r}: give at least one server endpoint")
         if not isinstance(retries, int) or not 0 <= retries < MAX_ATTEMPT:
             raise ConfigurationError(f"bad retries={retries!r}: expected an integer from 0 to {MAX_ATTEMPT - 1}")
@@ -224,8 +230,44 @@ class ClientProtocol:
         self._seq = itertools.count(1)
 
     def servers_state(self) -> dict[bytes, str]:
-        """Each server's state: connecting, ready, leaving, down or suspect."""
+        """Each server's state: connecting, ready, leaving, down, suspect or draining."""
         return {alias: peer.state for alias, peer in self.peers.items()}
+
+    # ------------------------------------------------------------- membership
+    def add_peer(self, alias: bytes, endpoint: str) -> None:
+        """A server joined (or came back from maintenance): say hello to it now; it takes requests once ready."""
+        now = self.clock()
+        peer = self.peers.get(alias)
+        if peer is None:
+            peer = self.peers[alias] = _Peer(alias, endpoint, now)
+            self._ring.append(peer)
+        elif peer.state is DRAINING:
+            peer.state = CONNECTING
+        else:
+            return
+        peer.probe_delay = 0.0
+        peer.probe_at = now
+        self._probe_due = now
+
+    def drain_peer(self, alias: bytes) -> None:
+        """A server went into maintenance: no new requests go to it; those it holds are still answered."""
+        peer = self.peers.get(alias)
+        if peer is not None:
+            peer.state = DRAINING
+
+    def remove_peer(self, alias: bytes) -> None:
+        """A server is gone (announced down, or expired): what it held goes to the others at once, as when its
+        connection is lost; nothing more is sent to it."""
+        peer = self.peers.pop(alias, None)
+        if peer is None:
+            return
+        self._ring.remove(peer)
+        self._turn = 0
+        self.outbox[:] = [out for out in self.outbox if out[0] != alias]
+        peer.state = DOWN
+        now = self.clock()
+        for p in [p for p in self.pending.values() if p.peer is peer]:
+            self._requeue(p, now)
 
     # ----------------------------------------------------------------- requests
     def submit(self, codec: int, body: bytes, timeout: float | None) -> bytes:
@@ -258,7 +300,9 @@ class ClientProtocol:
         """The ready server with the fewest requests of ours in flight, preferring ones not ``tried`` yet."""
         ring = self._ring
         n = len(ring)
-        if n == 1:  # one server (or a proxy): nothing to choose
+        if n < 2:  # one server (or a proxy): nothing to choose; none, while a service has no instance yet
+            if not n:
+                return None
             peer = ring[0]
             return peer if peer.state is READY_ and peer.in_flight < peer.limit else None
         best: _Peer | None = None
@@ -382,12 +426,13 @@ class ClientProtocol:
                 raise ProtocolError(f"a ready message is the header, W and a u32; got {len(msg)} bytes")
             peer.capacity = max(1, _U32.unpack_from(msg, KIND_AT + 1)[0])
             peer.limit = min(peer.capacity, self.max_in_flight)
-            peer.state = READY_
+            if peer.state is not DRAINING:
+                peer.state = READY_
             peer.probe_delay = 0.0
             self._dispatch(now)
         elif kind == GOODBYE:
             # The server stops taking work; what it holds it still answers. Promise to send nothing more.
-            if peer.state is not DOWN:
+            if peer.state is not DOWN and peer.state is not DRAINING:
                 peer.state = LEAVING
             self._probe_later(peer, now)
             self.outbox.append((peer.alias, _ACK_CTL))
@@ -405,8 +450,9 @@ class ClientProtocol:
             return
         now = self.clock()
         if peer.state is not DOWN:
-            peer.state = DOWN
-            self._probe_later(peer, now)
+            if peer.state is not DRAINING:  # (one in maintenance stays out of the choice, and is not probed)
+                peer.state = DOWN
+                self._probe_later(peer, now)
             for p in [p for p in self.pending.values() if p.peer is peer]:
                 self._requeue(p, now)
         if msg[KIND_AT] == REQUEST:
@@ -462,11 +508,16 @@ class ClientProtocol:
             self.waiting.append(p.request_id)
 
     def _timeout_error(self, p: _Pending) -> Exception:
-        servers = ", ".join(self.peers[a].endpoint for a in sorted(p.tried)) or "none"
+        servers = ", ".join(self._endpoint_of(a) for a in sorted(p.tried)) or "none"
         if not p.attempt:
             known = ", ".join(f"{x.endpoint} ({x.state})" for x in self._ring)
             return Unavailable(f"no server was ready to take the request: {known}")
         return RequestTimeout(f"no reply after {p.attempt} attempt(s); servers tried: {servers}")
+
+    def _endpoint_of(self, alias: bytes) -> str:
+        peer = self.peers.get(alias)
+        # A server removed since: its alias is its endpoint (or a stand-in for a very long one).
+        return peer.endpoint if peer is not None else alias.decode(errors="replace")
 
     def _backoff(self, attempt: int) -> float:
         return min(self.backoff_max, self.backoff * (2 ** max(0, attempt - 1)))
@@ -482,7 +533,7 @@ class ClientProtocol:
         """Say hello to servers that are not (known to be) ready: connecting, down, suspect or leaving."""
         due = float("inf")
         for peer in self._ring:
-            if peer.state is READY_:
+            if peer.state is READY_ or peer.state is DRAINING:
                 continue
             if peer.probe_at <= now:
                 self.outbox.append((peer.alias, _HELLO_CTL))

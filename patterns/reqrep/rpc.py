@@ -19,6 +19,7 @@ from zmqkit.errors import ConfigurationError, ProtocolError
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions
 
+from ..presence.fabric import FabricLike
 from .aio import AsyncClient, AsyncServer
 from .core import Value
 from .protocol import ERROR, REPLY, Job, describe_exception, unpack
@@ -77,11 +78,15 @@ class RpcMethods:
         codec: str | Codec = "json",
         allow_pickle: bool = False,
         connect: str | Sequence[str] = (),
+        announce: str | None = None,
+        fabric: FabricLike = None,
+        advertise: str | Sequence[str] | None = None,
         curve: Curve | None = None,
         options: SocketOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Every Server option; ``codec`` is json (the default), msgpack or pickle (trusted peers only)."""
+        """Every Server option (``announce=`` a service name on a ``fabric``, too); ``codec`` is json (the
+        default), msgpack or pickle (trusted peers only)."""
         _check_codec(codec)
         self._methods: dict[str, Callable[..., Any]] = {}
         super().__init__(  # type: ignore[call-arg]  # the server class this is mixed into
@@ -93,6 +98,9 @@ class RpcMethods:
             codec=codec,
             allow_pickle=allow_pickle,
             connect=connect,
+            announce=announce,
+            fabric=fabric,
+            advertise=advertise,
             curve=curve,
             options=options,
             clock=clock,
@@ -225,8 +233,10 @@ class RpcCaller:
 
     def __init__(
         self,
-        endpoints: str | Sequence[str],
+        endpoints: str | Sequence[str] | None = None,
         *,
+        service: str | None = None,
+        fabric: FabricLike = None,
         codec: str | Codec = "json",
         timeout: float | None = 5.0,
         attempt_timeout: float | None = None,
@@ -238,10 +248,13 @@ class RpcCaller:
         options: SocketOptions | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        """Every Client option; ``codec`` is json (the default), msgpack or pickle (trusted peers only)."""
+        """Every Client option (``service=`` on a ``fabric`` instead of endpoints, too); ``codec`` is json (the
+        default), msgpack or pickle (trusted peers only)."""
         _check_codec(codec)
         self._client = self._client_class()(
             endpoints,
+            service=service,
+            fabric=fabric,
             codec=codec,
             timeout=timeout,
             attempt_timeout=attempt_timeout,
@@ -253,8 +266,12 @@ class RpcCaller:
             options=options,
             clock=clock,
         )
-        self.endpoints = self._client.endpoints
         self._setup()
+
+    @property
+    def endpoints(self) -> list[str]:
+        """The servers' endpoints (for a client found by service: those it knows now)."""
+        return self._client.endpoints
 
     def _setup(self) -> None:
         """The subclass's own state, made at the end of ``__init__``."""

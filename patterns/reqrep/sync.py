@@ -11,6 +11,7 @@ import itertools
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 from collections import deque
@@ -100,6 +101,33 @@ class Client(ClientCore):
         for sock in self._socks.values():
             self._poller.register(sock, POLLIN)
         self._alias_of = {sock: alias for alias, sock in self._socks.items()}
+        # Found by service: the fabric's thread writes a byte here on each membership change, which wakes a call
+        # that waits in a sweep (for an instance to appear, say). A socket pair, not a zmq socket: any thread
+        # may write to it.
+        self._wake: tuple[socket.socket, socket.socket] | None = None
+        if self.service is not None:
+            self._wake = socket.socketpair()
+            for end in self._wake:
+                end.setblocking(False)
+            self._poller.register(self._wake[0], POLLIN)
+
+    def _nudge(self) -> None:
+        wake = self._wake
+        if wake is not None:
+            with contextlib.suppress(OSError):  # full (a wake-up is pending anyway) or closed
+                wake[1].send(b"!")
+
+    def _adopt(self, alias: bytes) -> None:
+        sock = self._socks[alias]
+        self._recv_s[alias] = 0.0
+        self._poller.register(sock, POLLIN)
+        self._alias_of[sock] = alias
+
+    def _forget(self, alias: bytes) -> None:
+        sock = self._socks[alias]
+        self._poller.unregister(sock)
+        del self._alias_of[sock]
+        del self._recv_s[alias]
 
     def request(self, body: Value, timeout: float | Default | None = DEFAULT) -> Value:
         """Send ``body`` and return the reply; raise RequestTimeout, RemoteError or Unavailable.
@@ -195,13 +223,28 @@ class Client(ClientCore):
     def _sweep(self, wait_ms: int) -> None:
         """Read every server's socket, waiting up to ``wait_ms`` for something to arrive on one."""
         self._sweep_at = self._proto.clock() + self.SWEEP_INTERVAL
+        woken = False
         for sock, _events in self._poller.poll(wait_ms):
-            self._drain(self._alias_of[sock])
+            alias = self._alias_of.get(sock)
+            if alias is not None:
+                self._drain(alias)
+            else:
+                woken = True
+        if woken and self._wake is not None:
+            with contextlib.suppress(OSError):
+                self._wake[0].recv(4096)
+            self._apply_members()
+            if self._proto.outbox:
+                self._flush()
 
     def close(self) -> None:
         """Close the sockets at once; calls after raise Closed. Idempotent."""
         if not self.closed:
             self._close_sockets()
+            wake, self._wake = self._wake, None
+            if wake is not None:
+                for end in wake:
+                    end.close()
 
     def __enter__(self) -> Client:
         return self
@@ -240,6 +283,7 @@ class Server(ServerCore):
             self._open(router)
             try:
                 bind(router, self._wake_ep)  # for nudges from this process only; not one of the endpoints
+                self._announce_up()
             except BaseException:
                 router.close(linger=0)
                 raise
@@ -273,11 +317,15 @@ class Server(ServerCore):
         background = self._background
         if background is None:
             return
-        if background.alive:
-            self._commands.append((command, timeout))
-            if not nudge_until_stopped(background, "dealer", self._wake_ep, self._nudge, timeout + 5.0):
-                raise RequestTimeout(f"server on {self.endpoints!r} did not stop within {timeout}s")
-        background.stop(0)  # the thread has ended: this closes our end of its command pair
+        self._announce_leaving()
+        try:
+            if background.alive:
+                self._commands.append((command, timeout))
+                if not nudge_until_stopped(background, "dealer", self._wake_ep, self._nudge, timeout + 5.0):
+                    raise RequestTimeout(f"server on {self.endpoints!r} did not stop within {timeout}s")
+            background.stop(0)  # the thread has ended: this closes our end of its command pair
+        finally:
+            self._announce_down()
 
     def __enter__(self) -> Server:
         return self.start()

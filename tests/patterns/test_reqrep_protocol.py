@@ -351,3 +351,75 @@ def test_server_drops_messages_without_envelope_or_with_too_many_hops() -> None:
     assert proto.on_message([HEADER + bytes([HELLO])]) is None
     assert proto.on_message([b"hop"] * 33 + [HEADER + bytes([HELLO])]) is None
     assert proto.outbox == []
+
+
+# ---------------------------------------------------------------- membership (a server set that changes)
+def both_ready(clock: Clock) -> ClientProtocol:
+    proto = make(clock)
+    ready(proto, A)
+    ready(proto, B)
+    return proto
+
+
+def test_a_dynamic_client_starts_empty_and_a_waiting_request_goes_to_the_first_server() -> None:
+    clock = Clock()
+    proto = ClientProtocol({}, dynamic=True, clock=clock)
+    rid = proto.submit(0, b"x", timeout=5)
+    assert proto.outbox == [] and list(proto.waiting) == [rid]
+    proto.add_peer(A, A.decode())
+    proto.tick()
+    assert sent(proto) == [(A, HELLO, 0, b"")]
+    ready(proto, A)
+    assert sent(proto) == [(A, REQUEST, 1, rid)]
+    with pytest.raises(ConfigurationError):
+        ClientProtocol({}, clock=clock)  # a static list must name a server
+
+
+def test_a_draining_server_gets_nothing_new_but_its_requests_finish() -> None:
+    clock = Clock()
+    proto = both_ready(clock)
+    held = proto.submit(0, b"x", timeout=5)
+    (alias, _, attempt, _), *_ = sent(proto)
+    proto.drain_peer(alias)
+    ready(proto, alias)  # a READY (to a probe) does not make it choosable: only membership does
+    others = [proto.submit(0, b"y", timeout=5) for _ in range(5)]
+    assert {s[0] for s in sent(proto)} == ({A, B} - {alias})
+    answer(proto, alias, attempt, held)
+    assert (held, (True, b"ok")) in proto.completed
+    clock.now += 10
+    proto.tick()
+    assert all(s[1] != HELLO or s[0] != alias for s in sent(proto))  # not probed either
+    proto.add_peer(alias, alias.decode())  # up again
+    proto.tick()
+    assert (alias, HELLO, 0, b"") in sent(proto)
+    assert others
+
+
+def test_a_removed_server_s_requests_go_to_the_others_at_once() -> None:
+    clock = Clock()
+    proto = both_ready(clock)
+    rids = [proto.submit(0, b"x", timeout=5) for _ in range(4)]
+    on_a = {s[3] for s in sent(proto) if s[0] == A}
+    assert on_a
+    proto.remove_peer(A)
+    moved = sent(proto)
+    assert {s[0] for s in moved} == {B} and {s[3] for s in moved} == on_a
+    assert A not in proto.servers_state()
+    for alias, _, attempt, rid in moved:
+        answer(proto, alias, attempt, rid)
+    assert len(proto.completed) == len(on_a) and set(rids) >= on_a
+
+
+def test_requests_wait_when_the_last_server_is_removed_and_time_out_saying_so() -> None:
+    clock = Clock()
+    proto = ClientProtocol({A: A.decode()}, dynamic=True, clock=clock)
+    proto.tick()
+    ready(proto, A)
+    sent(proto)
+    rid = proto.submit(0, b"x", timeout=1)
+    proto.remove_peer(A)
+    assert sent(proto) == [] and list(proto.waiting) == [rid]
+    clock.now += 2
+    proto.tick()
+    [(done, (ok, error))] = proto.completed
+    assert done == rid and not ok and isinstance(error, RequestTimeout) and "tcp://a:1" in str(error)
