@@ -31,7 +31,8 @@ class Background:
 
     ``on_command(frames)`` gets what :meth:`command` sends; ``tick()`` runs after every wake-up and returns
     how many seconds the thread may sleep (None: until a message arrives). ``on_stop()`` runs last, in the thread.
-    ``run(control)`` replaces the poll loop (e.g. ``zmq.proxy_steerable``); ``owned`` sockets are closed at the end.
+    ``run(control)`` replaces the poll loop (e.g. ``zmq.proxy_steerable``); ``owned`` objects (sockets, handshake
+    watches) are closed at the end, before the handled sockets.
     A handled "socket" may also be any object with ``fileno()``, ``recv_multipart(flags)`` (raising zmq.Again
     when empty) and ``close(linger)``, such as a UDP socket.
     """
@@ -57,7 +58,7 @@ class Background:
         self._on_command = on_command
         self._tick = tick
         self._on_stop = on_stop
-        self._owned = (*handlers, *owned)
+        self._owned = (*owned, *handlers)  # owned first: a socket's monitor watch closes before the socket
         self._thread_body = run
         self._linger_ms = linger_ms
         self._lock = threading.Lock()

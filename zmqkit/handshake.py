@@ -11,6 +11,7 @@ connect), and asks it only where it would give up on a peer, so a healthy round 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -42,18 +43,23 @@ _ids = itertools.count(1)
 
 class HandshakeWatch:
     """The last handshake outcome of each endpoint ``sock`` connects to; make it before connecting, use it and
-    close it in the socket's thread, and close it before (or with) the socket."""
+    close it in the socket's thread, and close it before the socket."""
 
     def __init__(self, sock: zmq.Socket) -> None:
         # A fresh inproc name each time: libzmq frees a closed monitor's name later than the socket's descriptor.
         address = f"inproc://zmqkit-handshake-{os.getpid()}-{next(_ids)}"
         self._curve = int(sock.getsockopt(zmq.MECHANISM)) == int(zmq.CURVE)
+        self._monitored = sock
         sock.monitor(address, _EVENTS)
         # A plain socket on the same libzmq context (asyncio sockets' contexts are shadows of it): it is only
         # ever read without blocking.
         ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
         self.socket: zmq.Socket = ctx.socket(zmq.PAIR)
         self.socket.linger = 0
+        # libzmq's I/O thread sends each event with a blocking send on the monitor's PAIR: a full pipe would stop
+        # the whole context. No receive limit on our side makes the inproc pipe unbounded (events are a few bytes,
+        # one per handshake, and are read whenever a peer is silent).
+        self.socket.rcvhwm = 0
         self.socket.connect(address)
         track_socket(self.socket)
         self._refused: dict[str, str] = {}
@@ -98,7 +104,13 @@ class HandshakeWatch:
             return "the peer could not read our CURVE hello (wrong server public key?)"
         return f"handshake failed (errno {value})"
 
-    def close(self) -> None:
+    def close(self, linger: int = 0) -> None:
+        """Stop the monitor, then close its reader. Close the watch before the socket it watches: an event
+        sent after the reader is gone (a handshake that ends while the socket is being closed) would block
+        libzmq's I/O thread for ever on a PAIR with no peer."""
+        if not self._monitored.closed:
+            with contextlib.suppress(zmq.ZMQError):
+                self._monitored.disable_monitor()
         self.socket.close(linger=0)
 
 

@@ -239,7 +239,7 @@ class _ServerLink:
         except BaseException:
             self.watch.close()
             raise
-        self.owned = (self.watch.socket,)
+        self.owned = (self.watch,)  # closed before the socket it watches
 
     def send(self, frame: bytes) -> None:
         self.socket.send(frame)

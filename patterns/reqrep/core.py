@@ -169,12 +169,12 @@ class ClientCore:
         connect(self._socks[alias], endpoint)
 
     def _close_peer(self, alias: bytes) -> None:
+        watch = self._watches.pop(alias, None)
+        if watch is not None:
+            watch.close()  # before its socket (see HandshakeWatch.close)
         sock = self._socks.pop(alias, None)
         if sock is not None:
             sock.close(linger=0)
-        watch = self._watches.pop(alias, None)
-        if watch is not None:
-            watch.close()
 
     def _apply_members(self) -> None:
         """Make the server set what the service's membership says: connect the new instances (each gets a hello

@@ -118,3 +118,32 @@ def test_one_refusing_server_among_good_ones_does_not_fail_the_request(server: s
 def test_reqrep_client_with_the_right_keys_is_served(server: str) -> None:
     with Client(server, timeout=TIMEOUT, curve=Curve.client(SERVER.public, CLIENT)) as client:
         assert client.request(b"hi") == b"hi"
+
+
+@pytest.mark.timeout(30)
+def test_a_handshake_after_its_watch_closed_never_stops_the_context() -> None:
+    """libzmq sends monitor events from its I/O thread with a blocking send: an event for a watch whose reader
+    is gone would stop every socket of the context. Closing the watch stops the monitor first."""
+    import zmq
+
+    from zmqkit.handshake import HandshakeWatch
+    from zmqkit.sockets import bind, connect, make_socket
+    from zmqkit.testing import terminate
+
+    ctx = zmq.Context()  # its own context: a wedged I/O thread must not take the rest of the suite with it
+    try:
+        watched = make_socket("dealer", ctx=ctx)
+        HandshakeWatch(watched).close()
+        router = make_socket("router", ctx=ctx)
+        connect(watched, bind(router, "tcp://127.0.0.1:0"))  # a handshake, after the watch closed
+        pull = make_socket("pull", ctx=ctx)
+        push = make_socket("push", ctx=ctx)
+        connect(push, bind(pull, "tcp://127.0.0.1:0"))
+        assert push.poll(5000, zmq.POLLOUT), "the context's I/O thread stopped: nothing connects"
+        push.send(b"still moving")
+        assert pull.poll(5000), "the context's I/O thread stopped: nothing arrives"
+        assert pull.recv() == b"still moving"
+        for sock in (watched, router, pull, push):
+            sock.close(linger=0)
+    finally:
+        terminate(ctx, close_sockets=True)
