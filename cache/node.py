@@ -25,6 +25,7 @@ import zmq
 from zmqkit.checks import check_timeout
 from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import Closed, ConfigurationError, RequestTimeout
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import (
     SocketOptions,
@@ -84,6 +85,7 @@ class CacheNode:
         self.store = Store(memory, max_item, clock=clock)
         self.service = Service(self.store)
         self.options = resolve_options(options, curve)
+        self._refusals = Refusals()
         self._bind = bind
         self._control = f"inproc://zmqkit-cache-node-{next(_ids)}"
         self._stop_token = b"zmqkit-stop:" + os.urandom(16)
@@ -99,8 +101,9 @@ class CacheNode:
         return f"<CacheNode {self.endpoint or self._bind} items={len(self.store)}>"
 
     def stats(self) -> dict[str, int]:
-        """The store's counters, safe to read from any thread while the node serves (for metrics)."""
-        return self.store.counters()
+        """The store's counters and refused CURVE handshakes, safe to read from any thread while the node serves
+        (for metrics)."""
+        return {**self.store.counters(), "auth_failures": self._refusals.count}
 
     def start(self, timeout: float | None = 5.0) -> str:
         """Serve in a background thread; return the bound endpoint once it listens (``timeout=None``: no limit)."""
@@ -130,6 +133,7 @@ class CacheNode:
         called once bound."""
         rep = make_socket("rep", self.options)
         try:
+            self._refusals.watch(rep)
             self.endpoint = bind(rep, self._bind)
             self.service.peer = f"a client of {self.endpoint}"
             bind(rep, self._control)  # stop() asks on this in-process endpoint, so the loop needs no poll

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import struct
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -17,7 +18,7 @@ import zmq
 
 from zmqkit.sockets import bind, connect, make_socket
 
-__all__ = ["Background"]
+__all__ = ["Background", "ProxyCounters"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +71,22 @@ class Background:
         with self._lock:
             if not self._control.closed:
                 self._control.send_multipart(list(frames))
+
+    def ask(self, frame: bytes, timeout: float = 1.0) -> list[bytes] | None:
+        """Send ``frame`` to a ``run`` body that answers on its control socket (libzmq's steerable proxy answers
+        STATISTICS) and return the answer; None when the thread has ended or did not answer within ``timeout``."""
+        with self._lock:
+            if self._control.closed or not self._thread.is_alive():
+                return None
+            while self._control.poll(0):  # a late answer to an earlier ask that gave up
+                self._control.recv_multipart()
+            try:
+                self._control.send(frame, zmq.NOBLOCK)
+            except zmq.Again:
+                return None
+            if not self._control.poll(int(timeout * 1000)):
+                return None
+            return self._control.recv_multipart()
 
     def stop(self, timeout: float = 5.0) -> None:
         """Ask the thread to finish and wait for it (it closes the sockets it owns)."""
@@ -150,3 +167,21 @@ class Background:
             handler(frames)
         except Exception:
             log.exception("handler %r failed on a message; carrying on", handler)
+
+
+class ProxyCounters:
+    """libzmq's counters of a steerable proxy run by a :class:`Background` (the STATISTICS command, libzmq >= 4.3),
+    asked when read; the last answer is kept, so they still read after the proxy stopped.
+
+    Eight numbers: frontend frames in, bytes in, frames out, bytes out, then the same for the backend. libzmq
+    counts frames (message parts), not messages, and nothing per peer.
+    """
+
+    def __init__(self) -> None:
+        self.last: tuple[int, ...] = (0,) * 8
+
+    def read(self, background: Background | None) -> tuple[int, ...]:
+        reply = background.ask(b"STATISTICS") if background is not None else None
+        if reply is not None and len(reply) == 8 and all(len(frame) == 8 for frame in reply):
+            self.last = tuple(struct.unpack("=Q", frame)[0] for frame in reply)  # libzmq sends them native-endian
+        return self.last

@@ -6,7 +6,8 @@ Needs the ``metrics`` extra (prometheus_client). One call serves them::
     >>> server.close()
 
 Series are named ``zmqkit_<capability>_<counter>_total`` for counters and ``zmqkit_<capability>_<gauge>`` for
-levels (items, bytes, in flight), labelled with ``service``, ``role`` (the class) and ``endpoint``.
+levels (items, bytes, in flight), labelled with ``service``, ``role`` (the class) and ``endpoint``; refused CURVE
+handshakes are ``zmqkit_auth_failures_total`` whatever the capability.
 """
 
 from __future__ import annotations
@@ -52,6 +53,8 @@ _RENAMES = {
     ("pipeline", "dead"): "dead_letters",
     ("reqrep", "held"): "in_flight",
 }
+# Counters every capability keeps alike, named without one: zmqkit_auth_failures_total.
+_SHARED = frozenset({"auth_failures"})
 # The package a class lives in names its capability.
 _CAPABILITIES = (
     ("zmqkit.cache", "cache"),
@@ -87,7 +90,10 @@ class StatsCollector:
         for key, value in sorted(self._stats().items()):
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 continue
-            name = f"zmqkit_{self.capability}_{_RENAMES.get((self.capability, key), key)}"
+            if key in _SHARED:
+                name = f"zmqkit_{key}"
+            else:
+                name = f"zmqkit_{self.capability}_{_RENAMES.get((self.capability, key), key)}"
             what = f"{self.capability} {key.replace('_', ' ')} (from stats())"
             family = GaugeMetricFamily if key in GAUGES else CounterMetricFamily
             metric = family(name, what, labels=names)
@@ -135,6 +141,18 @@ class MetricsServer:
         self.close()
 
 
+def _where(obj: object) -> str:
+    """The endpoint label: where clients reach the object (a proxy's frontend, a forwarder's subscriber side)."""
+    endpoints = getattr(obj, "endpoints", None)
+    if endpoints:
+        return ",".join(endpoints)
+    for name in ("endpoint", "frontend", "xpub_endpoint"):
+        value = getattr(obj, name, None)
+        if value:
+            return str(value)
+    return ""
+
+
 def serve_metrics(
     *objects: HasStats, port: int, bind: str = "0.0.0.0", service: str = "", endpoint: str = ""
 ) -> MetricsServer:
@@ -147,7 +165,7 @@ def serve_metrics(
     for obj in objects:
         if not callable(getattr(obj, "stats", None)):
             raise ConfigurationError(f"no metrics for {obj!r}: it has no stats()")
-        where = endpoint or ",".join(getattr(obj, "endpoints", None) or [str(getattr(obj, "endpoint", ""))])
+        where = endpoint or _where(obj)
         labels = {"service": service, "role": type(obj).__name__.lower(), "endpoint": where}
         collectors.append(StatsCollector(capability_of(obj), obj.stats, labels))
     return MetricsServer(collectors, port, bind)

@@ -17,6 +17,7 @@ from zmqkit.checks import check_timeout, to_ms
 from zmqkit.codecs import Codec
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import Closed, ConfigurationError, RequestTimeout, ZmqkitError
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, connect, make_socket, resolve_options
 
@@ -73,6 +74,8 @@ class PublisherBase:
         self._counter = SubscriberCounter()
         self.id = self._state.id
         self._sock = make_socket("xpub", resolve_options(options, curve), asyncio=self._asyncio)
+        self._refusals = Refusals()
+        self._refusals.watch(self._sock)
         self.endpoints = attach(self._sock, bind, connect, "Publisher")
         self._encode = self._state.encode
         # Notices are read without blocking through a plain view of the socket (the same socket, same thread).
@@ -96,6 +99,11 @@ class PublisherBase:
     def published(self, topic: str | bytes) -> int:
         """How many messages this publisher sent on ``topic``."""
         return self._state.published(topic)
+
+    def stats(self) -> dict[str, int]:
+        """Subscribers (as the last look at notices found them; this does not read the socket, so any thread may
+        ask) and refused CURVE handshakes."""
+        return {"subscribers": self._counter.count, "auth_failures": self._refusals.count}
 
     def _notice(self, frames: list[bytes]) -> bool:
         """Take one subscription notice; True when a new zmqkit subscriber joined."""

@@ -16,10 +16,12 @@ from zmqkit.bench import Row, print_table, raw_pubsub, spawn
 from zmqkit.cli import (
     CurveFlags,
     DiscoveryFlags,
+    MetricsFlags,
     bench,
     curve_options,
     discovery_options,
     main,
+    metrics_options,
     stop_signals,
     wait_until_stopped,
 )
@@ -205,14 +207,19 @@ def logs(
 @click.option("--xpub", required=True, help="Endpoint subscribers connect to, e.g. tcp://*:5558.")
 @click.option("--last-value-cache", default=0, show_default=True, type=click.IntRange(min=0), help="Topics to cache.")
 @curve_options("server")
-def forwarder(xsub: str, xpub: str, last_value_cache: int, curve: CurveFlags) -> None:
+@metrics_options
+def forwarder(xsub: str, xpub: str, last_value_cache: int, curve: CurveFlags, metrics: MetricsFlags) -> None:
     """Run an XSUB/XPUB forwarder until Ctrl-C or SIGTERM.
 
     CURVE: the forwarder binds both sides, so it is the CURVE server to publishers and subscribers alike: both
     connect with --curve-server set to the forwarder's public key, and --curve-allow (if given) must list both.
     """
     security = curve.for_server()
-    with stop_signals() as stop, Forwarder(xsub, xpub, last_value_cache=last_value_cache, curve=security) as fwd:
+    with (
+        stop_signals() as stop,
+        Forwarder(xsub, xpub, last_value_cache=last_value_cache, curve=security) as fwd,
+        metrics.serving(fwd, service="forwarder"),
+    ):
         click.echo(f"forwarding {fwd.xsub_endpoint} -> {fwd.xpub_endpoint}", err=True)
         wait_until_stopped(stop)
 

@@ -15,10 +15,11 @@ import zmq
 from cachetools import LRUCache
 
 from zmqkit.errors import ConfigurationError
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
-from .._background import Background
+from .._background import Background, ProxyCounters
 from .base import Endpoints, PublisherBase, SubscriberBase
 from .protocol import HELLO_PREFIX, MAX_TOPICS, Message
 
@@ -192,15 +193,21 @@ class Forwarder:
         if not isinstance(last_value_cache, int) or isinstance(last_value_cache, bool) or last_value_cache < 0:
             raise ConfigurationError(f"bad last_value_cache {last_value_cache!r}: expected a topic count >= 0")
         opts = resolve_options(options, curve)
+        self._refusals = Refusals()
         self._xsub = make_socket("xsub", opts)
+        self._refusals.watch(self._xsub)
         self.xsub_endpoint = attach(self._xsub, xsub, None, "Forwarder")[0]
         self._xpub = make_socket("xpub", opts)
         try:
+            self._refusals.watch(self._xpub)
             self.xpub_endpoint = attach(self._xpub, xpub, None, "Forwarder")[0]
         except BaseException:
             self._xsub.close(linger=0)
             raise
         self._cache: LRUCache[bytes, list[bytes]] | None = None
+        self._proxy = ProxyCounters()
+        # Last-value-cache mode counts in its Python loop (written only by that thread).
+        self._frames = self._bytes = self._notices = self._notice_bytes = self._lvc_hits = 0
         if last_value_cache:
             self._cache = LRUCache(maxsize=last_value_cache)
             self._background = Background(
@@ -218,11 +225,15 @@ class Forwarder:
         assert self._cache is not None
         self._cache[frames[0]] = frames
         self._xpub.send_multipart(frames)
+        self._frames += len(frames)
+        self._bytes += sum(map(len, frames))
 
     def _from_subscribers(self, frames: list[bytes]) -> None:
         assert self._cache is not None
         notice = frames[0]
         self._xsub.send(notice)  # subscriptions travel upstream to the publishers, as in the proxy
+        self._notices += 1
+        self._notice_bytes += len(notice)
         if notice[:1] == b"\x01" and not notice.startswith(HELLO_PREFIX, 1):
             prefix = notice[1:]
             # The new subscription is in effect on the XPUB now, so this reaches the newcomer; others that
@@ -230,10 +241,36 @@ class Forwarder:
             for topic, message in list(self._cache.items()):
                 if topic.startswith(prefix):
                     self._xpub.send_multipart(message)
+                    self._lvc_hits += 1
 
     @property
     def cached_topics(self) -> int:
         return 0 if self._cache is None else len(self._cache)
+
+    def stats(self) -> dict[str, int]:
+        """Counters, read from any thread: ``forwarded_frames``/``forwarded_bytes`` (publishers to subscribers;
+        frames, as libzmq's proxy counts them: a zmqkit message is two), ``subscription_notices``/
+        ``subscription_bytes`` (subscribes and unsubscribes sent up to the publishers), ``auth_failures``; with a
+        last-value cache also ``lvc_hits`` (cached messages sent to new subscribers) and ``cached_topics``."""
+        counts = {"auth_failures": self._refusals.count}
+        if self._cache is None:
+            front_in, front_bytes, _, _, back_in, back_bytes, _, _ = self._proxy.read(self._background)
+            return {
+                "forwarded_frames": front_in,
+                "forwarded_bytes": front_bytes,
+                "subscription_notices": back_in,
+                "subscription_bytes": back_bytes,
+                **counts,
+            }
+        return {
+            "forwarded_frames": self._frames,
+            "forwarded_bytes": self._bytes,
+            "subscription_notices": self._notices,
+            "subscription_bytes": self._notice_bytes,
+            "lvc_hits": self._lvc_hits,
+            "cached_topics": len(self._cache),
+            **counts,
+        }
 
     def join(self, timeout: float | None = None) -> None:
         """Block until the forwarder stops (``close()`` from another thread, or Ctrl-C)."""

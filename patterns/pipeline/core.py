@@ -22,6 +22,7 @@ import zmq
 from zmqkit.checks import check_int, check_number, check_timeout, to_ms
 from zmqkit.codecs import AutoCodec, Codec, PickleCodec, get_codec, unpack
 from zmqkit.errors import Closed, ConfigurationError, ProtocolError, RequestTimeout, Unavailable
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from zmqkit.sockets import bind as _bind  # the constructors' bind=/connect= arguments shadow these names
@@ -140,6 +141,8 @@ class ProducerCore:
             )
         opts = resolve_options(options, curve)
         self._sock = make_socket("router" if acks else "push", opts, asyncio=self._ASYNC)
+        self._refusals = Refusals()
+        self._refusals.watch(self._sock)
         self.endpoints = attach(self._sock, binds, connects)
         self._wake_rx = self._wake_tx = None
         if acks:
@@ -296,11 +299,12 @@ class ProducerCore:
     # -- inspection (no I/O)
 
     def stats(self) -> dict[str, int]:
-        """Counters: sent, delivered, acked, in_flight, queued, retrying, retried, redelivered, dead, duplicates."""
+        """Counters: sent, delivered, acked, in_flight, queued, retrying, retried, redelivered, dead, duplicates,
+        auth_failures (refused CURVE handshakes; the only one without acks)."""
         if self.protocol is None:
-            return {}
+            return {"auth_failures": self._refusals.count}
         with self._lock:
-            return self.protocol.stats()
+            return {**self.protocol.stats(), "auth_failures": self._refusals.count}
 
     def dead_letters(self, offset: int = 0, limit: int = 100) -> list[DeadLetter]:
         """A page of the messages that failed ``max_attempts`` times, oldest first, with their last error:

@@ -34,6 +34,7 @@ from zmqkit.checks import check_number
 from zmqkit.endpoints import parse_endpoint, parse_endpoints
 from zmqkit.errors import AuthenticationFailed, Closed, ConfigurationError, ProtocolError, RequestTimeout
 from zmqkit.handshake import HandshakeWatch
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 
@@ -141,6 +142,8 @@ class FabricServer:
         flood of made-up announcements costs bounded memory); with ``curve`` only allowed keys can announce."""
         self._table = DirectoryTable(misses, clock, max_entries)
         self._xpub = make_socket("xpub", resolve_options(options, curve))  # XPUB_VERBOSER: every subscription
+        self._refusals = Refusals()
+        self._refusals.watch(self._xpub)  # CURVE keys it turned away, for auth_failures
         self.endpoints = attach(self._xpub, bind, None, "FabricServer")
         self._lock = threading.Lock()
         self.announcements = 0
@@ -199,7 +202,8 @@ class FabricServer:
             return self._table.lookup(service)
 
     def stats(self) -> dict[str, int]:
-        """Counters for metrics: announcements taken, malformed ones, entries refused (table full), live entries."""
+        """Counters for metrics: announcements taken, malformed ones, entries refused (table full), live entries,
+        subscriptions seen and CURVE handshakes refused."""
         with self._lock:
             return {
                 "announcements": self.announcements,
@@ -207,6 +211,7 @@ class FabricServer:
                 "refused": self._table.refused,
                 "entries": len(self._table.lookup()),
                 "subscriptions": self.subscriptions,
+                "auth_failures": self._refusals.count,
             }
 
     def join(self, timeout: float | None = None) -> None:

@@ -256,13 +256,18 @@ def rpc_serve(
 @click.option("--frontend", required=True, help="Endpoint clients connect to (ROUTER).")
 @click.option("--backend", required=True, help="Endpoint servers connect to (DEALER).")
 @curve_options("server")
-def proxy(frontend: str, backend: str, curve: CurveFlags) -> None:
+@metrics_options
+def proxy(frontend: str, backend: str, curve: CurveFlags, metrics: MetricsFlags) -> None:
     """A queue device between clients and servers, so clients know one address.
 
     CURVE: the proxy binds both sides, so it is the CURVE server to clients and servers alike: both connect with
     --curve-server set to the proxy's public key, and --curve-allow (if given) must list both.
     """
-    with stop_signals() as stop, Proxy(frontend, backend, curve=curve.for_server()) as device:
+    with (
+        stop_signals() as stop,
+        Proxy(frontend, backend, curve=curve.for_server()) as device,
+        metrics.serving(device, service="proxy"),
+    ):
         click.echo(f"proxy: clients -> {device.frontend}, servers -> {device.backend}", err=True)
         wait_until_stopped(stop)
 

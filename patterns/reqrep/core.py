@@ -27,6 +27,7 @@ from zmqkit.codecs import Codec, get_codec
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import Closed, ConfigurationError, RequestTimeout, Unavailable
 from zmqkit.handshake import HandshakeWatch, refusal
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import (
     NOBLOCK,
@@ -357,6 +358,7 @@ class ServerCore:
         self._allow_pickle = allow_pickle or self._codec.name == "pickle"
         self._proto = ServerProtocol(max_queue=max_queue, window=idempotency_window, clock=clock)
         self._options = resolve_options(options, curve)
+        self._refusals = Refusals()
         self._clock = clock
         self.endpoints: list[str] = []
         self._left_cleanly = False
@@ -367,9 +369,11 @@ class ServerCore:
         """The runner's own state, made at the end of ``__init__``."""
 
     def stats(self) -> dict[str, int]:
-        """Requests executed, duplicates answered from the idempotency window, requests held now."""
+        """Requests executed, duplicates answered from the idempotency window, requests held now, refused
+        CURVE handshakes."""
         p = self._proto
-        return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held}
+        refused = self._refusals.count
+        return {"executed": p.executed, "duplicates": p.duplicates, "held": p.held, "auth_failures": refused}
 
     def _closed_error(self) -> Closed:
         where = ", ".join(self.endpoints or self._binds or self._connects)
@@ -382,6 +386,7 @@ class ServerCore:
     def _open(self, router: zmq.Socket) -> None:
         """Bind and connect the ROUTER; remember the real endpoints. The socket is closed if this fails."""
         try:
+            self._refusals.watch(router)
             self.endpoints = [bind(router, ep) for ep in self._binds]
             for ep in self._connects:
                 connect(router, ep)

@@ -21,6 +21,7 @@ import zmq
 from zmqkit.checks import DEFAULT, Default, check_timeout, to_ms
 from zmqkit.endpoints import parse_endpoints
 from zmqkit.errors import Closed, RequestTimeout
+from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
 from zmqkit.sockets import (
     NOBLOCK,
@@ -34,7 +35,7 @@ from zmqkit.sockets import (
     set_recv_timeout,
 )
 
-from .._background import Background
+from .._background import Background, ProxyCounters
 from .core import ClientCore, ServerCore, Value, recv_routed
 from .protocol import HEADER, Job, Outcome
 
@@ -439,6 +440,8 @@ class Proxy:
         self._options = resolve_options(options, curve, router_mandatory=False)
         self._background: Background | None = None
         self._closed = False
+        self._refusals = Refusals()
+        self._proxy = ProxyCounters()
         self.frontend = ""
         self.backend = ""
 
@@ -451,6 +454,8 @@ class Proxy:
         front = make_socket("router", self._options)
         back = make_socket("dealer", self._options)
         try:
+            self._refusals.watch(front)
+            self._refusals.watch(back)
             self.frontend = ", ".join(bind(front, ep) for ep in self._front_ep)
             self.backend = ", ".join(bind(back, ep) for ep in self._back_ep)
         except BaseException:
@@ -463,6 +468,19 @@ class Proxy:
 
         self._background = Background("proxy", {}, run=relay, owned=(front, back))
         return self
+
+    def stats(self) -> dict[str, int]:
+        """libzmq's counts, read from any thread: ``request_frames``/``request_bytes`` (clients to servers) and
+        ``reply_frames``/``reply_bytes`` (back), in frames as libzmq counts them (a zmqkit request is two: the
+        client's routing id and the message); ``auth_failures``. Requests as such are not counted."""
+        front_in, front_bytes, _, _, back_in, back_bytes, _, _ = self._proxy.read(self._background)
+        return {
+            "request_frames": front_in,
+            "request_bytes": front_bytes,
+            "reply_frames": back_in,
+            "reply_bytes": back_bytes,
+            "auth_failures": self._refusals.count,
+        }
 
     def join(self, timeout: float | None = None) -> None:
         """Block until the proxy stops (``close()`` from another thread, or Ctrl-C)."""

@@ -169,6 +169,7 @@ def test_curve_lets_only_allowed_keys_announce_and_says_when_refused(tmp_path: P
             assert member.wait("real", timeout=5).endpoint == "tcp://10.9.2.2:1"
             assert server.lookup("forged") == []
             assert [e.service for e in server.lookup()] == ["real"]
+            wait_until(lambda: server.stats()["auth_failures"] >= 1, 5, "the refused handshake counted")
 
 
 def test_the_fabric_comes_from_the_argument_or_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:

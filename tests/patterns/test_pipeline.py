@@ -100,7 +100,7 @@ def test_fire_and_forget_from_zmqkit_and_from_raw_pyzmq(raw_socket) -> None:  # 
             producer.send({"json": 1})
             producer.send("text")
             producer.send(b"bytes")
-            assert producer.stats() == {}
+            assert producer.stats() == {"auth_failures": 0}  # no acks: nothing else to count
         assert done.wait(10)
         assert worker.failed == 1
     assert sorted(map(repr, got)) == sorted(map(repr, [b"raw-0", b"raw-1", b"raw-2", {"json": 1}, "text", b"bytes"]))

@@ -210,7 +210,7 @@ def test_a_retry_whose_reply_was_lost_is_answered_from_the_window(
         assert dealer.poll(5000)
         assert parse_message(dealer.recv()) == (REPLY, attempt, 0, b"rid-1", b"pay 10!")
     assert runs == [b"pay 10"]
-    assert server.stats() == {"executed": 1, "duplicates": 2, "held": 0}
+    assert server.stats() == {"executed": 1, "duplicates": 2, "held": 0, "auth_failures": 0}
 
 
 @pytest.mark.timeout(30)

@@ -158,7 +158,7 @@ async def test_async_server_aclose_drains_what_it_holds() -> None:
         release.set()
         await asyncio.wait_for(closing, 10)
         assert await call == b"held"
-    assert server.stats() == {"executed": 1, "duplicates": 0, "held": 0}
+    assert server.stats() == {"executed": 1, "duplicates": 0, "held": 0, "auth_failures": 0}
 
 
 @pytest.mark.timeout(20)
