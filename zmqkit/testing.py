@@ -341,12 +341,18 @@ class HostProcess(subprocess.Popen[str]):
         _fail(f"{self.args!r} {status} before a line starting with {prefix!r}; its last output:\n{tail}")
 
     def kill_group(self) -> None:
-        """SIGKILL the process's whole group and reap it."""
+        """SIGKILL the process's whole group (its reaping is left to ``reap``)."""
         with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
             os.killpg(self.pid, signal.SIGKILL)
+
+    def reap(self) -> None:
+        """Wait for the killed process and its stdout reader; close its pipes."""
         self.wait(timeout=10)
         if self._reader is not None:
+            # EOF comes once every holder of the pipe is dead, grandchildren included.
             self._reader.join(timeout=5)
+            if self._reader.is_alive():
+                raise NamespaceError(f"{self.args!r}: its stdout is still held open by a process that survived")
         for stream in (self.stdin, self.stdout, self.stderr):
             if stream is not None:
                 stream.close()
@@ -426,6 +432,8 @@ class Host:
         for process in processes:
             process.kill_group()
         _kill_namespace_pids(self.netns)
+        for process in processes:
+            process.reap()
 
 
 class Hosts:
