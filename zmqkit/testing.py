@@ -407,12 +407,13 @@ class Host:
         cwd: str | os.PathLike[str] | None = None,
         env: dict[str, str] | None = None,
         stdin: int | IO[Any] | None = subprocess.DEVNULL,
-        stdout: int | IO[Any] | None = subprocess.PIPE,
-        stderr: int | IO[Any] | None = None,
     ) -> HostProcess:
-        """This Python (``sys.executable``) inside the host: a string is run as ``-c CODE``, a list as arguments."""
+        """This Python (``sys.executable``) inside the host: a string is run as ``-c CODE``, a list as arguments.
+
+        stdout is a pipe for ``wait_line``; for other streams, ``run([sys.executable, ...])``.
+        """
         args = ["-c", code_or_args] if isinstance(code_or_args, str) else list(code_or_args)
-        return self.run([sys.executable, *args], cwd=cwd, env=env, stdin=stdin, stdout=stdout, stderr=stderr)
+        return self.run([sys.executable, *args], cwd=cwd, env=env, stdin=stdin)
 
     def cut(self) -> None:
         """Take the host's link down: nothing reaches it and it reaches no other host until ``heal``.
