@@ -342,8 +342,10 @@ class HostProcess(subprocess.Popen[str]):
 
     def kill_group(self) -> None:
         """SIGKILL the process's whole group (its reaping is left to ``reap``)."""
-        with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
-            os.killpg(self.pid, signal.SIGKILL)
+        # Once reaped, its pid may belong to someone else; what is left of its group is killed by namespace.
+        if self.returncode is None:
+            with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+                os.killpg(self.pid, signal.SIGKILL)
 
     def reap(self) -> None:
         """Wait for the killed process and its stdout reader; close its pipes."""
