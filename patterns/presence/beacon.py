@@ -25,7 +25,8 @@ __all__ = ["QUERY", "BeaconLink", "beacon_target", "broadcast_addresses", "is_be
 
 QUERY = b"ZKQ1"  # "tell me what you announce": sent by a member that joins
 _MAX_DATAGRAM = 65_507
-_SIOCGIFFLAGS, _SIOCGIFBRDADDR = 0x8913, 0x8919  # Linux ioctls: an interface's flags and broadcast address
+_SIOCGIFFLAGS, _SIOCGIFADDR, _SIOCGIFNETMASK = 0x8913, 0x8915, 0x891B  # Linux ioctls: an interface's flags,
+# IPv4 address and netmask
 _IFF_UP, _IFF_BROADCAST = 0x1, 0x2
 
 
@@ -38,8 +39,9 @@ def is_beacon(endpoints: Sequence[str]) -> bool:
 
 
 def broadcast_addresses() -> list[str]:
-    """The broadcast address of every interface that is up and can broadcast (Linux); 127.255.255.255 (this
-    host only) when there is none."""
+    """The broadcast address of every IPv4 interface that is up and can broadcast (Linux), worked out from its
+    address and netmask (an address added without ``brd`` has none set); 127.255.255.255 (this host only) when
+    there is none."""
     found: list[str] = []
     try:
         import fcntl
@@ -48,11 +50,14 @@ def broadcast_addresses() -> list[str]:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         for _, name in socket.if_nameindex():
             request = struct.pack("16s16x", name.encode()[:15])
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):  # no IPv4 address, or gone meanwhile
                 flags = struct.unpack_from("H", fcntl.ioctl(probe.fileno(), _SIOCGIFFLAGS, request), 16)[0]
                 if flags & _IFF_UP and flags & _IFF_BROADCAST:
-                    answer = fcntl.ioctl(probe.fileno(), _SIOCGIFBRDADDR, request)
-                    found.append(socket.inet_ntoa(answer[20:24]))
+                    address = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, request)[20:24]
+                    netmask = fcntl.ioctl(probe.fileno(), _SIOCGIFNETMASK, request)[20:24]
+                    found.append(
+                        socket.inet_ntoa(bytes(a | (~m & 0xFF) for a, m in zip(address, netmask, strict=True)))
+                    )
     return found or ["127.255.255.255"]
 
 

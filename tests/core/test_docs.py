@@ -15,6 +15,7 @@ PAGES = {
     "zmqkit.patterns": "patterns.md",
     "zmqkit.cache": "cache.md",
     "zmqkit.asyncio": "asyncio.md",
+    "zmqkit.testing": "testing.md",
 }
 
 

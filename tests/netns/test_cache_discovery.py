@@ -10,11 +10,6 @@ from pathlib import Path
 
 import pytest
 
-import zmqkit.testing
-
-if not hasattr(zmqkit.testing, "Hosts"):  # until the netns harness is on this branch's main
-    pytest.skip("needs zmqkit.testing.Hosts (the network-namespace harness)", allow_module_level=True)
-
 from zmqkit.testing import Host, HostProcess, Hosts
 
 PEERS = str(Path(__file__).with_name("cache_peers.py"))

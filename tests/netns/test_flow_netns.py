@@ -5,18 +5,10 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pytest
 
-import zmqkit.testing
-from zmqkit.testing import wait_until
-
-if TYPE_CHECKING:
-    from zmqkit.testing import HostProcess, Hosts
-
-# Until the hosts harness (zmqkit.testing.Hosts and its `hosts` fixture) is on this branch.
-pytestmark = pytest.mark.skipif(not hasattr(zmqkit.testing, "Hosts"), reason="needs zmqkit.testing.Hosts")
+from zmqkit.testing import HostProcess, Hosts, wait_until
 
 PEERS = str(Path(__file__).with_name("flow_peers.py"))
 FABRIC_PORT, PRODUCER_PORT = 5557, 5555

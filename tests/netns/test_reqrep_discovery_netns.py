@@ -10,11 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from zmqkit import testing
-
-if not hasattr(testing, "Hosts"):  # until the netns harness is merged into this branch
-    pytest.skip("zmqkit.testing.Hosts (hosts from network namespaces) is not on this branch", allow_module_level=True)
-
 from zmqkit.testing import Host, HostProcess, Hosts, wait_until
 
 PEERS = str(Path(__file__).with_name("reqrep_peers.py"))
