@@ -306,3 +306,36 @@ def test_beacon_fabrics_refuse_what_they_cannot_do() -> None:
     keys = Curve.client(Curve.server(Curve.client(b"x" * 40).keys, allow="*").keys.public)
     with pytest.raises(ConfigurationError, match="CURVE"):
         Fabric("udp://127.255.255.255:5670", curve=keys)
+
+
+@pytest.mark.timeout(60)
+def test_two_fabric_servers_one_killed_a_server_started_afterwards_is_still_found(tmp_path: Path) -> None:
+    from zmqkit.patterns import Client, Server
+
+    endpoints = [free_tcp_endpoint(), free_tcp_endpoint()]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "zmqkit", "fabric", "--bind", endpoint],
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+        for endpoint in endpoints
+    ]
+    try:
+        for proc in procs:
+            assert proc.stderr is not None and "fabric on" in proc.stderr.readline()
+        with Fabric(endpoints, interval=FAST) as fabric:
+            procs[0].kill()  # kill -9: no goodbye from the fabric server
+            procs[0].wait(10)
+            with (
+                Server("tcp://127.0.0.1:0", lambda body: b"echo " + body, announce="echo", fabric=fabric) as server,
+                Client(service="echo", fabric=fabric, timeout=5) as client,
+            ):
+                server.start()
+                assert client.request(b"hi") == b"echo hi"
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait(10)
