@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any, cast
 
 import click
@@ -59,18 +60,50 @@ def node_endpoints(spec: str, base: str = DEFAULT_BIND) -> list[str]:
     return [e.strip() for e in spec.split(",") if e.strip()]
 
 
-_NODES = click.option(
-    "--nodes",
-    default="1",
-    envvar="ZMQKIT_CACHE_NODES",
-    show_default=True,
-    help="Cache nodes: comma-separated endpoints, or N for N local nodes from tcp://127.0.0.1:11311.",
-)
+@dataclass(frozen=True)
+class Nodes:
+    """Which nodes a client command talks to: ``--nodes`` (endpoints, or N local ones), or ``--service`` on a
+    fabric (the nodes announced under that name)."""
+
+    spec: str | None
+    discovery: DiscoveryFlags
+
+    @contextlib.contextmanager
+    def client(self, timeout: float, curve: CurveFlags, max_item: str | None = None) -> Iterator[CacheClient]:
+        if self.discovery.wanted and self.spec is not None:
+            raise click.UsageError("give --nodes or --service, not both")
+        with self.discovery.joined(curve.secret) as fabric:
+            endpoints = None if self.discovery.wanted else node_endpoints(self.spec or "1")
+            with CacheClient(
+                endpoints,
+                service=self.discovery.name,
+                fabric=fabric,
+                timeout=timeout,
+                retries=0,
+                curve=curve.for_client(),
+                max_item=max_item,
+            ) as client:
+                yield client
+
+
+def _nodes_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--nodes``, or ``--service`` with ``--fabric`` (and its CURVE key): the command gets ``nodes: Nodes``."""
+
+    @functools.wraps(fn)
+    def command(nodes_spec: str | None, discovery: DiscoveryFlags, **rest: Any) -> Any:
+        return fn(nodes=Nodes(nodes_spec, discovery), **rest)
+
+    decorated = discovery_options("find")(command)
+    return click.option(
+        "--nodes",
+        "nodes_spec",
+        envvar="ZMQKIT_CACHE_NODES",
+        help="Cache nodes: comma-separated endpoints, or N for N local nodes from tcp://127.0.0.1:11311"
+        " (default: 1); or --service NAME to find them on a fabric.",
+    )(decorated)
+
+
 _TIMEOUT = click.option("--timeout", default=2.0, show_default=True, help="Seconds to wait for a node.")
-
-
-def _client(nodes: str, timeout: float, curve: CurveFlags, max_item: str | None = None) -> CacheClient:
-    return CacheClient(node_endpoints(nodes), timeout=timeout, retries=0, curve=curve.for_client(), max_item=max_item)
 
 
 def _show(value: Any) -> str:
@@ -175,10 +208,10 @@ class _Failed(click.ClickException):
 
 
 @contextlib.contextmanager
-def _calling(nodes: str, timeout: float, curve: CurveFlags, max_item: str | None = None) -> Iterator[CacheClient]:
+def _calling(nodes: Nodes, timeout: float, curve: CurveFlags, max_item: str | None = None) -> Iterator[CacheClient]:
     """A client for one command; what goes wrong ends the command with its exit code (see _EXIT_CODES)."""
     try:
-        with _client(nodes, timeout, curve, max_item) as client:
+        with nodes.client(timeout, curve, max_item) as client:
             yield client
     except (Unavailable, RequestTimeout) as exc:
         raise _Unreachable(str(exc)) from None
@@ -192,8 +225,9 @@ def _with_codes(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _client_command(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """What every one-key client command takes (--nodes, --timeout, the CURVE options) and its exit codes."""
-    return _NODES(_TIMEOUT(curve_options("client")(_with_codes(fn))))
+    """What every one-key client command takes (--nodes or --service, --timeout, the CURVE options) and its exit
+    codes."""
+    return _nodes_options(_TIMEOUT(curve_options("client")(_with_codes(fn))))
 
 
 _MAX_ITEM = click.option("--max-item", help="Refuse values above this size before sending (default: the node's).")
@@ -230,7 +264,7 @@ def _storing(fn: Callable[..., Any]) -> Callable[..., Any]:
         as_json: bool,
         from_file: str | None,
         max_item: str | None,
-        nodes: str,
+        nodes: Nodes,
         timeout: float,
         curve: CurveFlags,
         **rest: Any,
@@ -245,7 +279,7 @@ def _storing(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--file", "from_file", type=click.Path(exists=True, dir_okay=False), help="Store its bytes."),
         _TTL,
         _MAX_ITEM,
-        _NODES,
+        _nodes_options,
         _TIMEOUT,
         curve_options("client"),
     ]
@@ -257,7 +291,7 @@ def _storing(fn: Callable[..., Any]) -> Callable[..., Any]:
 @cache.command()
 @click.argument("key")
 @_client_command
-def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
+def get(key: str, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Print the value of KEY."""
     missing: Value = cast("Value", object())
     with _calling(nodes, timeout, curve) as client:
@@ -270,7 +304,7 @@ def get(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
 @cache.command()
 @click.argument("key")
 @_client_command
-def gets(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
+def gets(key: str, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Print KEY's cas token and value (TOKEN<TAB>VALUE), for `zmqkit cache cas`."""
     with _calling(nodes, timeout, curve) as client:
         value, token = client.gets(key)
@@ -323,7 +357,7 @@ def _counter(name: str, word: str) -> None:
     @click.argument("key")
     @click.argument("delta", default=1, type=click.IntRange(min=0))
     @_client_command
-    def command(key: str, delta: int, nodes: str, timeout: float, curve: CurveFlags) -> None:
+    def command(key: str, delta: int, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
         with _calling(nodes, timeout, curve) as client:
             value = getattr(client, name)(key, delta)
         if value is None:
@@ -343,7 +377,7 @@ _counter("decr", "Decrease (stopping at 0)")
 @click.argument("key")
 @click.argument("ttl", type=float)
 @_client_command
-def touch(key: str, ttl: float, nodes: str, timeout: float, curve: CurveFlags) -> None:
+def touch(key: str, ttl: float, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Give KEY a new TTL in seconds (0 = until evicted)."""
     with _calling(nodes, timeout, curve) as client:
         if not client.touch(key, ttl):
@@ -354,7 +388,7 @@ def touch(key: str, ttl: float, nodes: str, timeout: float, curve: CurveFlags) -
 @cache.command()
 @click.argument("key")
 @_client_command
-def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
+def delete(key: str, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Remove KEY."""
     with _calling(nodes, timeout, curve) as client:
         if not client.delete(key):
@@ -364,7 +398,7 @@ def delete(key: str, nodes: str, timeout: float, curve: CurveFlags) -> None:
 
 @cache.command()
 @_client_command
-def ping(nodes: str, timeout: float, curve: CurveFlags) -> None:
+def ping(nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Ask every node for its id, with the round trip; exit 3 if any does not answer."""
     with _calling(nodes, timeout, curve) as client:
         started = time.perf_counter()
@@ -411,12 +445,12 @@ def _watch_table(now: dict[str, dict[str, int]], before: dict[str, dict[str, int
 
 
 @cache.command()
-@_NODES
+@_nodes_options
 @_TIMEOUT
 @click.option("--watch", type=click.FloatRange(min=0.1), help="Redraw every SECONDS: hit %, ops/s, items, bytes.")
 @click.option("--samples", default=0, type=click.IntRange(min=0), help="With --watch: stop after N (0: Ctrl-C).")
 @curve_options("client")
-def stats(nodes: str, timeout: float, watch: float | None, samples: int, curve: CurveFlags) -> None:
+def stats(nodes: Nodes, timeout: float, watch: float | None, samples: int, curve: CurveFlags) -> None:
     """A table of each node's counters and their total; with --watch, a live view per node."""
     with _calling(nodes, timeout, curve) as client:
         endpoints = client.endpoints
@@ -447,10 +481,10 @@ def stats(nodes: str, timeout: float, watch: float | None, samples: int, curve: 
 
 
 @cache.command()
-@_NODES
+@_nodes_options
 @_TIMEOUT
 @curve_options("client")
-def flush(nodes: str, timeout: float, curve: CurveFlags) -> None:
+def flush(nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
     """Empty every node."""
     with _calling(nodes, timeout, curve) as client:
         answered = client.flush_all()

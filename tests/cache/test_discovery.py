@@ -253,3 +253,20 @@ def test_cli_serve_announces_and_sigterm_takes_the_node_off_the_ring(fabric: Fab
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_cli_client_commands_find_the_nodes_by_service(fabric: Fabric, nodes: list[CacheNode]) -> None:
+    from click.testing import CliRunner
+
+    from zmqkit.cli import main
+
+    by_name = ["--service", "cache", "--fabric", fabric.endpoints[0]]
+    runner = CliRunner()
+    stored = runner.invoke(main, ["cache", "set", "greeting", "hello", *by_name])
+    assert stored.exit_code == 0, stored.output
+    got = runner.invoke(main, ["cache", "get", "greeting", *by_name])
+    assert (got.exit_code, got.output.strip()) == (0, "hello")
+    assert sum(node.stats()["items"] for node in nodes) == 1  # on the node that owns it, found by name
+    both = runner.invoke(main, ["cache", "get", "greeting", "--nodes", "2", *by_name])
+    assert both.exit_code == 2 and "--nodes or --service, not both" in both.output
