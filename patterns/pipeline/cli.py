@@ -132,6 +132,8 @@ def pull(
     """Take messages from a pipeline (ENDPOINT, or every producer of --service NAME) and print each one
     (acknowledging it) until Ctrl-C or --count."""
     _one_source(endpoint is not None, discovery, "ENDPOINT")
+    if bind and discovery.wanted:
+        raise click.UsageError("--bind binds ENDPOINT; with --service the producers are found, not bound")
     done = threading.Event()
     seen = 0
 

@@ -497,6 +497,9 @@ class WorkerCore:
 
     @property
     def endpoint(self) -> str:
+        """The first endpoint the worker is attached to now (a worker found by service: a producer's)."""
+        if not self.endpoints:  # only a worker that follows a service has none (no producer up now)
+            raise Unavailable(f"{type(self).__name__} for service {self.service!r} is attached to no producer now")
         return self.endpoints[0]
 
     @property

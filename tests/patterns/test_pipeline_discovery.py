@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from zmqkit import ConfigurationError
+from zmqkit import ConfigurationError, Unavailable
 from zmqkit import asyncio as zasyncio
 from zmqkit.patterns import Producer, Worker
 from zmqkit.patterns.presence.fabric import Fabric, FabricServer, Members
@@ -193,9 +193,17 @@ def test_cli_usage_errors(tmp_path: Path) -> None:
         ["worker", "tasks:double", "--connect", "tcp://127.0.0.1:5555", "--service", "x", "--fabric", "tcp://h:1"],
         ["worker", "tasks:double"],
         ["pull", "tcp://127.0.0.1:5555", "--service", "x", "--fabric", "tcp://h:1"],
+        ["pull", "--bind", "--service", "x", "--fabric", "tcp://h:1"],
         ["push", "tcp://127.0.0.1:5555", "m", "--connect", "--announce", "x", "--fabric", "tcp://h:1"],
     ]
     for argv in cases:
         done = subprocess.run([ZMQKIT, *argv], cwd=tmp_path, capture_output=True, text=True, timeout=30)
         assert done.returncode == 2, (argv, done.stderr)
         assert "--service" in done.stderr or "--announce" in done.stderr, (argv, done.stderr)
+
+
+def test_a_worker_following_a_service_with_no_producer_says_so(fabric: Fabric) -> None:
+    with Worker(lambda body: None, service="nobody-yet", fabric=fabric) as worker:
+        assert worker.endpoints == []
+        with pytest.raises(Unavailable, match="'nobody-yet' is attached to no producer now"):
+            _ = worker.endpoint
