@@ -147,14 +147,20 @@ class Producer(_Driven, ProducerCore):
         self._started()
         if self.protocol is None:
             return await self._run(self._push_many(objs, timeout))
-        packed = self._pack_all(objs)
-        ids: list[int] = []
-        while not self._offer(packed, ids):
-            if not await self._wait(Wait(self._room, timeout)):
-                raise self._still_full(timeout)
+        packed = [self._pack(obj) for obj in objs]  # all packed before any is accepted: a bad one sends none
+        ids = [await self._admit(codec, payload, timeout) for codec, payload in packed]
         if self._wake_wanted():
             await self._wake_tx.send(b"")
         return ids
+
+    async def _admit(self, codec: int, payload: bytes, timeout: float | None) -> int:
+        """Accept one packed message, waiting while the queue is full."""
+        while (msg_id := self._accept(codec, payload)) is None:
+            if self._wake_wanted():  # what is queued goes out while we wait
+                await self._wake_tx.send(b"")
+            if not await self._wait(Wait(self._room, timeout)):
+                raise self._still_full(timeout)
+        return msg_id
 
     async def results(self, timeout: float | None = None) -> AsyncIterator[Result]:
         """Yield results as handlers return them; stop when none came for ``timeout`` seconds (None: no limit)."""

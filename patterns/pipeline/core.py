@@ -180,30 +180,27 @@ class ProducerCore:
 
     # -- sending
 
-    def _pack_all(self, objs: Iterable[Any]) -> list[tuple[int, bytes]]:
-        pack, raw = self._codec.pack, self._raw_bytes
-        return [(0, obj) if raw and type(obj) is bytes else pack(obj) for obj in objs]
+    def _pack(self, obj: Any) -> tuple[int, bytes]:
+        """``obj`` as (codec id, payload); bytes go as they are with the ``bytes`` and ``auto`` codecs."""
+        return (0, obj) if self._raw_bytes and type(obj) is bytes else self._codec.pack(obj)
 
-    def _offer(self, packed: list[tuple[int, bytes]], ids: list[int]) -> bool:
-        """Accept what fits of ``packed`` after the first ``len(ids)``, appending their ids; True when all are
-        in, False when the rest must wait for room (:meth:`_room`). Raises Closed, or Unavailable when full
-        with ``on_full="raise"``. The runner holds the lock."""
+    def _accept(self, codec: int, payload: bytes) -> int | None:
+        """Accept one packed message if the queue has room and return its id; None when the sender must wait
+        for room (:meth:`_room`). Raises Closed, or Unavailable when full with ``on_full="raise"``. The runner
+        holds the lock."""
         proto = self.protocol
         if self._closed or proto is None:
             raise self._closed_error()
-        want = len(packed)
-        while len(ids) < want and proto.queued < proto.max_queued:
-            ids.append(proto.accept(*packed[len(ids)]))
-        if len(ids) == want:
-            return True
+        if proto.queued < proto.max_queued:
+            return proto.accept(codec, payload)
         if self.on_full == "raise":
             raise Unavailable(
                 f"pipeline queue full ({proto.max_queued} waiting) on {self.endpoint}: start workers or send later"
             )
-        return False
+        return None
 
     def _room(self) -> bool:
-        """What a sender waiting in :meth:`_offer` waits for."""
+        """What a sender refused by :meth:`_accept` waits for."""
         return self._closed or not self._proto().full()
 
     def _still_full(self, timeout: float | None) -> RequestTimeout:

@@ -147,7 +147,15 @@ class Producer(ProducerCore):
         if self._bare and timeout is None and type(obj) is bytes and obj[:4] != HDR:
             send_frame(self._sock, obj)  # the fast path
             return 0
-        return self.send_many((obj,), timeout)[0]
+        if self.protocol is None:
+            return self.send_many((obj,), timeout)[0]
+        timeout = check_timeout(timeout, allow_zero=True)
+        codec, payload = self._pack(obj)
+        with self._lock:  # the condition's own lock: waiting only when full
+            msg_id = self._admit(codec, payload, timeout)
+            if self._wake_wanted():
+                self._wake()
+        return msg_id
 
     def send_many(self, objs: Iterable[Any], timeout: float | None = None) -> list[int]:
         """Accept every one of ``objs``, in order; return their ids (0s without acks). Cheaper per message
@@ -164,15 +172,21 @@ class Producer(ProducerCore):
                     count += 1
                 return [0] * count
             return self._run(self._push_many(objs, timeout))
-        packed = self._pack_all(objs)
-        ids: list[int] = []
-        with self._lock:  # the condition's own lock: waiting only when full
-            while not self._offer(packed, ids):
-                if not self._cond.wait_for(self._room, timeout):
-                    raise self._still_full(timeout)
+        packed = [self._pack(obj) for obj in objs]
+        with self._lock:
+            ids = [self._admit(codec, payload, timeout) for codec, payload in packed]
             if self._wake_wanted():
                 self._wake()
         return ids
+
+    def _admit(self, codec: int, payload: bytes, timeout: float | None) -> int:
+        """Accept one packed message, waiting while the queue is full (the caller holds the lock)."""
+        while (msg_id := self._accept(codec, payload)) is None:
+            if self._wake_wanted():  # what is queued goes out while we wait
+                self._wake()
+            if not self._cond.wait_for(self._room, timeout):
+                raise self._still_full(timeout)
+        return msg_id
 
     def results(self, timeout: float | None = None) -> Iterator[Result]:
         """Yield results as handlers return them; stop when none came for ``timeout`` seconds (None: no limit)."""

@@ -28,7 +28,6 @@ from zmqkit.sockets import (
     SocketOptions,
     bind,
     connect,
-    has_input,
     make_socket,
     recv_frame,
     resolve_options,
@@ -404,15 +403,6 @@ class Server(ServerCore):
                     return
                 if proto.outbox:
                     self._flush(router)
-                # What queued up meanwhile (a pipelining client's requests) is taken in one go, its replies then
-                # sent together; at most max_queue, so a flood cannot hold replies back for long.
-                if has_input(router):
-                    with contextlib.suppress(zmq.Again):  # messages arrive whole: only a first frame raises it
-                        for _ in range(proto.max_queue):
-                            if take(recv_routed(router, NOBLOCK)):
-                                return
-                    if proto.outbox:
-                        self._flush(router)
             if leave_by is not None:
                 if proto.drained:
                     self._left_cleanly = True
