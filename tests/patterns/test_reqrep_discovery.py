@@ -148,15 +148,15 @@ def test_maintenance_means_no_new_requests_and_no_failed_call(fabric: Fabric, se
     one, two = _server(servers, "one", seen, fabric), _server(servers, "two", seen, fabric)
     with Client(service="echo", fabric=fabric, timeout=5) as client:
         _ready(client, 2)
-        # Maintenance announced alone (the server keeps answering): the client stops choosing it.
-        assert one._announcer is not None
-        one._announcer.maintenance()
+        # Maintenance announced alone, on the fabric (the server keeps answering): the client stops choosing it.
+        [where] = one.announced
+        fabric.announce("echo", where, "maintenance")
         wait_until(lambda: _state(client, one) == "draining", 5, "maintenance seen")
         before = seen["one"]
         assert {client.request(b"x") for _ in range(100)} == {b"two"}
         assert seen["one"] == before
         # Up again: it takes requests again.
-        one._announcer.up()
+        fabric.announce("echo", where, "up")
         wait_until(lambda: client.request(b"x") == b"one", 5, "the server back from maintenance chosen again")
     one.close()
     two.close()
