@@ -59,6 +59,9 @@ ROLES: dict[str, int] = {
 _IMMEDIATE_ROLES = {"push", "dealer", "req"}
 
 
+_KEEP: Any = object()  # SocketOptions.with_: an option not given keeps its value
+
+
 @dataclass(frozen=True)
 class SocketOptions:
     """Socket settings with safe defaults; every field is checked when the object is made.
@@ -98,12 +101,26 @@ class SocketOptions:
             elif value < (-1 if f.name in ("linger_ms", "max_msg_size") else 0):
                 raise ConfigurationError(f"bad socket option {f.name}={value!r}: must not be negative")
 
-    def with_(self, **changes: Any) -> SocketOptions:
-        """A copy with ``changes`` applied (and checked)."""
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise ConfigurationError(f"unknown socket option(s) {sorted(unknown)!r}")
-        return replace(self, **changes)
+    def with_(
+        self,
+        *,
+        linger_ms: int = _KEEP,
+        sndhwm: int = _KEEP,
+        rcvhwm: int = _KEEP,
+        max_msg_size: int = _KEEP,
+        heartbeat_ivl_ms: int = _KEEP,
+        heartbeat_timeout_ms: int = _KEEP,
+        reconnect_ivl_ms: int = _KEEP,
+        reconnect_ivl_max_ms: int = _KEEP,
+        immediate: bool | None = _KEEP,
+        router_mandatory: bool | None = _KEEP,
+        xpub_verbose: bool | None = _KEEP,
+        curve: Curve | None = _KEEP,
+    ) -> SocketOptions:
+        """A copy with the options given changed (and checked); the others as they are."""
+        given = dict(locals())
+        del given["self"]
+        return replace(self, **{name: value for name, value in given.items() if value is not _KEEP})
 
 
 DEFAULT_OPTIONS = SocketOptions()

@@ -25,9 +25,14 @@ def test_bad_option_raises_with_value(option: str, value: object) -> None:
     assert option in str(info.value) and repr(value) in str(info.value)
 
 
-def test_unknown_option_in_with() -> None:
-    with pytest.raises(ConfigurationError, match="lingr"):
-        SocketOptions().with_(lingr=5)
+def test_with_spells_out_every_option() -> None:
+    # An explicit signature: help() and IDEs list the options, and a misspelt one fails as any bad keyword does.
+    with pytest.raises(TypeError, match="lingr"):
+        SocketOptions().with_(lingr=5)  # type: ignore[call-arg]
+    changed = SocketOptions().with_(sndhwm=5, immediate=True)
+    assert (changed.sndhwm, changed.immediate, changed.rcvhwm) == (5, True, SocketOptions().rcvhwm)
+    with pytest.raises(ConfigurationError, match="sndhwm=-3"):
+        SocketOptions().with_(sndhwm=-3)
 
 
 @pytest.mark.timeout(10)
