@@ -10,7 +10,7 @@ import json
 import pickle
 from typing import Any, ClassVar
 
-from .errors import ConfigurationError, ProtocolError
+from .errors import ConfigurationError, DataError, ProtocolError
 
 __all__ = [
     "Codec",
@@ -26,6 +26,23 @@ __all__ = [
     "unpack",
     "CODEC_IDS",
 ]
+
+
+def _preview(obj: Any) -> str:
+    """``repr(obj)`` cut to 80 characters, for error messages; never raises (``repr`` refuses ints over 4300
+    digits)."""
+    try:
+        return f"{obj!r:.80}"
+    except ValueError:
+        return f"<{type(obj).__name__} that has no repr>"
+
+
+def _decimal(value: int) -> bytes:
+    """``value`` in ASCII decimal; an int over Python's 4300-digit limit is data refused, with its size."""
+    try:
+        return b"%d" % value
+    except ValueError:
+        raise DataError(f"an int of {value.bit_length()} bits is over the 4300 decimal digits zmqkit carries") from None
 
 
 class Codec:
@@ -58,7 +75,7 @@ class BytesCodec(Codec):
             return obj
         if isinstance(obj, (bytearray, memoryview)):
             return bytes(obj)
-        raise ConfigurationError(f"bytes codec cannot encode {type(obj).__name__} value {obj!r:.80}")
+        raise ConfigurationError(f"bytes codec cannot encode {type(obj).__name__} value {_preview(obj)}")
 
     def decode(self, data: bytes) -> bytes:
         return bytes(data)
@@ -71,7 +88,7 @@ class StrCodec(Codec):
 
     def encode(self, obj: Any) -> bytes:
         if not isinstance(obj, str):
-            raise ConfigurationError(f"str codec cannot encode {type(obj).__name__} value {obj!r:.80}")
+            raise ConfigurationError(f"str codec cannot encode {type(obj).__name__} value {_preview(obj)}")
         return obj.encode()
 
     def decode(self, data: bytes) -> str:
@@ -88,8 +105,8 @@ class IntCodec(Codec):
 
     def encode(self, obj: Any) -> bytes:
         if not isinstance(obj, int) or isinstance(obj, bool):
-            raise ConfigurationError(f"int codec cannot encode {type(obj).__name__} value {obj!r:.80}")
-        return b"%d" % obj
+            raise ConfigurationError(f"int codec cannot encode {type(obj).__name__} value {_preview(obj)}")
+        return _decimal(obj)
 
     def decode(self, data: bytes) -> int:
         try:
@@ -105,7 +122,7 @@ class FloatCodec(Codec):
 
     def encode(self, obj: Any) -> bytes:
         if not isinstance(obj, float):
-            raise ConfigurationError(f"float codec cannot encode {type(obj).__name__} value {obj!r:.80}")
+            raise ConfigurationError(f"float codec cannot encode {type(obj).__name__} value {_preview(obj)}")
         return repr(obj).encode()
 
     def decode(self, data: bytes) -> float:
@@ -123,8 +140,10 @@ class JsonCodec(Codec):
     def encode(self, obj: Any) -> bytes:
         try:
             return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"json codec cannot encode {obj!r:.80}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigurationError(f"json codec cannot encode {_preview(obj)}: {exc}") from None
+        except ValueError as exc:  # a value of a kind it carries, refused as it is (an int too long, a cycle)
+            raise DataError(f"json codec cannot encode {_preview(obj)}: {exc}") from None
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -150,8 +169,10 @@ class MsgpackCodec(Codec):
     def encode(self, obj: Any) -> bytes:
         try:
             return bytes(self._msgpack.packb(obj, use_bin_type=True))
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"msgpack codec cannot encode {obj!r:.80}: {exc}") from None
+        except TypeError as exc:
+            raise ConfigurationError(f"msgpack codec cannot encode {_preview(obj)}: {exc}") from None
+        except (ValueError, OverflowError) as exc:  # an int past 64 bits, a value too long
+            raise DataError(f"msgpack codec cannot encode {_preview(obj)}: {exc}") from None
 
     def decode(self, data: bytes) -> Any:
         try:
@@ -196,7 +217,7 @@ class AutoCodec(Codec):
         if kind is str:
             return 1, obj.encode()
         if kind is int:
-            return 2, b"%d" % obj
+            return 2, _decimal(obj)
         if kind is float:
             return 3, repr(obj).encode()
         if isinstance(obj, (bytearray, memoryview)):

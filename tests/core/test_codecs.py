@@ -1,10 +1,11 @@
 import math
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from zmqkit import ConfigurationError, ProtocolError, get_codec
+from zmqkit import ConfigurationError, DataError, ProtocolError, get_codec
 from zmqkit.codecs import CODEC_IDS, unpack
 
 json_values = st.recursive(
@@ -87,3 +88,21 @@ def test_unknown_codec_name() -> None:
 def test_wrong_type_for_fixed_codec() -> None:
     with pytest.raises(ConfigurationError, match="str codec cannot encode int"):
         get_codec("str").encode(5)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "error", "says"),
+    [
+        ("int", 10**5000, DataError, "an int of 16610 bits is over the 4300 decimal digits"),
+        ("auto", -(10**5000), DataError, "an int of 16610 bits"),
+        ("json", {"n": [10**5000]}, DataError, "json codec cannot encode <dict that has no repr>"),
+        ("msgpack", 2**70, DataError, "msgpack codec cannot encode 1180591620717411303424"),
+        ("json", {1, 2}, ConfigurationError, "json codec cannot encode {1, 2}: Object of type set"),
+    ],
+    ids=["int", "auto", "json-nested", "msgpack", "json-set"],  # pytest's own ids would repr the long ints
+)
+def test_a_value_a_codec_refuses_is_a_zmqkit_error_naming_it(
+    name: str, value: object, error: type[Exception], says: str
+) -> None:
+    with pytest.raises(error, match=re.escape(says)):
+        get_codec(name).pack(value)

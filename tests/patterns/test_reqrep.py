@@ -91,6 +91,17 @@ def test_handler_exception_is_a_remote_error_and_the_server_keeps_serving(server
 
 
 @pytest.mark.timeout(20)
+def test_a_result_the_codec_refuses_is_a_remote_error_naming_it(servers: Callable[..., Server]) -> None:
+    server = servers(lambda body: 10**5000 if body == b"huge" else body)
+    with Client(server.endpoints) as client:
+        with pytest.raises(RemoteError) as info:
+            client.request(b"huge")
+        assert info.value.remote_type == "DataError"
+        assert "over the 4300 decimal digits" in info.value.message
+        assert client.request(b"still here") == b"still here"
+
+
+@pytest.mark.timeout(20)
 def test_plain_pyzmq_clients_speak_to_the_server(servers: Callable[..., Server], raw_socket: Any) -> None:
     server = servers(lambda body: b"<" + body + b">")
     dealer = raw_socket(zmq.DEALER)
