@@ -123,6 +123,9 @@ class _Fixed:
     def current(self) -> tuple[int, dict[str, str]]:
         return 0, {}
 
+    def refusal(self) -> None:
+        return None
+
 
 def _endpoint_weights(endpoints: Any, service: str | None) -> dict[str, int]:
     if service is not None:
@@ -238,12 +241,17 @@ class ClientCore:
             self.follow()
         ring = self.ring
         if not len(ring):
-            raise NodeUnavailable(self._none_up())
+            raise self._nobody_up()
         return ring.get_node(self.key_bytes(key))
 
-    def _none_up(self) -> str:
+    def _nobody_up(self) -> Exception:
+        """The error for an empty ring: the fabric's refusal of our CURVE keys when that is why, else
+        NodeUnavailable."""
+        refused = self.members.refusal()
+        if refused is not None:
+            return refused
         where = f" of service {self.service!r}" if self.service is not None else ""
-        return f"no cache node{where} is up ({len(self.endpoints)} known, none on the ring)"
+        return NodeUnavailable(f"no cache node{where} is up ({len(self.endpoints)} known, none on the ring)")
 
     def _close_members(self) -> None:
         """Stop following the service (the runners' close)."""
@@ -412,7 +420,7 @@ class ClientCore:
                         break
                 if not chosen and i not in out:
                     if not len(self.ring):
-                        raise NodeUnavailable(self._none_up())
+                        raise self._nobody_up()
                     raise NodeUnavailable(
                         f"no cache node answers for key {keys[i][:60]!r} (tried {len(tried[i])} of "
                         f"{len(self.ring)}; the others are marked dead for up to {self.dead_timeout:g}s)"

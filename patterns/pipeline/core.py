@@ -496,7 +496,10 @@ class WorkerCore:
     def endpoint(self) -> str:
         """The first endpoint the worker is attached to now (a worker found by service: a producer's)."""
         if not self.endpoints:  # only a worker that follows a service has none (no producer up now)
-            raise Unavailable(f"{type(self).__name__} for service {self.service!r} is attached to no producer now")
+            refused = None if self._following is None else self._following.members.refusal()
+            raise refused or Unavailable(
+                f"{type(self).__name__} for service {self.service!r} is attached to no producer now"
+            )
         return self.endpoints[0]
 
     @property

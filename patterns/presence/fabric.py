@@ -318,6 +318,15 @@ class Fabric:
         with self._changes.lock:
             return dict(self._refused)
 
+    def refusal(self) -> AuthenticationFailed | None:
+        """What to raise instead of "nothing found" when every fabric server refused this member's CURVE
+        handshake; None while any of them takes it."""
+        refused = self.refused()
+        if not refused or len(refused) < len(self.endpoints):
+            return None
+        endpoint, reason = next(iter(refused.items()))
+        return AuthenticationFailed(endpoint, reason)
+
     @property
     def node(self) -> str:
         """This member's id in its announcements."""
@@ -379,10 +388,13 @@ class Fabric:
             return self._table.lookup(service)
 
     def wait_synced(self, timeout: float | None = 5.0) -> bool:
-        """Block until a fabric server has sent its snapshot of what this member watches (False on timeout)."""
-        steps = self._changes.steps(
-            lambda: self.synced or None, timeout, lambda: RequestTimeout(""), self._closed_error()
-        )
+        """Block until a fabric server has sent its snapshot of what this member watches (False on timeout, or
+        at once when every fabric server refused our CURVE keys: :meth:`refusal` says why)."""
+
+        def synced() -> bool | None:
+            return False if self.refusal() is not None else (bool(self.synced) or None)
+
+        steps = self._changes.steps(synced, timeout, lambda: RequestTimeout(""), self._closed_error())
         try:
             return bool(block(self._changes, steps))
         except RequestTimeout:
@@ -394,6 +406,8 @@ class Fabric:
         topic = (TOPIC_PREFIX + service).encode()
 
         def synced() -> bool | None:
+            if self.refusal() is not None:
+                return False  # no fabric server will ever answer us: stop waiting now
             with self._changes.lock:
                 if topic in self._synced_topics or _TOPIC in self._synced_topics:
                     return True
@@ -409,15 +423,14 @@ class Fabric:
         """A wait for an "up" instance of a watched ``service``, sans-I/O (see ``presence.base.Changes.steps``)."""
 
         def first() -> Entry | None:
+            refused = self.refusal()
+            if refused is not None:
+                raise refused  # every fabric server refused our keys: say so now, not "none found" later
             with self._changes.lock:
                 found = self._table.lookup(service, "up")
             return found[0] if found else None
 
         def not_found() -> Exception:
-            refused = self.refused()
-            if len(refused) == len(self.endpoints):  # every fabric server refused us: say so, not "none found"
-                endpoint, reason = next(iter(refused.items()))
-                return AuthenticationFailed(endpoint, reason)
             return RequestTimeout(f"no instance of {service!r} announced on {', '.join(self.endpoints)}")
 
         return self._changes.steps(first, timeout, not_found, self._closed_error())
@@ -489,7 +502,9 @@ class Fabric:
             if refused or self._refused:
                 self._link.watch.warn_new("fabric member")
                 with self._changes.lock:
-                    self._refused = dict(refused)
+                    changed, self._refused = refused != self._refused, dict(refused)
+                if changed:
+                    self._changes.notify()  # a wait for the fabric ends at once when every server refused us
         elif not self.synced:
             # No server says "that is all": a beacon member asks once, and counts as synced once the answers
             # had time to come (they come within milliseconds on one segment; heartbeats cover any lost).
@@ -698,6 +713,10 @@ class Members:
         """The endpoints that take new work now, sorted."""
         with self._lock:
             return sorted(ep for ep, status in self._status.items() if status == "up")
+
+    def refusal(self) -> AuthenticationFailed | None:
+        """The fabric's :meth:`Fabric.refusal`: why nothing can be found, when every fabric server refused us."""
+        return self._fabric.refusal()
 
     def wait_steps(self, timeout: float | None) -> Generator[float | None, None, Entry]:
         """A wait for an instance up (see :meth:`Fabric.wait_steps`)."""

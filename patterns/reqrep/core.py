@@ -267,6 +267,10 @@ class ClientCore:
                 refused.__cause__ = error
                 return refused
             if self._members is not None and not self._proto.peers:
+                refused = self._members.refusal()  # the fabric refused us: that is why no server is known
+                if refused is not None:
+                    refused.__cause__ = error
+                    return refused
                 where = ", ".join(self._members.endpoints)
                 return Unavailable(f"no instance of {self.service!r} announced on the fabric ({where}) in time")
         return error

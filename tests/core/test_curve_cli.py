@@ -37,6 +37,7 @@ COMMANDS = [
     ["forwarder"],
     ["proxy"],
     ["services"],
+    ["fabric"],
 ]
 
 

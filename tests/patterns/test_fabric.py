@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import zmq
 from click.testing import CliRunner
 
 from zmqkit import AuthenticationFailed, ConfigurationError, Curve, RequestTimeout
+from zmqkit.cache import CacheClient
 from zmqkit.cli import main
 from zmqkit.endpoints import free_tcp_endpoint
-from zmqkit.patterns import Fabric, FabricServer
+from zmqkit.patterns import Client, Fabric, FabricServer, Worker
 from zmqkit.patterns.presence.fabric import ANNOUNCE, Announcer, Members, advertised, fabric_endpoints
 from zmqkit.security import generate_keys
 from zmqkit.testing import wait_until
@@ -164,8 +166,11 @@ def test_curve_lets_only_allowed_keys_announce_and_says_when_refused(tmp_path: P
         ):
             refused.announce("forged", "tcp://10.9.2.1:1")
             member.announce("real", "tcp://10.9.2.2:1")
+            started = time.monotonic()
             with pytest.raises(AuthenticationFailed, match="not allowed"):
-                refused.wait("real", timeout=5)
+                refused.wait("real", timeout=20)
+            assert time.monotonic() - started < 10  # said once refused, not at the wait's deadline
+            assert not refused.wait_synced(timeout=20)
             assert member.wait("real", timeout=5).endpoint == "tcp://10.9.2.2:1"
             assert server.lookup("forged") == []
             assert [e.service for e in server.lookup()] == ["real"]
@@ -339,3 +344,25 @@ def test_two_fabric_servers_one_killed_a_server_started_afterwards_is_still_foun
         for proc in procs:
             proc.kill()
             proc.wait(10)
+
+
+@pytest.mark.timeout(60)
+def test_a_pattern_following_a_service_on_a_fabric_that_refuses_its_keys_says_so(tmp_path: Path) -> None:
+    """A client, a cache client and a worker whose keys the fabric refuses raise AuthenticationFailed, not
+    "nothing announced" (the fabric is up; it just will not talk to them)."""
+    for name in ("fabric", "stranger"):
+        generate_keys(name, tmp_path)
+    security = Curve.server(tmp_path / "fabric.key_secret", allow=[Curve.client(b"x" * 40).keys.public])
+    with FabricServer("tcp://127.0.0.1:0", curve=security) as server:
+        stranger = Curve.client(tmp_path / "fabric.key", tmp_path / "stranger.key_secret")
+        with Fabric(server.endpoint, interval=FAST, curve=stranger) as fabric:
+            with Client(service="echo", fabric=fabric, timeout=5) as client, pytest.raises(AuthenticationFailed):
+                client.request(b"x")
+            cache = CacheClient(service="cache", fabric=fabric, timeout=5)
+            with cache, pytest.raises(AuthenticationFailed, match="not allowed"):
+                cache.get("k")
+            with Worker(lambda body: body, service="emails", fabric=fabric) as worker:
+                wait_until(lambda: fabric.refusal() is not None, 10, "the fabric's refusal seen")
+                with pytest.raises(AuthenticationFailed, match="not allowed"):
+                    _ = worker.endpoint
+        assert server.stats()["auth_failures"] >= 1

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from zmqkit import ConfigurationError, Unavailable
+from zmqkit import ConfigurationError, Curve, Unavailable
 from zmqkit.asyncio import Client as AsyncClient
 from zmqkit.asyncio import RpcClient as AsyncRpcClient
 from zmqkit.asyncio import Server as AsyncServer
@@ -379,3 +379,28 @@ def test_asyncio_load_through_a_leave_and_a_join_fails_no_call(fabric: Fabric, s
         return failures
 
     assert asyncio.run(run()) == []
+
+
+@pytest.mark.timeout(60)
+def test_cli_over_a_curve_fabric_announces_finds_and_says_when_refused(tmp_path: Path) -> None:
+    """``--fabric-curve-server`` with the command's own ``--curve-secret``: only the fabric's allowed keys announce
+    and look; a key it does not allow is told so instead of finding nothing."""
+    runner = CliRunner()
+    for name in ("fabric", "svc", "client", "stranger"):
+        assert runner.invoke(main, ["keys", "generate", name, "--dir", str(tmp_path)]).exit_code == 0
+    key, secret = (lambda name: str(tmp_path / f"{name}.key")), (lambda name: str(tmp_path / f"{name}.key_secret"))
+    security = Curve.server(secret("fabric"), allow=[key("svc"), key("client")])
+    with FabricServer("tcp://127.0.0.1:0", curve=security) as server:
+        argv = [sys.executable, "-m", "zmqkit", "rep", "tcp://127.0.0.1:0", "--announce", "safe-echo"]
+        fabric_flags = ["--fabric", server.endpoint, "--fabric-curve-server", key("fabric")]
+        with _running([*argv, *fabric_flags, "--curve-secret", secret("svc")], tmp_path) as proc:
+            wait_until(lambda: server.lookup("safe-echo"), 10, "zmqkit rep announced on the CURVE fabric")
+            req = ["req", "--service", "safe-echo", *fabric_flags, "--curve-server", key("svc"), "hello"]
+            found = runner.invoke(main, [*req, "--curve-secret", secret("client")])
+            assert found.exit_code == 0, found.output
+            assert found.output.strip() == "hello"
+            refused = runner.invoke(main, [*req, "--curve-secret", secret("stranger"), "--timeout", "5"])
+            assert refused.exit_code != 0 and "not allowed" in refused.output, refused.output
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(15) == 0
+        assert server.stats()["auth_failures"] >= 1
