@@ -148,8 +148,8 @@ class JsonCodec(Codec):
     def decode(self, data: bytes) -> Any:
         try:
             return json.loads(bytes(data))
-        except ValueError as exc:
-            raise ProtocolError(f"payload marked json does not parse: {exc}") from None
+        except (ValueError, RecursionError) as exc:  # nesting deeper than the parser's stack is a bad payload too
+            raise ProtocolError(f"payload marked json does not parse: {type(exc).__name__}: {exc}") from None
 
 
 class MsgpackCodec(Codec):

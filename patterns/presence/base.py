@@ -23,7 +23,7 @@ from .._background import Background
 from ..fanout.base import Endpoints
 from ..fanout.protocol import new_id
 from ..fanout.sync import Publisher, Subscriber
-from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement
+from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, check_announcement, encode_announcement
 
 __all__ = ["Changes", "DirectoryBase", "PresenceBase", "Watcher", "block"]
 
@@ -142,10 +142,7 @@ class PresenceBase:
     def announce(self, service: str, endpoint: str, status: str = "up", meta: dict[str, Any] | None = None) -> None:
         """Announce (or change) ``service`` at ``endpoint``; ``down`` withdraws it at once everywhere."""
         fields = check_announcement(service, endpoint, status, meta)
-        try:
-            payload = json.dumps(fields).encode()
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad meta {meta!r}: not JSON-serialisable ({exc})") from None
+        payload = encode_announcement(fields)  # strict JSON, small enough for every receiver
         if self._changes.closed:
             raise self._closed_error()
         self._background.command(payload)

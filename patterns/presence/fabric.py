@@ -41,7 +41,16 @@ from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
 from .._background import Background
 from .base import Changes, Watcher, block
 from .beacon import QUERY, BeaconLink, beacon_target, broadcast_addresses, is_beacon
-from .protocol import TOPIC_PREFIX, Announcements, DirectoryTable, Entry, body_of, check_announcement
+from .protocol import (
+    TOPIC_PREFIX,
+    Announcements,
+    DirectoryTable,
+    Entry,
+    body_of,
+    check_announcement,
+    decode_announcement,
+    encode_announcement,
+)
 
 __all__ = [
     "ANNOUNCE",
@@ -115,10 +124,10 @@ def advertised(bound: str, fabric: Sequence[str], advertise: str | None = None) 
 
 
 def _announcement(frame: bytes) -> Any:
-    """The JSON body of an upstream frame; ValueError when it is not one."""
+    """The JSON body of an upstream frame; ProtocolError when it is not one."""
     if not frame.startswith(ANNOUNCE):
-        raise ValueError(f"not an announcement (expected {ANNOUNCE!r} first): {frame[:16]!r}")
-    return json.loads(frame[len(ANNOUNCE) :])
+        raise ProtocolError(f"not an announcement (expected {ANNOUNCE!r} first): {frame[:16]!r}")
+    return decode_announcement(frame[len(ANNOUNCE) :])
 
 
 class FabricServer:
@@ -341,17 +350,15 @@ class Fabric:
     def announce(self, service: str, endpoint: str, status: str = "up", meta: dict[str, Any] | None = None) -> None:
         """Announce ``service`` at ``endpoint`` (again: a change of status or meta); ``down`` withdraws it."""
         fields = check_announcement(service, str(parse_endpoint(endpoint)), status, meta)
-        try:
-            payload = json.dumps(fields).encode()
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"bad meta {meta!r}: not JSON-serialisable ({exc})") from None
-        self._command(b"announce", payload)
+        # Checked here, whole (heartbeat fields included), so that what the thread sends later cannot fail.
+        encode_announcement({**fields, "interval": self.interval, "node": self._announcements.node})
+        self._command(b"announce", json.dumps(fields).encode())
 
     # --- finding ----------------------------------------------------------------------------------------
     def watch(self, service: str | None, callback: Watcher) -> Callable[[], None]:
         """Call ``callback(event, entry)`` on added/changed/removed/expired instances of ``service`` (None: of
-        every service) in the fabric's thread; instances already known are replayed as "added". Returns the
-        function that stops it."""
+        every service) in the fabric's thread; instances already known are replayed as "added" first, in this
+        thread, with the fabric's lock held (a callback must not block). Returns the function that stops it."""
         if service is not None:
             check_announcement(service, "", "up", None)
         service = service or ""
@@ -363,11 +370,12 @@ class Fabric:
             callbacks = self._watchers.setdefault(service, [])
             callbacks.append(callback)
             first = len(callbacks) == 1
-            known = self._table.lookup(service or None)
+            # Replayed with the lock held: the fabric's thread cannot apply a change to these entries (and send
+            # its event) between the copy and the replay, so a "removed" never comes before a stale "added".
+            for entry in self._table.lookup(service or None):
+                callback("added", entry)
         if first:
             self._command(b"subscribe", service.encode())
-        for entry in known:
-            callback("added", entry)
 
         def unwatch() -> None:
             with self._changes.lock:
@@ -463,8 +471,14 @@ class Fabric:
             self._link.subscribe(_UNSUBSCRIBE + _TOPIC + payload)
             with self._changes.lock:
                 self._synced_topics.discard(_TOPIC + payload)
-                for entry in self._table.lookup(payload.decode() or None):
-                    self._table.apply_entry(Entry(entry.service, entry.endpoint, "down"))
+                # Forget what no watcher follows any more; not what a watcher made since (its replay came from
+                # these entries, and without them it would never hear that they expire) nor what another
+                # subscription still keeps alive (the wildcard's, or a service's when the wildcard goes).
+                watched = self._watchers
+                if "" not in watched:
+                    for entry in self._table.lookup(payload.decode() or None):
+                        if entry.service not in watched:
+                            self._table.apply_entry(Entry(entry.service, entry.endpoint, "down"))
 
     def _on_message(self, frames: list[bytes]) -> None:
         if frames == [QUERY]:  # a beacon member joined: tell it what we announce now
@@ -486,7 +500,7 @@ class Fabric:
                 if len(frames) == 1 and isinstance(self._link, BeaconLink):
                     body = _announcement(frames[0])
                 elif len(frames) == 2 and frames[0].startswith(_TOPIC):
-                    body = json.loads(frames[1])
+                    body = decode_announcement(frames[1])
                 else:
                     raise ProtocolError(f"expected [topic, announcement], got {len(frames)} frame(s)")
                 entry = self._table.parse(body)
@@ -564,7 +578,10 @@ class Fabric:
         last one, one made by the user stays open until the user closes it."""
         with _SHARED_LOCK:
             self._references -= 1
-            last = self._references <= 0 and self._shared_key is not None
+            key = self._shared_key
+            last = self._references <= 0 and key is not None
+            if key is not None and last and _SHARED.get(key) is self:
+                del _SHARED[key]  # from now on use_fabric makes a new one, never hands out this closing one
         if last:
             self.close()
 

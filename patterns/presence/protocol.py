@@ -7,6 +7,7 @@ node. Time comes from an injected monotonic clock, so tests move it by hand.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -15,9 +16,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from zmqkit.checks import check_int
+from zmqkit.endpoints import parse_endpoint
 from zmqkit.errors import ConfigurationError, ProtocolError
 
-__all__ = ["TOPIC_PREFIX", "STATUSES", "Entry", "Announcements", "DirectoryTable", "body_of", "check_announcement"]
+__all__ = [
+    "TOPIC_PREFIX",
+    "STATUSES",
+    "MAX_ANNOUNCEMENT",
+    "Entry",
+    "Announcements",
+    "DirectoryTable",
+    "body_of",
+    "check_announcement",
+    "check_interval",
+    "decode_announcement",
+    "encode_announcement",
+]
 
 log = logging.getLogger(__name__)
 
@@ -27,17 +41,75 @@ Clock = Callable[[], float]
 MALFORMED_LOG_INTERVAL = 10.0  # seconds between two warnings about malformed announcements
 
 
+MAX_SERVICE = 255  # bytes of a service name (UTF-8)
+MAX_ANNOUNCEMENT = 8192  # bytes of JSON an announcer may send: fits a beacon datagram; bounds a table's memory
+MAX_RECEIVED = 65536  # bytes of JSON a receiver takes (a peer's encoder may escape what ours writes as UTF-8)
+MAX_INTERVAL = 3600.0  # seconds: a heartbeat interval above this is refused (an entry would outlive its sender)
+
+
 def check_announcement(service: Any, endpoint: Any, status: Any, meta: Any) -> dict[str, Any]:
     """Raise ConfigurationError on a bad argument; return the announcement's fields."""
-    if not isinstance(service, str) or not service or any(c in service for c in " *>"):
+    if not isinstance(service, str) or not service or any(c in service for c in " *>") or not _utf8(service):
         raise ConfigurationError(f"bad service name {service!r}: a non-empty name without spaces, '*' or '>'")
-    if not isinstance(endpoint, str):
+    if len(service.encode()) > MAX_SERVICE:
+        raise ConfigurationError(f"bad service name {service[:40]!r}...: longer than {MAX_SERVICE} bytes")
+    if not isinstance(endpoint, str) or not _utf8(endpoint):
         raise ConfigurationError(f"bad endpoint {endpoint!r} for {service!r}: expected a string")
     if status not in STATUSES:
         raise ConfigurationError(f"bad status {status!r}: expected one of {', '.join(STATUSES)}")
     if meta is not None and not isinstance(meta, dict):
         raise ConfigurationError(f"bad meta {meta!r}: expected a dict of JSON values")
     return {"service": service, "endpoint": endpoint, "status": status, "meta": dict(meta or {})}
+
+
+def check_interval(interval: Any, error: type[Exception] = ConfigurationError) -> float:
+    """A heartbeat interval in seconds: a finite number above 0 and at most :data:`MAX_INTERVAL`."""
+    if (
+        not isinstance(interval, (int, float))
+        or isinstance(interval, bool)
+        or not 0 < interval <= MAX_INTERVAL  # NaN fails this too
+    ):
+        raise error(f"bad heartbeat interval {interval!r}: expected seconds > 0 and <= {MAX_INTERVAL:g}")
+    return float(interval)
+
+
+def decode_announcement(data: bytes) -> Any:
+    """The JSON value of an announcement body from a peer; ProtocolError for anything that is not strict JSON
+    of at most :data:`MAX_RECEIVED` bytes (NaN and Infinity are not JSON; nesting too deep for the parser is
+    refused, not raised)."""
+    if len(data) > MAX_RECEIVED:
+        raise ProtocolError(f"announcement of {len(data)} bytes: at most {MAX_RECEIVED}")
+    try:
+        return json.loads(data, parse_constant=_not_json)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
+        raise ProtocolError(f"announcement is not JSON: {type(exc).__name__}: {str(exc)[:80]}") from None
+
+
+def encode_announcement(body: dict[str, Any]) -> bytes:
+    """An announcement body as strict JSON; ConfigurationError when it cannot be one, or is too large to send."""
+    try:
+        data = json.dumps(body, allow_nan=False).encode()
+    except (TypeError, ValueError, RecursionError) as exc:
+        raise ConfigurationError(f"bad meta {body.get('meta')!r:.80}: not JSON ({exc})") from None
+    if len(data) > MAX_ANNOUNCEMENT:
+        raise ConfigurationError(
+            f"announcement of {body.get('service')!r} is {len(data)} bytes of JSON: at most {MAX_ANNOUNCEMENT} "
+            "(keep meta small: it travels in every heartbeat)"
+        )
+    return data
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _utf8(text: str) -> bool:
+    """Whether ``text`` encodes as UTF-8 (a lone surrogate does not, and would fail later, on the way out)."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
@@ -58,10 +130,8 @@ class Announcements:
     """What a Presence announces, and when each heartbeat is due."""
 
     def __init__(self, node: str, interval: float = 1.0, clock: Clock = time.monotonic) -> None:
-        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
-            raise ConfigurationError(f"bad heartbeat interval {interval!r}: expected seconds > 0")
         self.node = node
-        self.interval = float(interval)
+        self.interval = check_interval(interval)
         self._clock = clock
         self._live: dict[tuple[str, str], dict[str, Any]] = {}
         self._next = 0.0
@@ -161,14 +231,13 @@ class DirectoryTable:
         if not isinstance(body, dict):
             raise ProtocolError(f"announcement is not a JSON object: {body!r:.80}")
         fields = check_announcement(body.get("service"), body.get("endpoint"), body.get("status"), body.get("meta"))
-        interval = body.get("interval")
-        if not isinstance(interval, (int, float)) or isinstance(interval, bool) or interval <= 0:
-            raise ProtocolError(f"bad heartbeat interval {interval!r} for {fields['service']!r}")
+        parse_endpoint(fields["endpoint"])  # one a client could connect to: a bad one would break every follower
+        interval = check_interval(body.get("interval"), ProtocolError)
         now = self._clock()
         return Entry(
             **fields,
             node=str(body.get("node", "")),
-            interval=float(interval),
+            interval=interval,
             last_seen=now,
             expires_at=now + interval * self.misses,
         )

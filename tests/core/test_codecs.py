@@ -73,7 +73,9 @@ def test_auto_does_not_pickle_unless_asked() -> None:
 
 
 @pytest.mark.parametrize(
-    ("codec_id", "data"), [(1, b"\xff"), (2, b"12x"), (3, b"nope"), (4, b"{"), (5, b"\xc1"), (99, b"")]
+    ("codec_id", "data"),
+    [(1, b"\xff"), (2, b"12x"), (3, b"nope"), (4, b"{"), (4, b"[" * 100_000), (5, b"\xc1"), (99, b"")],
+    ids=["str", "int", "float", "json", "json-deep", "msgpack", "unknown"],
 )
 def test_malformed_payload_is_protocol_error(codec_id: int, data: bytes) -> None:
     with pytest.raises(ProtocolError):

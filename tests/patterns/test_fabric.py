@@ -4,7 +4,9 @@ bad input, CURVE and the CLI (`zmqkit fabric`, `zmqkit services`)."""
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +23,13 @@ from zmqkit.cache import CacheClient
 from zmqkit.cli import main
 from zmqkit.endpoints import free_tcp_endpoint
 from zmqkit.patterns import Client, Fabric, FabricServer, Worker
-from zmqkit.patterns.presence.fabric import ANNOUNCE, Announcer, Members, advertised, fabric_endpoints
+from zmqkit.patterns.presence.fabric import (
+    ANNOUNCE,
+    Announcer,
+    Members,
+    advertised,
+    fabric_endpoints,
+)
 from zmqkit.security import generate_keys
 from zmqkit.testing import wait_until
 
@@ -130,14 +138,71 @@ def test_malformed_announcements_are_counted_and_ignored(server: FabricServer, z
         [ANNOUNCE + json.dumps({"service": "x", "endpoint": "tcp://h:1", "status": "up", "interval": -1}).encode()],
         [b"two", b"frames"],
     ]
+    good = {"service": "x", "endpoint": "tcp://h:1", "status": "up", "meta": {}, "interval": 1, "node": "raw"}
+    # Forged ones that parse as JSON in Python but would break every follower, or the server, if taken:
+    bad += [
+        [ANNOUNCE + json.dumps({**good, "endpoint": "10.0.0.5:7000"}).encode()],  # not an endpoint to connect to
+        [ANNOUNCE + json.dumps({**good, "endpoint": "tcp://*:7000"}).encode()],
+        [ANNOUNCE + json.dumps({**good, "interval": math.nan}).encode()],  # never expires, never listed
+        [ANNOUNCE + json.dumps({**good, "interval": math.inf}).encode()],
+        [ANNOUNCE + json.dumps({**good, "interval": 10**6}).encode()],
+        [ANNOUNCE + json.dumps({**good, "meta": {"load": math.nan}}).encode()],  # NaN is not JSON
+        [ANNOUNCE + b'{"service": "\\ud800", "endpoint": "tcp://h:2", "status": "up", "interval": 1}'],
+        [ANNOUNCE + b"[" * 100_000 + b"]" * 100_000],  # deeper than the JSON parser's stack
+        [ANNOUNCE + json.dumps({**good, "meta": {"blob": "x" * 70_000}}).encode()],
+        [ANNOUNCE + json.dumps({**good, "service": "s" * 256}).encode()],
+    ]
     for frames in bad:
         raw.send_multipart(frames)
     wait_until(lambda: server.stats()["malformed"] == len(bad), 5, "every malformed announcement counted")
-    good = {"service": "x", "endpoint": "tcp://h:1", "status": "up", "meta": {}, "interval": 1, "node": "raw"}
     raw.send(ANNOUNCE + json.dumps(good).encode())
     wait_until(lambda: [e.endpoint for e in server.lookup("x")] == ["tcp://h:1"], 5, "a good one still taken")
     assert server.stats()["entries"] == 1
+    # And the server still answers a new member's subscription with its snapshot, the forged ones left out.
+    with _member(server) as member:
+        member.watch(None, lambda event, entry: None)
+        assert member.wait_synced(5)
+        assert [(e.service, e.endpoint) for e in member.lookup(None)] == [("x", "tcp://h:1")]
     raw.close()
+
+
+def test_what_a_member_announces_is_checked_before_it_is_sent(server: FabricServer) -> None:
+    with _member(server) as member:
+        with pytest.raises(ConfigurationError, match=r"bad meta .*not JSON"):
+            member.announce("x", "tcp://h:1", meta={"load": math.nan})
+        with pytest.raises(ConfigurationError, match="at most 8192"):
+            member.announce("x", "tcp://h:1", meta={"blob": "x" * 10_000})
+        with pytest.raises(ConfigurationError, match="bad service name"):
+            member.announce("\ud800", "tcp://h:1")
+        with pytest.raises(ConfigurationError, match="longer than 255 bytes"):
+            member.announce("s" * 256, "tcp://h:1")
+        with pytest.raises(ConfigurationError, match=re.escape("bad endpoint '10.0.0.5:7000'")):
+            member.announce("x", "10.0.0.5:7000")
+    with pytest.raises(ConfigurationError, match="bad interval=nan"):
+        Fabric(server.endpoint, interval=math.nan)
+
+
+@pytest.mark.timeout(30)
+def test_a_follower_made_again_hears_an_instance_it_was_replayed_expire(
+    server: FabricServer, zmq_ctx: zmq.Context
+) -> None:
+    """A client closed and made again while an instance is still in this member's table but already gone at the
+    server: the new follower is replayed the instance, and must then hear it expire, not keep a ghost."""
+    with Fabric(server.endpoint, interval=FAST, misses=10) as member:  # the member keeps entries for 2 s
+        first = Members(member, "cache")
+        raw = zmq_ctx.socket(zmq.XSUB)
+        raw.linger = 0
+        raw.connect(server.endpoint)
+        once = {"service": "cache", "endpoint": "tcp://10.9.3.1:1", "status": "up", "interval": FAST, "node": "k"}
+        raw.send(ANNOUNCE + json.dumps(once).encode())  # one heartbeat, then silence: a node killed -9
+        wait_until(lambda: first.up() == ["tcp://10.9.3.1:1"], 5, "the instance seen")
+        wait_until(lambda: server.lookup("cache") == [], 5, "the instance expired at the server (0.6 s)")
+        assert member.lookup("cache")  # still in the member's table (2 s): the window this test is about
+        first.close()
+        second = Members(member, "cache")  # made again at once: the replay gives it the instance
+        wait_until(lambda: second.current()[1] == {}, 10, "the replayed instance expired for the new follower")
+        second.close()
+        raw.close()
 
 
 @pytest.mark.timeout(30)
