@@ -12,6 +12,7 @@ from .errors import ConfigurationError
 __all__ = ["Endpoint", "parse_endpoint", "parse_endpoints", "free_port", "free_tcp_endpoint"]
 
 _EXPECTED = "expected tcp://HOST:PORT, ipc://PATH or inproc://NAME"
+_IPC_PATH_MAX = 107  # a Unix socket's sun_path holds 108 bytes with the final NUL (104 on BSD and macOS)
 _TCP = re.compile(r"^(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[^:/\[\]\s]+)):(?P<port>\*|\d{1,5})$")
 
 
@@ -39,6 +40,8 @@ def parse_endpoint(text: str, *, for_bind: bool = False) -> Endpoint:
     transport, sep, rest = text.partition("://")
     if not sep or not rest:
         raise ConfigurationError(f"bad endpoint {text!r}: {_EXPECTED}")
+    if transport == "ipc" and len(rest.encode(errors="surrogatepass")) > _IPC_PATH_MAX:
+        raise ConfigurationError(f"bad endpoint {text[:60]!r}...: an ipc path is at most {_IPC_PATH_MAX} bytes")
     if transport in ("ipc", "inproc"):
         return Endpoint(transport, rest)
     if transport != "tcp":

@@ -84,3 +84,10 @@ def test_bind_in_use_raises_with_endpoint() -> None:
         a.close(linger=0)
         b.close(linger=0)
     assert zmq.PULL  # the sockets were real pyzmq sockets
+
+
+def test_an_ipc_path_longer_than_a_unix_socket_holds_is_refused_before_any_socket() -> None:
+    longest = "ipc:///tmp/" + "x" * (107 - len("/tmp/"))
+    assert str(parse_endpoint(longest)) == longest
+    with pytest.raises(ConfigurationError, match="an ipc path is at most 107 bytes"):
+        parse_endpoint(longest + "x")
