@@ -78,7 +78,9 @@ class HandshakeWatch:
             if event["event"] == _SUCCEEDED:
                 self._refused.pop(endpoint, None)
             elif event["event"] in _FAILED:
-                self._refused[endpoint] = self._why(int(event["event"]), int(event["value"]))
+                why = self._why(int(event["event"]), int(event["value"]))
+                if why is not None:
+                    self._refused[endpoint] = why
 
     def reason(self, endpoint: str) -> str | None:
         """Why ``endpoint`` refused the handshake, or None if it did not (or has not yet)."""
@@ -91,18 +93,21 @@ class HandshakeWatch:
                 self._warned.add(endpoint)
                 log.warning("%s: %s", what, AuthenticationFailed(endpoint, reason))
 
-    def _why(self, event: int, value: int) -> str:
+    def _why(self, event: int, value: int) -> str | None:
+        """Why a failed handshake was a refusal of our security, or None when it says nothing about it."""
         if event == int(zmq.EVENT_HANDSHAKE_FAILED_AUTH):
             return f"{_ZAP_STATUS.get(value, 'refused')} (ZAP status {value})"
+        if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) and value == _MISMATCH:
+            if self._curve:
+                return "the peer does not use CURVE (security mechanism mismatch)"
+            return "the peer requires CURVE and this side has no keys (security mechanism mismatch)"
+        if not self._curve:
+            # Without CURVE nothing else is about keys: a peer that is not ZeroMQ (a wrong port, a middlebox that
+            # accepts and closes) ends the handshake too, and is a dead peer to the caller, not a refusal.
+            return None
         if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-            if value == _MISMATCH:
-                if self._curve:
-                    return "the peer does not use CURVE (security mechanism mismatch)"
-                return "the peer requires CURVE and this side has no keys (security mechanism mismatch)"
-            return f"protocol error {value:#x} during the handshake"
-        if self._curve:
-            return "the peer could not read our CURVE hello (wrong server public key?)"
-        return f"handshake failed (errno {value})"
+            return f"protocol error {value:#x} during the CURVE handshake"
+        return "the peer could not read our CURVE hello (wrong server public key?)"
 
     def close(self, linger: int = 0) -> None:
         """Stop the monitor, then close its reader. Close the watch before the socket it watches: an event

@@ -147,3 +147,43 @@ def test_a_handshake_after_its_watch_closed_never_stops_the_context() -> None:
             sock.close(linger=0)
     finally:
         terminate(ctx, close_sockets=True)
+
+
+@pytest.fixture
+def not_zeromq() -> Iterator[str]:
+    """A TCP port whose listener accepts and closes every connection: a wrong port, or a middlebox."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+
+    def accept_and_close() -> None:
+        listener.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            conn.close()
+
+    thread = threading.Thread(target=accept_and_close, daemon=True)
+    thread.start()
+    yield f"tcp://127.0.0.1:{listener.getsockname()[1]}"
+    stop.set()
+    thread.join(5)
+    listener.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_peer_that_is_not_zeromq_is_unreachable_not_a_curve_refusal(not_zeromq: str) -> None:
+    """Without CURVE, a handshake ended by a non-ZeroMQ peer says nothing about keys: the caller sees a dead
+    peer (NodeUnavailable, RequestTimeout), never "refused our CURVE handshake"."""
+    with CacheClient([not_zeromq], timeout=0.5) as cache, pytest.raises(ZmqkitError) as info:
+        cache.get("k")
+    assert not isinstance(info.value, AuthenticationFailed), info.value
+    with Client([not_zeromq], timeout=0.5) as client, pytest.raises(ZmqkitError) as info:
+        client.request(b"x")
+    assert not isinstance(info.value, AuthenticationFailed), info.value
