@@ -224,16 +224,17 @@ class Forwarder:
     def _from_publishers(self, frames: list[bytes]) -> None:
         assert self._cache is not None
         self._cache[frames[0]] = frames
-        self._xpub.send_multipart(frames)
+        # Counted before the send: a reader who has just received the message must find it counted.
         self._frames += len(frames)
         self._bytes += sum(map(len, frames))
+        self._xpub.send_multipart(frames)
 
     def _from_subscribers(self, frames: list[bytes]) -> None:
         assert self._cache is not None
         notice = frames[0]
-        self._xsub.send(notice)  # subscriptions travel upstream to the publishers, as in the proxy
         self._notices += 1
         self._notice_bytes += len(notice)
+        self._xsub.send(notice)  # subscriptions travel upstream to the publishers, as in the proxy
         if notice[:1] == b"\x01" and not notice.startswith(HELLO_PREFIX, 1):
             prefix = notice[1:]
             # The new subscription is in effect on the XPUB now, so this reaches the newcomer; others that
