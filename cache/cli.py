@@ -495,10 +495,18 @@ def flush(nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
 
 
 @bench.command("cache")
-@click.option("--ops", default=3000, show_default=True, help="Operations per single-key measurement.")
+@click.option(
+    "--ops", default=3000, show_default=True, type=click.IntRange(min=1), help="Operations per single-key measurement."
+)
 @click.option("--vs-memcached", is_flag=True, help="Also run pymemcache against local memcached servers.")
 @click.option("--memory-test", is_flag=True, help="Fill a --memory 64M node ten times over and report its RSS.")
-@click.option("--rounds", default=5, show_default=True, help="Interleaved latency rounds; the median of each is shown.")
+@click.option(
+    "--rounds",
+    default=5,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Interleaved latency rounds; the median of each is shown.",
+)
 def bench_cache(ops: int, vs_memcached: bool, memory_test: bool, rounds: int) -> None:
     """Cache latency and throughput beside raw pyzmq (and memcached), on local nodes."""
     from .bench import run_bench

@@ -301,10 +301,16 @@ def _timed(requests: int, measure: Any, *args: Any) -> tuple[float, float]:
 
 
 @bench.command("reqrep")
-@click.option("-n", "count", default=10_000, show_default=True, help="Requests per measurement.")
-@click.option("--size", default=100, show_default=True, help="Body size in bytes.")
-@click.option("--window", default=100, show_default=True, help="Requests in flight when pipelined.")
-@click.option("--rounds", default=5, show_default=True, help="Interleaved rounds; the median of each is shown.")
+@click.option(
+    "-n", "count", default=10_000, show_default=True, type=click.IntRange(min=1), help="Requests per measurement."
+)
+@click.option("--size", default=100, show_default=True, type=click.IntRange(min=0), help="Body size in bytes.")
+@click.option(
+    "--window", default=100, show_default=True, type=click.IntRange(min=1), help="Requests in flight when pipelined."
+)
+@click.option(
+    "--rounds", default=5, show_default=True, type=click.IntRange(min=1), help="Interleaved rounds; medians shown."
+)
 def bench_reqrep(count: int, size: int, window: int, rounds: int) -> None:
     """Round trip and pipelined rate of zmqkit request-reply beside raw pyzmq REQ/REP and DEALER.
 

@@ -63,3 +63,22 @@ def test_wheel_holds_only_the_zmqkit_package(tmp_path: Path) -> None:
     assert "zmqkit/patterns/__init__.py" in names and "zmqkit/cache/__init__.py" in names
     assert "zmqkit/patterns/pipeline/protocol.py" in names and "zmqkit/patterns/reqrep/rpc.py" in names
     assert "zmqkit/py.typed" in names
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cache", "--ops", "-5"],
+        ["cache", "--ops", "0"],
+        ["cache", "--rounds", "0"],
+        ["reqrep", "-n", "0"],
+        ["reqrep", "--window", "0"],
+        ["reqrep", "--rounds", "0"],
+        ["fanout", "--rounds", "0"],
+    ],
+    ids=" ".join,
+)
+def test_a_bench_given_an_empty_sample_refuses_at_once(argv: list[str]) -> None:
+    """A bench with nothing to measure is a usage error before any socket (``--ops -5`` used to hang)."""
+    result = CliRunner().invoke(main, ["bench", *argv])
+    assert result.exit_code == 2 and "is not in the range" in result.output, result.output
