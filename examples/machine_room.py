@@ -6,7 +6,7 @@ its own process on its own host, and all of them are given the same fabric (``fa
 ``ZMQKIT_FABRIC=tcp://fab1:5557,tcp://fab2:5557``):
 
     zmqkit fabric --bind tcp://*:5557                        # on fab1 and on fab2
-    zmqkit cache serve --announce cache --memory 1G          # on every server with spare memory
+    zmqkit cache serve --bind tcp://*:11311 --announce cache --memory 1G   # on every server with spare memory
     zmqkit rep --announce thumbs ...  /  Server(..., announce="thumbs")
     zmqkit services                                          # what the fabric knows
 

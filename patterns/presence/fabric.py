@@ -20,6 +20,7 @@ service, with a version number a driver compares between calls: nothing is added
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -109,12 +110,34 @@ def _route_address(fabric: Sequence[str]) -> str:
     return "127.0.0.1"  # an ipc or inproc fabric: every member is on this host
 
 
+def _loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return False
+
+
+def _loopback_fabric(endpoint: str) -> bool:
+    """Whether only this host's members can be on the fabric server (or beacon segment) at ``endpoint``."""
+    if is_beacon([endpoint]):
+        return _loopback(beacon_target(endpoint)[0])
+    ep = parse_endpoint(endpoint)
+    return ep.transport != "tcp" or _loopback(ep.host)
+
+
 def advertised(bound: str, fabric: Sequence[str], advertise: str | None = None) -> str:
     """The address to announce for a socket bound at ``bound``: ``advertise`` when given; for a bind to every
     interface (``tcp://*:P``, ``0.0.0.0``, ``::``), this host's address on the route to the fabric."""
     if advertise is not None:
         return str(parse_endpoint(advertise))
     ep = parse_endpoint(bound, for_bind=True)
+    if ep.transport == "tcp" and _loopback(ep.host) and not all(_loopback_fabric(f) for f in fabric):
+        log.warning(
+            "announcing %s on a fabric other hosts use (%s): only this host can connect to it; bind tcp://*:PORT "
+            "(or give advertise=/--advertise) for the others",
+            bound,
+            ", ".join(fabric),
+        )
     if ep.transport != "tcp" or ep.host not in _WILDCARD_HOSTS:
         return bound
     if ep.port is None:

@@ -431,3 +431,14 @@ def test_a_pattern_following_a_service_on_a_fabric_that_refuses_its_keys_says_so
                 with pytest.raises(AuthenticationFailed, match="not allowed"):
                     _ = worker.endpoint
         assert server.stats()["auth_failures"] >= 1
+
+
+def test_a_loopback_bind_announced_on_a_fabric_other_hosts_use_is_warned_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level("WARNING", logger="zmqkit.patterns.presence.fabric"):
+        assert advertised("tcp://127.0.0.1:11311", ["tcp://127.0.0.1:5557"]) == "tcp://127.0.0.1:11311"
+        assert not caplog.records  # a fabric on this host only: loopback is right
+        assert advertised("tcp://127.0.0.1:11311", ["tcp://10.9.9.9:5557"]) == "tcp://127.0.0.1:11311"
+    [warning] = caplog.records
+    assert "only this host can connect to it" in warning.getMessage() and "tcp://*:PORT" in warning.getMessage()
