@@ -353,10 +353,6 @@ def cas(key: str, token: int, stored: Any, ttl: int, calling: _Calling) -> None:
 
 
 def _counter(name: str, word: str) -> None:
-    @cache.command(name)
-    @click.argument("key")
-    @click.argument("delta", default=1, type=click.IntRange(min=0))
-    @_client_command
     def command(key: str, delta: int, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
         with _calling(nodes, timeout, curve) as client:
             value = getattr(client, name)(key, delta)
@@ -364,9 +360,12 @@ def _counter(name: str, word: str) -> None:
             raise _Missing(f"{key!r} not found")
         click.echo(value)
 
-    command.__doc__ = f"{word} KEY's stored decimal number by DELTA (default 1) and print the new value.\n\n" + (
-        command.__doc__ or ""
-    )
+    # The help is set before click reads it (at decoration), not after.
+    command.__doc__ = f"{word} KEY's stored decimal number by DELTA (default 1) and print the new value."
+    decorated = _client_command(command)
+    decorated = click.argument("delta", default=1, type=click.IntRange(min=0))(decorated)
+    decorated = click.argument("key")(decorated)
+    cache.command(name)(decorated)
 
 
 _counter("incr", "Increase")
@@ -399,7 +398,8 @@ def delete(key: str, nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
 @cache.command()
 @_client_command
 def ping(nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
-    """Ask every node for its id, with the round trip; exit 3 if any does not answer."""
+    """Ask every node for its id (it changes when the node restarts), all at once, and time the whole round;
+    exit 3 if any does not answer."""
     with _calling(nodes, timeout, curve) as client:
         started = time.perf_counter()
         answers = client.ping()
@@ -407,9 +407,10 @@ def ping(nodes: Nodes, timeout: float, curve: CurveFlags) -> None:
         endpoints = client.endpoints
     for ep in endpoints:
         if ep in answers:
-            click.echo(f"{ep}  id {_show(answers[ep])}  {elapsed_ms:.2f} ms")
+            click.echo(f"{ep}  id {answers[ep].hex()}")
         else:
             click.echo(f"{ep}  not answering", err=True)
+    click.echo(f"{len(answers)} of {len(endpoints)} node(s) answered in {elapsed_ms:.2f} ms (one round to all)")
     if len(answers) < len(endpoints):
         raise _Unreachable(f"{len(endpoints) - len(answers)} of {len(endpoints)} node(s) did not answer")
 

@@ -3,6 +3,7 @@ import sys
 import zipfile
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -82,3 +83,17 @@ def test_a_bench_given_an_empty_sample_refuses_at_once(argv: list[str]) -> None:
     """A bench with nothing to measure is a usage error before any socket (``--ops -5`` used to hang)."""
     result = CliRunner().invoke(main, ["bench", *argv])
     assert result.exit_code == 2 and "is not in the range" in result.output, result.output
+
+
+def _commands(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], click.Command]]:
+    found: list[tuple[tuple[str, ...], click.Command]] = []
+    for name, command in group.commands.items():
+        found.append(((*path, name), command))
+        if isinstance(command, click.Group):
+            found += _commands(command, (*path, name))
+    return found
+
+
+def test_every_command_has_a_summary_in_its_groups_help() -> None:
+    missing = [" ".join(path) for path, command in _commands(main) if not command.get_short_help_str().strip()]
+    assert missing == []
