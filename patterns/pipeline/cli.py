@@ -169,7 +169,8 @@ def pull(
 
 
 def _where(worker: Any) -> str:
-    return ", ".join(worker.endpoints) if worker.service is None else f"service {worker.service!r}"
+    # A blocking worker's lanes (one per --concurrency) each connect to every endpoint: name each once.
+    return ", ".join(dict.fromkeys(worker.endpoints)) if worker.service is None else f"service {worker.service!r}"
 
 
 def _one_source(endpoints: bool, discovery: DiscoveryFlags, what: str) -> None:
