@@ -320,8 +320,10 @@ _Calling = Callable[[], contextlib.AbstractContextManager[CacheClient]]
 @click.argument("key")
 @_storing
 def set_(key: str, stored: Any, ttl: int, calling: _Calling) -> None:
-    """Store VALUE (text; - reads standard input, byte for byte: `echo` adds a newline, `printf` does not; JSON
-    with --json; a file's bytes with --file) under KEY."""
+    """Store VALUE (text; - reads standard input; JSON with --json; a file's bytes with --file) under KEY.
+
+    Standard input is stored byte for byte: `echo` adds a newline, `printf` does not.
+    """
     with calling() as client:
         client.set(key, stored, ttl=ttl)
     click.echo("stored")
