@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import json
 import sys
 import threading
@@ -220,7 +221,7 @@ def _calling(nodes: Nodes, timeout: float, curve: CurveFlags, max_item: str | No
 
 
 def _with_codes(fn: Callable[..., Any]) -> Callable[..., Any]:
-    fn.__doc__ = (fn.__doc__ or "").rstrip() + "\n" + _EXIT_CODES
+    fn.__doc__ = inspect.cleandoc(fn.__doc__ or "") + "\n" + _EXIT_CODES  # cleaned first: the table is not indented
     return fn
 
 
