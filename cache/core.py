@@ -20,8 +20,11 @@ serves again, the first request to it is preceded, on the same connection, by ``
 (``flush_all`` when the hints overflowed or the node missed a flush), so what it held for those keys is gone
 before anything is read from it. A node that leaves the service (maintenance, down, expired) is *away*: every
 key this client writes that the node comes before in the key's order over every node this client has known is
-hinted for it, and its return is a rejoin like a dead node's. A node new to the client after the client's first
-write is flushed before it serves: it may hold copies older than this client's writes.
+hinted for it, and its return is a rejoin like a dead node's. What was written in a hinted node's place is
+recorded per node that took it (:meth:`ClientCore._stood_in`); once the node has rejoined, those nodes delete
+it before they serve again (:meth:`ClientCore._displaced`), so no later leave exposes it. A node new to the
+client after the client's first write is flushed before it serves: it may hold copies older than this client's
+writes.
 """
 
 from __future__ import annotations
@@ -355,10 +358,11 @@ class ClientCore:
         wait = self._wait(timeout)
         health = self.health
         nodes = health.nodes
+        hinted: dict[int, list[NodeHealth]] | None = None  # writes: key index -> nodes hinted for it
         if write:
             self.wrote = True
             if health.away:
-                self._hint_away(keys)
+                hinted = self._hint_away(keys)
         out: dict[int, Reply] = {}
         given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
         if health.healthy and self.replicas == 1:
@@ -371,6 +375,8 @@ class ClientCore:
                 for i, key in enumerate(keys):
                     groups.setdefault(owner[get_node(key)].index, []).append(i)
                 calls = [self._call(index, *build(items), items) for index, items in groups.items()]
+            if hinted:
+                self._stood_in(calls, hinted, keys)
             if answered is not None and len(calls) == 1 and calls[0].node == answered[0]:
                 replies = {} if answered[1] is None else {calls[0].rid: answered[1]}
             else:
@@ -383,6 +389,8 @@ class ClientCore:
                     self._check_refused(call.node)
                     if health.failed(node, [keys[i] for i in call.items] if write else []):
                         given_up += [(i, call.node) for i in call.items]
+                        if write:
+                            hinted = _add_hinted(hinted, call.items, node)
                     pending += call.items
                     continue
                 if node.failures:
@@ -413,6 +421,7 @@ class ClientCore:
                     if not health.usable(node, now):
                         if write:
                             health.hint(node, keys[i])
+                            hinted = _add_hinted(hinted, [i], node)
                         continue
                     groups.setdefault(node.index, []).append(i)
                     chosen += 1
@@ -437,6 +446,8 @@ class ClientCore:
                         calls.append(self._call(index, request[0], args, [], rejoin=True))
                 command, args = build(items)
                 calls.append(self._call(index, command, args, items))
+            if hinted:
+                self._stood_in(calls, hinted, keys)
             replies = yield Batch(calls, wait)
             pending = []
             # A returning node serves only after its invalidation went through (it ran first: same connection).
@@ -451,10 +462,12 @@ class ClientCore:
                     if health.failed(node, [keys[i] for i in call.items] if write else []):
                         for i in call.items:
                             tried[i].add(call.node)
+                        if write:
+                            hinted = _add_hinted(hinted, call.items, node)
                     pending += call.items
                     continue
                 if node.dead_until is not None:
-                    health.rejoined(node, sent.get(call.node))
+                    self._displaced(node, health.rejoined(node, sent.get(call.node)))
                 else:
                     health.answered(node)
                 for i, result in split(reply, call.items) if split is not None else ((call.items[0], reply),):
@@ -471,23 +484,57 @@ class ClientCore:
             pending = [i for i in dict.fromkeys(pending) if not (write and need[i] <= 0)]
         return out
 
-    def _hint_away(self, keys: list[bytes]) -> None:
+    def _hint_away(self, keys: list[bytes]) -> dict[int, list[NodeHealth]] | None:
         """Hint each written key to every away node that comes before the nodes it is written to, in the key's
-        order over every node this client has known: the nodes that may own it again when they return."""
+        order over every node this client has known: the nodes that may own it again when they return.
+        Returns ``{key index: the nodes hinted}``."""
         health = self.health
-        if all(node.flush for node in health.away):
-            return  # each will be flushed on its return: no key needs remembering
+        if all(node.flush and node.stand_ins is None for node in health.away):
+            return None  # each will be flushed on its return, and every other node too: nothing to remember
         by_endpoint, replicas = health.by_endpoint, self.replicas
-        for key in keys:
+        hinted: dict[int, list[NodeHealth]] = {}
+        for i, key in enumerate(keys):
             copies = 0
             for endpoint in self.known_ring.iter_nodes(key):
                 node = by_endpoint[endpoint]
                 if node.away:
                     health.hint(node, key)
+                    hinted.setdefault(i, []).append(node)
                 elif node.dead_until is None:
                     copies += 1
                     if copies >= replicas:
                         break
+        return hinted
+
+    def _stood_in(self, calls: list[Call], hinted: dict[int, list[NodeHealth]], keys: list[bytes]) -> None:
+        """Record, for each node hinted for a key, the nodes the key is written to in its place."""
+        written: dict[tuple[NodeHealth, int], list[bytes]] = {}
+        for call in calls:
+            if not call.rejoin:
+                for i in call.items:
+                    for node in hinted.get(i, ()):
+                        written.setdefault((node, call.node), []).append(keys[i])
+        for (node, target), stood in written.items():
+            self.health.stood_in(node, target, stood)
+
+    def _displaced(self, back: NodeHealth, stand_ins: dict[int, set[bytes]] | None) -> None:
+        """``back`` serves again: the copies written in its place (``stand_ins``, from ``Health.rejoined``) go
+        stale once the client writes those keys to it, and would be read if it left again. Each node holding
+        them deletes them before it serves again, unless it still is one of the key's nodes (later writes reach
+        it too); with ``None`` (too many to list), every other node is flushed."""
+        health = self.health
+        if stand_ins is None:
+            for node in health.nodes:
+                if node is not back:
+                    health.stale(node, None)
+            return
+        for index, stood in stand_ins.items():
+            node = health.nodes[index]
+            health.stale(node, [key for key in stood if node.endpoint not in self._owners(key)])
+
+    def _owners(self, key: bytes) -> list[str]:
+        """The nodes a write of ``key`` goes to on the current ring."""
+        return list(itertools.islice(self.ring.iter_nodes(key), self.replicas))
 
     def _one(
         self,
@@ -858,6 +905,17 @@ class ClientCore:
         """``{endpoint: "alive" | "dead" | "rejoining" | "away"}`` as this client sees the nodes now (away: not up
         in the service, so off the ring)."""
         return self.health.state()
+
+
+def _add_hinted(
+    hinted: dict[int, list[NodeHealth]] | None, items: list[int], node: NodeHealth
+) -> dict[int, list[NodeHealth]]:
+    """``hinted`` (made if None) with ``node`` hinted for each key index in ``items``."""
+    if hinted is None:
+        hinted = {}
+    for i in items:
+        hinted.setdefault(i, []).append(node)
+    return hinted
 
 
 def _after_key(*args: bytes) -> Callable[[bytes], list[bytes]]:

@@ -5,6 +5,11 @@ With ``service=``, :meth:`Health.follow` applies membership: the node table only
 its index, so the runners' sockets and the routes a command holds stay valid), a node that leaves is *away*
 (off the ring, its hints kept), and one that comes back rejoins through the same invalidation as a dead one.
 
+What was written in a node's place goes stale when it returns: the nodes that took those writes keep them,
+and would serve them if the node left again (after newer writes to it). So a node also records, per node that
+stood in for it, the keys written there (:meth:`Health.stood_in`); when it is alive again, :meth:`Health.rejoined`
+hands them back, and those nodes are made to delete them before they serve again (:meth:`Health.stale`).
+
 >>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
 >>> node = health.nodes[0]
 >>> health.failed(node, [b"k"]), health.failed(node, [b"k"])     # a retry, then dead; b"k" is hinted
@@ -27,7 +32,7 @@ log = logging.getLogger(__name__)
 class NodeHealth:
     """One node: consecutive missed answers, when it may be tried again, and its hints."""
 
-    __slots__ = ("away", "dead_until", "endpoint", "failures", "flush", "hints", "index")
+    __slots__ = ("away", "dead_until", "endpoint", "failures", "flush", "hints", "index", "stand_ins", "stood")
 
     def __init__(self, index: int, endpoint: str) -> None:
         self.index = index
@@ -37,6 +42,9 @@ class NodeHealth:
         self.hints: set[bytes] = set()  # keys changed elsewhere while it was dead: delete them on rejoin
         self.flush = False  # its data can't be trusted key by key any more: flush it on rejoin
         self.away = False  # not in the service's membership as "up" (gone, expired or in maintenance)
+        # Keys written to other nodes in its place, {node index: keys} (None: too many to list); stood: how many.
+        self.stand_ins: dict[int, set[bytes]] | None = {}
+        self.stood = 0
 
 
 class Health:
@@ -75,7 +83,7 @@ class Health:
                         node.dead_until = now  # usable at once, through a rejoin
                 elif node.away:
                     node.away = False
-                    if node.flush or node.hints:
+                    if node.flush or node.hints or node.stand_ins != {}:
                         node.dead_until = now
             present = set(up)
             for node in self.nodes:
@@ -105,6 +113,45 @@ class Health:
         elif not node.flush:
             node.hints.add(key)
 
+    def stood_in(self, node: NodeHealth, target: int, keys: list[bytes]) -> None:
+        """``keys``, hinted for ``node``, were written to node ``target`` in its place (see the module docstring).
+        Past ``max_hints`` keys the list is dropped: every other node is flushed when ``node`` is back."""
+        with self._lock:
+            if node.dead_until is None and not node.away:
+                # It came back while this write was in flight: its return has been handled already.
+                self._stale(self.nodes[target], keys)
+                return
+            stand_ins = node.stand_ins
+            if stand_ins is None:
+                return
+            held = stand_ins.setdefault(target, set())
+            before = len(held)
+            held.update(keys)
+            node.stood += len(held) - before
+            if node.stood > self.max_hints:
+                node.stand_ins = None
+
+    def stale(self, node: NodeHealth, keys: list[bytes] | None) -> None:
+        """``node`` may hold copies of ``keys`` (None: of anything) older than this client's writes: it deletes
+        them (flushes) before it serves again."""
+        with self._lock:
+            self._stale(node, keys)
+
+    def _stale(self, node: NodeHealth, keys: list[bytes] | None) -> None:
+        if keys is None:
+            node.flush = True
+            node.hints.clear()
+        elif keys:
+            for key in keys:
+                self._hint(node, key)
+        else:
+            return
+        if node.away:
+            return  # its return is a rejoin anyway
+        if node.dead_until is None:
+            node.dead_until = self.clock()  # usable at once, but through a rejoin
+        self.healthy = False
+
     def failed(self, node: NodeHealth, keys: list[bytes]) -> bool:
         """Count a missed answer (to a write of ``keys``); after ``retries`` misses the node is dead for
         ``dead_timeout``. True if it is dead now (callers fail over), False if it should be retried."""
@@ -128,13 +175,7 @@ class Health:
 
     def missed_flush(self, node: NodeHealth) -> None:
         """``node`` did not hear a flush_all: it must be flushed before it serves anything again."""
-        with self._lock:
-            node.flush = True
-            if node.away:
-                return  # its return is a rejoin anyway
-            if node.dead_until is None:
-                node.dead_until = self.clock()  # usable at once, but through a rejoin
-            self.healthy = False
+        self.stale(node, None)
 
     def rejoin_request(self, node: NodeHealth) -> tuple[bytes, list[bytes]] | None:
         """``(command, args)`` that must reach a returning node before anything else, or None if none is needed."""
@@ -145,9 +186,11 @@ class Health:
                 return b"delete_many", list(node.hints)
         return None
 
-    def rejoined(self, node: NodeHealth, sent: tuple[bytes, list[bytes]] | None) -> None:
+    def rejoined(self, node: NodeHealth, sent: tuple[bytes, list[bytes]] | None) -> dict[int, set[bytes]] | None:
         """A returning node answered (after ``sent``, the rejoin request, if there was one): it is alive
-        unless something new happened meanwhile."""
+        unless something new happened meanwhile. Returns what was written in its place once it is alive
+        (``{node index: keys}``, None: unknown), else ``{}``; the caller makes those copies :meth:`stale`."""
+        released: dict[int, set[bytes]] | None = {}
         with self._lock:
             if sent is not None:
                 if sent[0] == b"flush_all":
@@ -159,6 +202,8 @@ class Health:
                 node.dead_until = None
                 node.failures = 0
                 self.healthy = all(n.dead_until is None for n in self.nodes)
+                released, node.stand_ins, node.stood = node.stand_ins, {}, 0
+        return released
 
     def state(self) -> dict[str, str]:
         """``{endpoint: "alive" | "dead" | "rejoining" | "away"}`` now."""

@@ -181,6 +181,202 @@ def test_a_client_that_never_saw_a_returning_node_flushes_it_before_reading(fabr
                 announcer.close()
 
 
+# A node's announcer in its own process: killing it (-9) stops the node's heartbeats while the node itself runs on
+# with its data, as when its host is cut off; the fabric then expires it.
+ANNOUNCER = """import sys
+from zmqkit.patterns.presence.fabric import Fabric
+with Fabric(sys.argv[1], interval=0.1) as fabric:
+    fabric.announce("cache", sys.argv[2])
+    print("announced", flush=True)
+    sys.stdin.read()
+"""
+
+
+class Comings:
+    """Makes node ``endpoint`` leave the service and return, keeping its data: ``away`` by ``maintenance``
+    (announced) or by ``expiry`` (its announcer killed -9)."""
+
+    def __init__(self, fabric: Fabric, endpoint: str, away: str, cwd: Any) -> None:
+        self.fabric, self.endpoint, self.kind, self.cwd = fabric, endpoint, away, cwd
+        self.announcer: Announcer | None = None
+        self.proc: subprocess.Popen[str] | None = None
+        self.back()
+
+    def back(self) -> None:
+        if self.kind == "maintenance":
+            if self.announcer is None:
+                self.announcer = Announcer(self.fabric, "cache", [self.endpoint])
+            self.announcer.up()
+            return
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", ANNOUNCER, self.fabric.endpoints[0], self.endpoint],
+            cwd=self.cwd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None and self.proc.stdout.readline() == "announced\n"
+
+    def away(self) -> None:
+        if self.announcer is not None:
+            self.announcer.maintenance()
+        elif self.proc is not None:
+            self.proc.kill()  # no goodbye: the fabric expires it after its missed heartbeats
+            self.proc.wait(10)
+            self.proc = None
+
+    def close(self) -> None:
+        if self.announcer is not None:
+            self.announcer.close()
+        self.away()
+
+
+def owned_by(client: Any, endpoint: str) -> list[str]:
+    keys = [key for key in KEYS if client.node_for(key) == endpoint]
+    assert keys, f"no key owned by {endpoint}"
+    return keys
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("max_hints", [10_000, 3], ids=["hints", "overflow-flush"])
+@pytest.mark.parametrize("away", ["maintenance", "expiry"])
+def test_a_node_that_leaves_twice_leaves_no_stale_copy_on_the_node_that_stood_in(
+    fabric: Fabric, away: str, max_hints: int, tmp_path: Any
+) -> None:
+    """X owns the keys; while X is away they are written to Y; X returns (cleaned) and takes newer writes; when
+    X leaves again, the keys are read on Y, which must not serve the copies written there in X's place (with
+    max_hints=3 the lists overflow: X and Y are flushed instead)."""
+    with CacheNode() as x, CacheNode(announce="cache", fabric=fabric) as y:
+        x.start()
+        y.start()
+        assert x.endpoint is not None
+        comings = Comings(fabric, x.endpoint, away, tmp_path)
+        try:
+            with CacheClient(service="cache", fabric=fabric, max_hints=max_hints) as client:
+                wait_until(lambda: on_ring(client, x.endpoint), 3.0, "X on the ring")
+                owned = owned_by(client, x.endpoint)
+                one = owned[0]
+                client.set_many({key: "v0" for key in owned})
+                for cycle in range(2):  # repeated cycles: leave, return, leave, return
+                    stood_in, newest = f"in X's place {cycle}", f"on X {cycle}"
+                    comings.away()
+                    wait_until(lambda: not on_ring(client, x.endpoint), 5.0, f"X off the ring ({away})")
+                    assert client.set_many({key: stood_in for key in owned}) == []  # on Y, hinted for X
+                    comings.back()
+                    wait_until(lambda: on_ring(client, x.endpoint), 5.0, "X back on the ring")
+                    assert set(client.get_many(owned).values()) <= {stood_in}  # X was cleaned of older copies
+                    assert client.set_many({key: newest for key in owned}) == []  # on X
+                    assert client.set(one, newest)  # the one-key path too
+                    with CacheClient([y.endpoint]) as direct:  # what Y still holds
+                        assert set(direct.get_many(owned).values()) <= {stood_in}
+                    comings.away()
+                    wait_until(lambda: not on_ring(client, x.endpoint), 5.0, f"X off the ring again ({away})")
+                    assert client.get(one) in (newest, None), "a stale read through the one-key path"
+                    values = client.get_many(owned)
+                    stale = [key for key, value in values.items() if value != newest]
+                    assert not stale, f"cycle {cycle}: {len(stale)} stale reads, e.g. {values[stale[0]]!r}"
+                    comings.back()
+                    wait_until(lambda: on_ring(client, x.endpoint), 5.0, "X back on the ring")
+        finally:
+            comings.close()
+
+
+def test_with_replicas_the_copy_written_in_a_returning_nodes_place_is_never_read(fabric: Fabric) -> None:
+    """replicas=2, keys whose order is X, Y, Z: while X is away they go to Y and Z; X returns and the keys go to
+    X and Y again, so Z's copies go stale; when X and Y both leave, Z must not serve them."""
+    with CacheNode() as x, CacheNode() as y, CacheNode(announce="cache", fabric=fabric) as z:
+        for node in (x, y, z):
+            node.start()
+        assert x.endpoint is not None and y.endpoint is not None and z.endpoint is not None
+        ax, ay = Announcer(fabric, "cache", [x.endpoint]), Announcer(fabric, "cache", [y.endpoint])
+        try:
+            with CacheClient(service="cache", fabric=fabric, replicas=2) as client:
+                both = lambda: on_ring(client, x.endpoint) and on_ring(client, y.endpoint)  # noqa: E731
+                wait_until(both, 3.0, "X and Y on the ring")
+                order = [x.endpoint, y.endpoint, z.endpoint]
+                keys = [k for k in KEYS if list(client.ring.iter_nodes(client.key_bytes(k))) == order]
+                assert keys, "no key ordered X, Y, Z"
+                ax.maintenance()
+                wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "X off the ring")
+                assert client.set_many({key: "old" for key in keys}) == []  # on Y and Z, hinted for X
+                ax.up()
+                wait_until(lambda: on_ring(client, x.endpoint), 3.0, "X back on the ring")
+                assert client.set_many({key: "new" for key in keys}) == []  # on X and Y
+                with CacheClient([z.endpoint]) as direct:
+                    assert set(direct.get_many(keys).values()) == {"old"}  # what Z still holds
+                ax.maintenance()
+                ay.maintenance()
+                neither = lambda: not on_ring(client, x.endpoint) and not on_ring(client, y.endpoint)  # noqa: E731
+                wait_until(neither, 3.0, "only Z on the ring")
+                values = client.get_many(keys)
+                stale = [key for key, value in values.items() if value != "new"]
+                assert not stale, f"{len(stale)} stale reads from Z"
+        finally:
+            ax.close()
+            ay.close()
+
+
+def test_a_static_client_reads_no_stale_copy_when_a_node_restarts_twice(tcp_endpoint: str) -> None:
+    """No membership: X stops answering (restarted at its endpoint, empty), the key goes to Y; X is back, takes
+    the newer write, then stops again: the read falls over to Y, which must not serve the older copy."""
+    endpoint = tcp_endpoint
+    with CacheNode() as y:
+        y.start()
+        assert y.endpoint is not None
+        x = CacheNode(endpoint)
+        x.start()
+        with CacheClient([endpoint, y.endpoint], timeout=0.3, retries=0, dead_timeout=0) as client:
+            key = next(k for k in KEYS if client.node_for(k) == endpoint)
+            try:
+                for cycle in range(2):
+                    x.stop()
+                    assert client.set(key, f"old {cycle}")  # times out on X, then goes to Y (hinted for X)
+                    assert client.node_state()[endpoint] in ("dead", "rejoining")
+                    x = CacheNode(endpoint)
+                    x.start()
+                    wait_until(lambda: endpoint in client.ping(), 5.0, "X answering the client again")
+                    assert client.set(key, f"new {cycle}")  # X rejoins (cleaned), then takes the write
+                    assert x.stats()["items"] == 1
+                    x.stop()
+                    assert client.get(key) in (f"new {cycle}", None), f"cycle {cycle}: a stale read from Y"
+                    x = CacheNode(endpoint)
+                    x.start()
+            finally:
+                x.stop()
+
+
+def test_the_asyncio_client_reads_no_stale_copy_when_a_node_leaves_twice(fabric: Fabric) -> None:
+    """The same as above through the asyncio client (the logic is the core's; this drives it from asyncio)."""
+
+    async def scenario(x: CacheNode, announcer: Announcer) -> None:
+        assert x.endpoint is not None
+        async with AsyncCacheClient(service="cache", fabric=fabric) as client:
+            wait_until(lambda: on_ring(client, x.endpoint), 3.0, "X on the ring")
+            owned = owned_by(client, x.endpoint)
+            announcer.maintenance()
+            wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "X off the ring")
+            assert await client.set_many({key: "old" for key in owned}) == []
+            announcer.up()
+            wait_until(lambda: on_ring(client, x.endpoint), 3.0, "X back on the ring")
+            assert await client.set_many({key: "new" for key in owned}) == []
+            announcer.maintenance()
+            wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "X off the ring again")
+            values = await asyncio.gather(*(client.get(key) for key in owned))
+            stale = [value for value in values if value not in ("new", None)]
+            assert not stale, f"{len(stale)} stale reads"
+            assert set((await client.get_many(owned)).values()) <= {"new"}
+
+    with CacheNode() as x, CacheNode(announce="cache", fabric=fabric) as y:
+        x.start()
+        y.start()
+        assert x.endpoint is not None
+        announcer = Announcer(fabric, "cache", [x.endpoint])
+        try:
+            asyncio.run(scenario(x, announcer))
+        finally:
+            announcer.close()
+
+
 def test_node_for_on_a_static_client() -> None:
     with CacheNode() as a, CacheNode() as b:
         endpoints = [a.start(), b.start()]

@@ -53,3 +53,31 @@ def test_missed_flush_forces_a_flush_before_serving(clock: FakeClock) -> None:
     health.missed_flush(node)
     assert health.state()["tcp://a:1"] == "rejoining"  # usable at once, through a rejoin
     assert health.rejoin_request(node) == (b"flush_all", [])
+
+
+def test_copies_written_in_a_dead_nodes_place_are_handed_back_when_it_is_alive(clock: FakeClock) -> None:
+    health = make(clock, retries=0)
+    a, b = health.nodes
+    health.failed(a, [b"k"])
+    health.stood_in(a, b.index, [b"k"])  # k went to B instead
+    clock.now += 10
+    sent = health.rejoin_request(a)
+    assert health.rejoined(a, sent) == {b.index: {b"k"}} and a.stand_ins == {}
+    health.stale(b, [b"k"])  # what the client does with them (core.py): B deletes k before it serves again
+    assert health.state()["tcp://b:1"] == "rejoining" and not health.healthy
+    assert health.rejoin_request(b) == (b"delete_many", [b"k"])
+    assert health.rejoined(b, (b"delete_many", [b"k"])) == {} and health.healthy
+
+
+def test_too_many_copies_to_list_become_unknown_and_a_late_one_is_stale_at_once(clock: FakeClock) -> None:
+    health = make(clock, retries=0)  # max_hints=3
+    a, b = health.nodes
+    health.failed(a, [b"k"])
+    health.stood_in(a, b.index, [b"1", b"2", b"3"])
+    assert a.stand_ins == {b.index: {b"1", b"2", b"3"}}
+    health.stood_in(a, b.index, [b"4"])
+    assert a.stand_ins is None  # every other node is flushed when A is back
+    clock.now += 10
+    assert health.rejoined(a, health.rejoin_request(a)) is None
+    health.stood_in(a, b.index, [b"5"])  # A came back while this write was in flight: B deletes it now
+    assert b.hints == {b"5"} and health.state()["tcp://b:1"] == "rejoining"
