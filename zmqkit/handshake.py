@@ -16,11 +16,11 @@ import itertools
 import logging
 import os
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
+from zmq.utils.monitor import parse_monitor_message
 
 from .errors import AuthenticationFailed
 from .sockets import track_socket
@@ -35,6 +35,7 @@ _FAILED = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH),
 }
 _SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _EVENTS = _SUCCEEDED | sum(_FAILED)
 _MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 _ZAP_STATUS = {300: "temporary ZAP failure", 400: "not allowed", 500: "ZAP internal error"}
@@ -43,14 +44,25 @@ _ids = itertools.count(1)
 
 class HandshakeWatch:
     """The last handshake outcome of each endpoint ``sock`` connects to; make it before connecting, use it and
-    close it in the socket's thread, and close it before the socket."""
+    close it in the socket's thread, and close it before the socket.
 
-    def __init__(self, sock: zmq.Socket) -> None:
+    With ``connections``, it also follows which endpoints are connected now (:attr:`connected`) and calls
+    ``on_event(event, endpoint)`` after each event it reads; a thread that wants each change as it happens
+    polls :attr:`socket` and hands each message to :meth:`take`.
+    """
+
+    def __init__(
+        self,
+        sock: zmq.Socket,
+        *,
+        connections: bool = False,
+        on_event: Callable[[int, str], None] | None = None,
+    ) -> None:
         # A fresh inproc name each time: libzmq frees a closed monitor's name later than the socket's descriptor.
         address = f"inproc://zmqkit-handshake-{os.getpid()}-{next(_ids)}"
         self._curve = int(sock.getsockopt(zmq.MECHANISM)) == int(zmq.CURVE)
         self._monitored = sock
-        sock.monitor(address, _EVENTS)
+        sock.monitor(address, _EVENTS | (_DISCONNECTED if connections else 0))
         # A plain socket on the same libzmq context (asyncio sockets' contexts are shadows of it): it is only
         # ever read without blocking.
         ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
@@ -64,6 +76,25 @@ class HandshakeWatch:
         track_socket(self.socket)
         self._refused: dict[str, str] = {}
         self._warned: set[str] = set()
+        self.connected: set[str] = set()  # endpoints whose handshake succeeded, not disconnected since
+        self._on_event = on_event
+
+    def take(self, frames: list[bytes]) -> None:
+        """Apply one message read from :attr:`socket` (and pass it to ``on_event``)."""
+        event: dict[str, Any] = dict(parse_monitor_message(frames))
+        endpoint = event["endpoint"].decode(errors="replace")
+        kind = int(event["event"])
+        if kind == _SUCCEEDED:
+            self._refused.pop(endpoint, None)
+            self.connected.add(endpoint)
+        elif kind == _DISCONNECTED:
+            self.connected.discard(endpoint)
+        elif kind in _FAILED:
+            why = self._why(kind, int(event["value"]))
+            if why is not None:
+                self._refused[endpoint] = why
+        if self._on_event is not None:
+            self._on_event(kind, endpoint)
 
     def refused(self) -> dict[str, str]:
         """``{endpoint: reason}`` for each endpoint whose last handshake failed (reads what the monitor said)."""
@@ -71,16 +102,10 @@ class HandshakeWatch:
             return self._refused
         while True:
             try:
-                event: dict[str, Any] = dict(recv_monitor_message(self.socket, zmq.NOBLOCK))
+                frames = self.socket.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
                 return self._refused
-            endpoint = event["endpoint"].decode(errors="replace")
-            if event["event"] == _SUCCEEDED:
-                self._refused.pop(endpoint, None)
-            elif event["event"] in _FAILED:
-                why = self._why(int(event["event"]), int(event["value"]))
-                if why is not None:
-                    self._refused[endpoint] = why
+            self.take(frames)
 
     def reason(self, endpoint: str) -> str | None:
         """Why ``endpoint`` refused the handshake, or None if it did not (or has not yet)."""

@@ -5,8 +5,10 @@ Patterns ask for a socket by role (``make_socket("dealer", options)``) and never
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields, replace
@@ -14,6 +16,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import zmq
 import zmq.asyncio
+from zmq.utils.monitor import parse_monitor_message
 
 from .endpoints import parse_endpoint, parse_endpoints
 from .errors import ConfigurationError
@@ -31,6 +34,7 @@ __all__ = [
     "bind",
     "connect",
     "attach",
+    "unbind_all",
     "send_frame",
     "recv_frame",
     "send_frames",
@@ -264,6 +268,32 @@ def connect(sock: zmq.Socket, endpoint: str) -> str:
     except zmq.ZMQError as exc:
         raise ConfigurationError(f"cannot connect to {endpoint!r}: {exc.strerror}") from None
     return target
+
+
+def unbind_all(sock: zmq.Socket, endpoints: Sequence[str], timeout: float = 1.0) -> None:
+    """Unbind ``sock`` from its bound ``endpoints`` and wait (up to ``timeout`` s) until libzmq has closed their
+    listeners, so the addresses can be bound again at once (a closed socket frees them later, in libzmq's
+    reaper). Call it in the socket's thread, just before closing it: it takes over the socket's monitor."""
+    address = f"inproc://zmqkit-unbind-{os.getpid()}-{os.urandom(6).hex()}"
+    sock.monitor(address, zmq.EVENT_CLOSED)
+    ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
+    watch = ctx.socket(zmq.PAIR)
+    try:
+        watch.linger = 0
+        watch.connect(address)
+        bound = [ep for ep in endpoints if not ep.startswith("inproc://")]  # inproc has no listener to wait for
+        for endpoint in endpoints:
+            with contextlib.suppress(zmq.ZMQError):
+                sock.unbind(endpoint)
+        deadline = time.monotonic() + timeout
+        closed = 0
+        while closed < len(bound) and watch.poll(max(0, int((deadline - time.monotonic()) * 1000))):
+            event = parse_monitor_message(watch.recv_multipart())
+            closed += event["event"] == zmq.EVENT_CLOSED
+    finally:
+        with contextlib.suppress(zmq.ZMQError):
+            sock.disable_monitor()
+        watch.close(linger=0)
 
 
 def attach(

@@ -8,7 +8,7 @@ import click
 
 from zmqkit.cli import CurveFlags, MetricsFlags, curve_options, main, metrics_options, stop_signals, wait_until_stopped
 
-from .fabric import ENV_FABRIC, Fabric, FabricServer
+from .fabric import ENV_FABRIC, SETTLE, Fabric, FabricServer
 from .protocol import Entry
 
 __all__ = ["fabric", "services"]
@@ -20,9 +20,31 @@ __all__ = ["fabric", "services"]
     "--misses", default=3.0, show_default=True, type=click.FloatRange(min=1), help="Heartbeats an entry may miss."
 )
 @click.option("--max-entries", default=100_000, show_default=True, type=click.IntRange(min=1), help="Table bound.")
+@click.option(
+    "--beat",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(min=0.01),
+    help="Seconds between the beats that tell members they still hear the fabric.",
+)
+@click.option(
+    "--settle",
+    default=SETTLE,
+    show_default=True,
+    type=click.FloatRange(min=0),
+    help="Seconds after the start during which snapshots wait for reconnecting members to re-announce.",
+)
 @curve_options("server")
 @metrics_options
-def fabric(binds: tuple[str, ...], misses: float, max_entries: int, curve: CurveFlags, metrics: MetricsFlags) -> None:
+def fabric(
+    binds: tuple[str, ...],
+    misses: float,
+    max_entries: int,
+    beat: float,
+    settle: float,
+    curve: CurveFlags,
+    metrics: MetricsFlags,
+) -> None:
     """Run a fabric server until Ctrl-C or SIGTERM: services announce here, clients find them here.
 
     Run two or more (on different hosts) and give every member all their addresses: losing one loses nothing.
@@ -31,7 +53,9 @@ def fabric(binds: tuple[str, ...], misses: float, max_entries: int, curve: Curve
     security = curve.for_server()
     with (
         stop_signals() as stop,
-        FabricServer(list(binds), misses=misses, max_entries=max_entries, curve=security) as server,
+        FabricServer(
+            list(binds), misses=misses, max_entries=max_entries, beat=beat, settle=settle, curve=security
+        ) as server,
         metrics.serving(server, service="fabric"),
     ):
         click.echo(f"fabric on {', '.join(server.endpoints)}", err=True)

@@ -10,7 +10,11 @@ that announces or finds services joins with one :class:`Fabric`: an XSUB socket 
   passes it on to the members that subscribed to its service, as two frames ``[_zk.presence.<service>, JSON]``.
   A member that subscribes gets the matching live entries at once.
 - Each member keeps its own table with the same expiry, so a fabric server that dies loses nothing: the
-  other servers carry the heartbeats, and a member's view outlives a server by design.
+  other servers carry the heartbeats, and a member's view outlives a server by design. A member that hears no
+  fabric server at all (none connected, or no beat: ``[_zk.fabric, seconds]`` every ``beat`` s) expires
+  nothing meanwhile, and gives every entry a fresh window when it hears the fabric again (``hearing.py``).
+- After a restart, announcers re-announce as soon as they reconnect, and a fabric server holds the snapshots
+  it owes for ``settle`` seconds after it starts, so that they are complete.
 
 Pattern objects use two small parts: :class:`Announcer` (what a server, producer, publisher or cache node
 announces: up, maintenance when it leaves, down when it closes) and :class:`Members` (the live instances of one
@@ -31,17 +35,20 @@ from collections import deque
 from collections.abc import Callable, Generator, Sequence
 from typing import Any
 
+import zmq
+
 from zmqkit.checks import check_number
 from zmqkit.endpoints import parse_endpoint, parse_endpoints
 from zmqkit.errors import AuthenticationFailed, Closed, ConfigurationError, ProtocolError, RequestTimeout
 from zmqkit.handshake import HandshakeWatch
 from zmqkit.refusals import Refusals
 from zmqkit.security import Curve
-from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options
+from zmqkit.sockets import SocketOptions, attach, make_socket, resolve_options, unbind_all
 
 from .._background import Background
 from .base import Changes, Watcher, block
 from .beacon import QUERY, BeaconLink, beacon_target, broadcast_addresses, is_beacon
+from .hearing import BEAT_TOPIC, Hearing, parse_beat
 from .protocol import (
     TOPIC_PREFIX,
     Announcements,
@@ -72,8 +79,13 @@ ANNOUNCE = b"ZKA1"  # an upstream announcement frame starts with these bytes (ne
 ENV_FABRIC = "ZMQKIT_FABRIC"
 BEACON_SETTLE = 0.5  # seconds a beacon member waits for the answers to its query before it counts as synced
 BEACON_ANSWERS = 10  # answers to beacon queries a member sends a second at most
+# Seconds a fabric server that has just started holds back its snapshots: members reconnect within libzmq's
+# reconnect backoff (at most 2 s by default: SocketOptions.reconnect_ivl_max_ms) and re-announce at once.
+SETTLE = 2.5
+MAX_HELD = 10_000  # distinct prefixes held while settling; beyond, a subscription is answered at once
 _TOPIC = TOPIC_PREFIX.encode()
 _SUBSCRIBE, _UNSUBSCRIBE = b"\x01", b"\x00"
+_HANDSHAKE_SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
 _WILDCARD_HOSTS = frozenset({"*", "0.0.0.0", "::", ""})
 
 
@@ -166,13 +178,24 @@ class FabricServer:
         *,
         misses: float = 3,
         max_entries: int = 100_000,
+        beat: float = 1.0,
+        settle: float = SETTLE,
         options: SocketOptions | None = None,
         curve: Curve | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``misses``: heartbeats an entry may miss before it expires; ``max_entries`` bounds the table (a
-        flood of made-up announcements costs bounded memory); with ``curve`` only allowed keys can announce."""
+        flood of made-up announcements costs bounded memory); ``beat``: seconds between the beats that tell
+        members they still hear the fabric; ``settle``: seconds after the start during which snapshots are
+        held back, so that members reconnecting after a restart are heard first; with ``curve`` only allowed
+        keys can announce."""
+        self.beat = check_number("beat", beat, above=True)
+        self.settle = check_number("settle", settle)
         self._table = DirectoryTable(misses, clock, max_entries)
+        self._clock = clock
+        self._settled_at = clock() + self.settle
+        self._held: set[bytes] = set()  # prefixes subscribed while settling, answered when it ends
+        self._next_beat = 0.0
         self._xpub = make_socket("xpub", resolve_options(options, curve))  # XPUB_VERBOSER: every subscription
         self._refusals = Refusals()
         self._refusals.watch(self._xpub)  # CURVE keys it turned away, for auth_failures
@@ -180,7 +203,7 @@ class FabricServer:
         self._lock = threading.Lock()
         self.announcements = 0
         self.subscriptions = 0
-        self._background = Background("fabric", {self._xpub: self._on_frames}, tick=self._sweep)
+        self._background = Background("fabric", {self._xpub: self._on_frames}, tick=self._sweep, on_stop=self._unbind)
 
     @property
     def endpoint(self) -> str:
@@ -190,7 +213,13 @@ class FabricServer:
         first = frames[0]
         if len(frames) == 1 and first[:1] == _SUBSCRIBE:
             self.subscriptions += 1
-            self._send_matching(first[1:])
+            prefix = first[1:]
+            if prefix == BEAT_TOPIC:
+                self._send_beat()  # a member that (re)connects learns the beat at once
+            elif self._clock() < self._settled_at and len(self._held) < MAX_HELD:
+                self._held.add(prefix)  # just started: answer once the members that were here have re-announced
+            else:
+                self._send_matching(prefix)
             return
         if len(frames) == 1 and first[:1] == _UNSUBSCRIBE:
             return
@@ -223,10 +252,25 @@ class FabricServer:
         # The end of the snapshot (an empty body on the subscribed prefix): a member now knows what this server knows.
         self._xpub.send_multipart([prefix, b""])
 
+    def _send_beat(self) -> None:
+        self._xpub.send_multipart([BEAT_TOPIC, f"{self.beat:g}".encode()])
+
     def _sweep(self) -> float:
         with self._lock:
             self._table.expire()
-        return 0.1
+        now = self._clock()
+        if self._held and now >= self._settled_at:
+            held, self._held = self._held, set()
+            for prefix in held:
+                self._send_matching(prefix)
+        if now >= self._next_beat:
+            self._next_beat = now + self.beat
+            self._send_beat()
+        return min(0.1, self.beat)
+
+    def _unbind(self) -> None:
+        # Wait for libzmq to close the listeners, so a server started right after on the same port can bind.
+        unbind_all(self._xpub, self.endpoints)
 
     def lookup(self, service: str | None = None) -> list[Entry]:
         """The server's live table (every service when None), up instances first."""
@@ -267,10 +311,20 @@ class FabricServer:
 class _ServerLink:
     """A member's link to fabric servers: one XSUB socket connected to all of them (an XSUB sends to all peers)."""
 
-    def __init__(self, endpoints: Sequence[str], options: SocketOptions | None, curve: Curve | None) -> None:
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        options: SocketOptions | None,
+        curve: Curve | None,
+        on_event: Callable[[int, str], None],
+    ) -> None:
         # Not IMMEDIATE: an announcement made before the connection is up waits for it instead of being lost.
         self.socket = make_socket("xsub", resolve_options(options, curve, immediate=False))
-        self.watch = HandshakeWatch(self.socket)  # read in the thread: which fabric servers refused our keys
+        # Read in the thread: which fabric servers refused our keys, and which are connected now.
+        self.watch = HandshakeWatch(self.socket, connections=True, on_event=on_event)
+        # Every fabric server's beat: while they come, this member knows it hears the fabric (libzmq sends the
+        # subscription to each server as it connects, and again after every reconnect).
+        self.socket.send(_SUBSCRIBE + BEAT_TOPIC)
         try:
             attach(self.socket, None, endpoints, "Fabric")
         except BaseException:
@@ -312,7 +366,10 @@ class Fabric:
         self.endpoints = fabric_endpoints(fabric)
         self.interval = check_number("interval", interval, above=True)
         self._announcements = Announcements(os.urandom(8).hex(), self.interval, clock)
-        self._table = DirectoryTable(misses, clock)
+        # Connections are followed on fabric servers over tcp or ipc; inproc (and beacons) report none.
+        tracked = not is_beacon(self.endpoints) and not any(ep.startswith("inproc://") for ep in self.endpoints)
+        self._hearing = Hearing(clock, tracked=tracked)
+        self._table = DirectoryTable(misses, clock, horizon=self._hearing.horizon)
         self._changes = Changes()
         self._watchers: dict[str, list[Watcher]] = {}
         self._link: _ServerLink | BeaconLink
@@ -321,7 +378,7 @@ class Fabric:
                 raise ConfigurationError("udp:// beacons carry no CURVE: use fabric servers for a secured fabric")
             self._link = BeaconLink(self.endpoints)
         else:
-            self._link = _ServerLink(self.endpoints, options, curve)
+            self._link = _ServerLink(self.endpoints, options, curve, self._on_connection)
         self._refused: dict[str, str] = {}
         self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
         self._synced_topics: set[bytes] = set()  # the subscriptions a snapshot has answered
@@ -331,9 +388,12 @@ class Fabric:
         self._queried = False
         self._references = 0
         self._shared_key: tuple[Any, ...] | None = None
+        handlers: dict[Any, Callable[[list[bytes]], None]] = {self._link.socket: self._on_message}
+        if tracked and isinstance(self._link, _ServerLink):
+            handlers[self._link.watch.socket] = self._link.watch.take  # calls _on_connection
         self._background = Background(
             "fabric-member",
-            {self._link.socket: self._on_message},
+            handlers,
             on_command=self._on_command,
             tick=self._tick,
             on_stop=self._goodbye,
@@ -509,9 +569,19 @@ class Fabric:
             answers = self._answers  # at most BEACON_ANSWERS a second: a flood of queries costs little
             if len(answers) < BEACON_ANSWERS or now - answers[0] >= 1.0:
                 answers.append(now)
-                for _, body in self._announcements.current():
-                    self._link.send(ANNOUNCE + json.dumps(body).encode())
+                self._announce_all()
             return
+        if len(frames) == 2 and frames[0] == BEAT_TOPIC:
+            with self._changes.lock:
+                try:
+                    beat = parse_beat(frames[1])
+                except ValueError as exc:
+                    self._table.reject(exc)
+                    return
+                self._heard(beat)
+            return
+        with self._changes.lock:
+            self._heard(None)
         if len(frames) == 2 and not frames[1] and frames[0].startswith(_TOPIC):
             with self._changes.lock:
                 self.synced += 1
@@ -532,6 +602,28 @@ class Fabric:
                 return
             events = self._table.apply_entry(entry)
         self._publish(events)
+
+    def _heard(self, beat: float | None) -> None:
+        """A message came from the fabric (under the lock): after a silence, every entry gets a fresh window."""
+        if self._hearing.message(beat):
+            self._table.renew()
+
+    def _on_connection(self, event: int, endpoint: str) -> None:
+        """The socket monitor saw a connection to a fabric server come or go, or a handshake refused."""
+        assert isinstance(self._link, _ServerLink)
+        if not self._hearing.tracked:
+            return
+        with self._changes.lock:
+            if self._hearing.connected(len(self._link.watch.connected)):
+                self._table.renew()  # the fabric is back: announcers have a full window to be heard again
+        if event == _HANDSHAKE_SUCCEEDED:
+            # A fabric server (re)connected, maybe a restarted one with an empty table: tell it everything now
+            # rather than at the next heartbeat, so the snapshot it gives new members is complete.
+            self._announce_all()
+
+    def _announce_all(self) -> None:
+        for _, body in self._announcements.current():
+            self._link.send(ANNOUNCE + json.dumps(body).encode())
 
     def _tick(self) -> float:
         if isinstance(self._link, _ServerLink):

@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from zmqkit.checks import check_int
@@ -173,14 +173,23 @@ class DirectoryTable:
     """The live table: entries expire after ``misses`` missed heartbeats; ``down`` removes at once.
 
     ``apply`` and ``expire`` return events ``(kind, entry)``, kind one of added, changed, removed, expired.
+    ``horizon`` (the clock by default) is the time up to which silence counts as missed heartbeats: a fabric
+    member passes the last time it heard a fabric server, so losing the fabric expires nothing.
     """
 
-    def __init__(self, misses: float = 3, clock: Clock = time.monotonic, max_entries: int = 100_000) -> None:
+    def __init__(
+        self,
+        misses: float = 3,
+        clock: Clock = time.monotonic,
+        max_entries: int = 100_000,
+        horizon: Clock | None = None,
+    ) -> None:
         if not isinstance(misses, (int, float)) or isinstance(misses, bool) or misses <= 0:
             raise ConfigurationError(f"bad misses {misses!r}: expected a number of heartbeats > 0")
         self.misses = misses
         self.max_entries = check_int("max_entries", max_entries, 1)
         self._clock = clock
+        self._horizon = horizon or clock
         self._entries: dict[tuple[str, str], Entry] = {}
         self.malformed = 0
         self.refused = 0  # new entries turned away because the table was full
@@ -242,15 +251,22 @@ class DirectoryTable:
             expires_at=now + interval * self.misses,
         )
 
+    def renew(self) -> None:
+        """Give every entry at least a full expiry window from now: after a silence of the fabric, each
+        announcer has that long to be heard again before its entry expires."""
+        now = self._clock()
+        for key, e in self._entries.items():
+            self._entries[key] = replace(e, expires_at=max(e.expires_at, now + e.interval * self.misses))
+
     def expire(self) -> list[tuple[str, Entry]]:
         """Drop the entries whose heartbeats stopped."""
-        now = self._clock()
+        now = self._horizon()
         gone = [key for key, e in self._entries.items() if e.expires_at <= now]
         return [("expired", self._entries.pop(key)) for key in gone]
 
     def lookup(self, service: str | None = None, status: str | None = None) -> list[Entry]:
         """Live entries for ``service`` (all services when None), optionally of one status; up ones first."""
-        now = self._clock()
+        now = self._horizon()
         found = [
             e
             for e in self._entries.values()

@@ -100,3 +100,30 @@ def test_two_fabric_servers_one_host_cut_discovery_goes_on(hosts: Hosts, tmp_pat
     _server(h4, fabrics, tmp_path)
     wait_until(lambda: "h4" in _calls(client)[0], 15, "the server started after the cut found through h2")
     assert _calls(client, 50)[1] == 0
+
+
+@pytest.mark.timeout(120)
+def test_the_only_fabric_servers_host_cut_and_healed_calls_go_on_throughout(hosts: Hosts, tmp_path: Path) -> None:
+    """Cut for longer than the members' expiry (3 missed heartbeats) and than the connections' ZMTP heartbeat
+    timeout: the client, which hears no fabric server, keeps the server it knew; no call fails."""
+    h1, h2 = hosts
+    h3 = hosts.add()
+    fabrics = [_fabric(h1, tmp_path)]
+    _server(h2, fabrics, tmp_path)
+    client = _client(h3, fabrics, tmp_path)
+    wait_until(lambda: _calls(client)[0] == {"h2"}, 15, "the server answering")
+    failures = 0
+
+    def calls_for(seconds: float) -> None:
+        nonlocal failures
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            names, failed = _calls(client, 10)
+            failures += failed
+            assert names == {"h2"}, f"calls answered by {names or 'nobody'}"
+
+    h1.cut()
+    calls_for(3 * INTERVAL * 3 + 6.0)  # past three expiry windows and the 6 s ZMTP heartbeat timeout
+    h1.heal()
+    calls_for(3 * INTERVAL * 3 + 3.0)  # past the fresh window the entry gets when the fabric is heard again
+    assert failures == 0
