@@ -62,16 +62,27 @@ class AuthenticationFailed(ZmqkitError):
     ``endpoint`` is the peer that refused and ``reason`` what libzmq's socket monitor said about it.
     """
 
-    def __init__(self, endpoint: str, reason: str) -> None:
-        super().__init__(
-            f"authentication failed: {endpoint} refused our CURVE handshake: {reason}; check --curve-server /"
-            " --curve-secret / the server's --curve-allow (or the curve= keys in code)"
-        )
+    def __init__(self, endpoint: str, reason: str, *, unsure: bool = False) -> None:
+        """``unsure``: the peer only closed the connection during the handshake, which a server that requires
+        CURVE does to a side without keys, and so does a port that is not ZeroMQ at all."""
+        if unsure:
+            message = (
+                f"authentication failed, or not a ZeroMQ server: {endpoint} closed the connection during the"
+                f" handshake ({reason}); if it requires CURVE, give --curve-server and --curve-secret (or curve="
+                " in code); otherwise check the address"
+            )
+        else:
+            message = (
+                f"authentication failed: {endpoint} refused our CURVE handshake: {reason}; check --curve-server /"
+                " --curve-secret / the server's --curve-allow (or the curve= keys in code)"
+            )
+        super().__init__(message)
         self.endpoint = endpoint
         self.reason = reason
+        self.unsure = unsure
 
-    def __reduce__(self) -> tuple[type, tuple[str, str]]:
-        return (type(self), (self.endpoint, self.reason))
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_authentication_failed, (self.endpoint, self.reason, self.unsure))
 
 
 class Closed(ZmqkitError, RuntimeError):
@@ -80,3 +91,8 @@ class Closed(ZmqkitError, RuntimeError):
 
 class DataError(ZmqkitError, ValueError):
     """Data refused at run time, not a mistake in the code: a value too large, a stored value that is not a number."""
+
+
+def _authentication_failed(endpoint: str, reason: str, unsure: bool) -> AuthenticationFailed:
+    """Unpickle an AuthenticationFailed (its keyword-only ``unsure`` does not fit ``__reduce__``'s arguments)."""
+    return AuthenticationFailed(endpoint, reason, unsure=unsure)

@@ -35,6 +35,7 @@ _FAILED = {
     int(zmq.EVENT_HANDSHAKE_FAILED_AUTH),
 }
 _SUCCEEDED = int(zmq.EVENT_HANDSHAKE_SUCCEEDED)
+_NO_DETAIL = int(zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL)
 _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _EVENTS = _SUCCEEDED | sum(_FAILED)
 _MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
@@ -75,6 +76,7 @@ class HandshakeWatch:
         self.socket.connect(address)
         track_socket(self.socket)
         self._refused: dict[str, str] = {}
+        self._unsure: set[str] = set()  # refused endpoints whose refusal may also be a port that is not ZeroMQ
         self._warned: set[str] = set()
         self.connected: set[str] = set()  # endpoints whose handshake succeeded, not disconnected since
         self._on_event = on_event
@@ -86,13 +88,18 @@ class HandshakeWatch:
         kind = int(event["event"])
         if kind == _SUCCEEDED:
             self._refused.pop(endpoint, None)
+            self._unsure.discard(endpoint)
             self.connected.add(endpoint)
         elif kind == _DISCONNECTED:
             self.connected.discard(endpoint)
         elif kind in _FAILED:
-            why = self._why(kind, int(event["value"]))
-            if why is not None:
-                self._refused[endpoint] = why
+            self._refused[endpoint] = self._why(kind, int(event["value"]))
+            # Without CURVE, a peer that just hangs up is a CURVE server refusing us, or no ZeroMQ server at all
+            # (libzmq reports both the same way, with the same errno): the error says both.
+            if not self._curve and kind == _NO_DETAIL:
+                self._unsure.add(endpoint)
+            else:
+                self._unsure.discard(endpoint)
         if self._on_event is not None:
             self._on_event(kind, endpoint)
 
@@ -116,23 +123,29 @@ class HandshakeWatch:
         for endpoint, reason in self.refused().items():
             if endpoint not in self._warned:
                 self._warned.add(endpoint)
-                log.warning("%s: %s", what, AuthenticationFailed(endpoint, reason))
+                log.warning("%s: %s", what, self.error(endpoint, reason))
 
-    def _why(self, event: int, value: int) -> str | None:
-        """Why a failed handshake was a refusal of our security, or None when it says nothing about it."""
+    def error(self, endpoint: str, reason: str) -> AuthenticationFailed:
+        """The error for ``endpoint``'s refusal, ``reason`` as :meth:`refused` gave it."""
+        return AuthenticationFailed(endpoint, reason, unsure=endpoint in self._unsure)
+
+    @property
+    def unsure(self) -> frozenset[str]:
+        """The refused endpoints that may instead not be ZeroMQ servers (see :class:`AuthenticationFailed`)."""
+        return frozenset(self._unsure)
+
+    def _why(self, event: int, value: int) -> str:
         if event == int(zmq.EVENT_HANDSHAKE_FAILED_AUTH):
             return f"{_ZAP_STATUS.get(value, 'refused')} (ZAP status {value})"
-        if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL) and value == _MISMATCH:
-            if self._curve:
-                return "the peer does not use CURVE (security mechanism mismatch)"
-            return "the peer requires CURVE and this side has no keys (security mechanism mismatch)"
-        if not self._curve:
-            # Without CURVE nothing else is about keys: a peer that is not ZeroMQ (a wrong port, a middlebox that
-            # accepts and closes) ends the handshake too, and is a dead peer to the caller, not a refusal.
-            return None
         if event == int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL):
-            return f"protocol error {value:#x} during the CURVE handshake"
-        return "the peer could not read our CURVE hello (wrong server public key?)"
+            if value == _MISMATCH:
+                if self._curve:
+                    return "the peer does not use CURVE (security mechanism mismatch)"
+                return "the peer requires CURVE and this side has no keys (security mechanism mismatch)"
+            return f"protocol error {value:#x} during the handshake"
+        if self._curve:
+            return "the peer could not read our CURVE hello (wrong server public key?)"
+        return f"errno {value}"
 
     def close(self, linger: int = 0) -> None:
         """Stop the monitor, then close its reader. Close the watch before the socket it watches: an event
@@ -148,7 +161,8 @@ def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> Authen
     """An AuthenticationFailed for the first endpoint among ``watches`` that refused us; with ``every``, only if
     each watch saw a refusal (so a client with another server to try does not give up early)."""
     refused: dict[str, str] = {}
-    for watch in watches:
+    watches_list = list(watches)
+    for watch in watches_list:
         seen = watch.refused()
         if every and not seen:
             return None
@@ -156,7 +170,7 @@ def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> Authen
     if not refused:
         return None
     endpoint, reason = next(iter(refused.items()))
-    return AuthenticationFailed(endpoint, reason)
+    return next(w for w in watches_list if endpoint in w.refused()).error(endpoint, reason)
 
 
 def wait_writable(sock: zmq.Socket, watch: HandshakeWatch, timeout_ms: int) -> bool:

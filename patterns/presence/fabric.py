@@ -380,6 +380,7 @@ class Fabric:
         else:
             self._link = _ServerLink(self.endpoints, options, curve, self._on_connection)
         self._refused: dict[str, str] = {}
+        self._refused_unsure: frozenset[str] = frozenset()
         self.synced = 0  # snapshots received (a fabric server sends one for each subscription)
         self._synced_topics: set[bytes] = set()  # the subscriptions a snapshot has answered
         self._started = clock()
@@ -417,7 +418,9 @@ class Fabric:
         if not refused or len(refused) < len(self.endpoints):
             return None
         endpoint, reason = next(iter(refused.items()))
-        return AuthenticationFailed(endpoint, reason)
+        with self._changes.lock:
+            unsure = endpoint in self._refused_unsure
+        return AuthenticationFailed(endpoint, reason, unsure=unsure)
 
     @property
     def node(self) -> str:
@@ -632,6 +635,7 @@ class Fabric:
                 self._link.watch.warn_new("fabric member")
                 with self._changes.lock:
                     changed, self._refused = refused != self._refused, dict(refused)
+                    self._refused_unsure = self._link.watch.unsure
                 if changed:
                     self._changes.notify()  # a wait for the fabric ends at once when every server refused us
         elif not self.synced:
