@@ -160,17 +160,15 @@ class HandshakeWatch:
 def refusal(watches: Iterable[HandshakeWatch], *, every: bool = False) -> AuthenticationFailed | None:
     """An AuthenticationFailed for the first endpoint among ``watches`` that refused us; with ``every``, only if
     each watch saw a refusal (so a client with another server to try does not give up early)."""
-    refused: dict[str, str] = {}
-    watches_list = list(watches)
-    for watch in watches_list:
+    first: AuthenticationFailed | None = None
+    for watch in watches:
         seen = watch.refused()
         if every and not seen:
             return None
-        refused.update(seen)
-    if not refused:
-        return None
-    endpoint, reason = next(iter(refused.items()))
-    return next(w for w in watches_list if endpoint in w.refused()).error(endpoint, reason)
+        if first is None and seen:
+            endpoint, reason = next(iter(seen.items()))
+            first = watch.error(endpoint, reason)
+    return first
 
 
 def wait_writable(sock: zmq.Socket, watch: HandshakeWatch, timeout_ms: int) -> bool:
