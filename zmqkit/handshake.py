@@ -12,9 +12,7 @@ connect), and asks it only where it would give up on a peer, so a healthy round 
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -23,7 +21,7 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from .errors import AuthenticationFailed
-from .sockets import track_socket
+from .sockets import monitor_reader, track_socket
 
 __all__ = ["HandshakeWatch", "refusal", "wait_writable"]
 
@@ -40,7 +38,6 @@ _DISCONNECTED = int(zmq.EVENT_DISCONNECTED)
 _EVENTS = _SUCCEEDED | sum(_FAILED)
 _MISMATCH = int(zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH)
 _ZAP_STATUS = {300: "temporary ZAP failure", 400: "not allowed", 500: "ZAP internal error"}
-_ids = itertools.count(1)
 
 
 class HandshakeWatch:
@@ -59,21 +56,10 @@ class HandshakeWatch:
         connections: bool = False,
         on_event: Callable[[int, str], None] | None = None,
     ) -> None:
-        # A fresh inproc name each time: libzmq frees a closed monitor's name later than the socket's descriptor.
-        address = f"inproc://zmqkit-handshake-{os.getpid()}-{next(_ids)}"
         self._curve = int(sock.getsockopt(zmq.MECHANISM)) == int(zmq.CURVE)
         self._monitored = sock
-        sock.monitor(address, _EVENTS | (_DISCONNECTED if connections else 0))
-        # A plain socket on the same libzmq context (asyncio sockets' contexts are shadows of it): it is only
-        # ever read without blocking.
-        ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
-        self.socket: zmq.Socket = ctx.socket(zmq.PAIR)
-        self.socket.linger = 0
-        # libzmq's I/O thread sends each event with a blocking send on the monitor's PAIR: a full pipe would stop
-        # the whole context. No receive limit on our side makes the inproc pipe unbounded (events are a few bytes,
-        # one per handshake, and are read whenever a peer is silent).
-        self.socket.rcvhwm = 0
-        self.socket.connect(address)
+        # Only ever read without blocking, whenever a peer is silent.
+        self.socket = monitor_reader(sock, _EVENTS | (_DISCONNECTED if connections else 0), "handshake")
         track_socket(self.socket)
         self._refused: dict[str, str] = {}
         self._unsure: set[str] = set()  # refused endpoints whose refusal may also be a port that is not ZeroMQ

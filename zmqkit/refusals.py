@@ -13,7 +13,6 @@ added to the message path.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import os
 import threading
@@ -22,6 +21,8 @@ from typing import Any
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from .sockets import monitor_reader
+
 __all__ = ["Refusals"]
 
 log = logging.getLogger(__name__)
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 _REFUSED = {int(zmq.EVENT_HANDSHAKE_FAILED_AUTH), int(zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL)}
 _STOPPED = int(zmq.EVENT_MONITOR_STOPPED)
 _EVENTS = sum(_REFUSED) | _STOPPED
-_ids = itertools.count(1)
 
 
 class Refusals:
@@ -58,15 +58,9 @@ class _Watcher:
         self._wake: zmq.Socket | None = None
 
     def add(self, sock: zmq.Socket, refusals: Refusals) -> None:
-        address = f"inproc://zmqkit-refusals-{os.getpid()}-{next(_ids)}"
-        sock.monitor(address, _EVENTS)
-        # The reader is a plain socket on the monitored one's libzmq context (inproc needs the same context);
-        # it connects now, so no event is missed, and belongs to the thread from the moment it is handed over.
-        ctx: zmq.Context = zmq.Context.shadow(sock.context.underlying)
-        reader = ctx.socket(zmq.PAIR)
-        reader.linger = 0
-        reader.rcvhwm = 0  # libzmq's I/O thread blocks on a full monitor pipe: never let this one fill
-        reader.connect(address)
+        # Connected now, so no event is missed; it belongs to the thread from the moment it is handed over.
+        reader = monitor_reader(sock, _EVENTS, "refusals")
+        ctx = reader.context
         with self._lock:
             if self._pid != os.getpid():
                 self._start(ctx)

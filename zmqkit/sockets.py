@@ -6,6 +6,7 @@ Patterns ask for a socket by role (``make_socket("dealer", options)``) and never
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import threading
 import time
@@ -35,6 +36,7 @@ __all__ = [
     "connect",
     "attach",
     "unbind_all",
+    "monitor_reader",
     "send_frame",
     "recv_frame",
     "send_frames",
@@ -270,17 +272,34 @@ def connect(sock: zmq.Socket, endpoint: str) -> str:
     return target
 
 
+_monitor_ids = itertools.count(1)
+
+
+def monitor_reader(sock: zmq.Socket, events: int, purpose: str) -> zmq.Socket:
+    """Start ``sock``'s socket monitor for ``events`` and return the PAIR that reads them: a plain socket on the
+    same libzmq context (asyncio sockets' contexts are shadows of it), never to be read blocking by asyncio.
+
+    Stop the monitor (``sock.disable_monitor()``) before closing the reader: libzmq's I/O thread sends each
+    event with a blocking send, and a send to a reader that is gone, or full, stops the whole context. For the
+    same reason the reader has no receive limit (events are a few bytes each).
+    """
+    # A fresh inproc name each time: libzmq frees a closed monitor's name later than the socket's descriptor.
+    address = f"inproc://zmqkit-{purpose}-{os.getpid()}-{next(_monitor_ids)}"
+    sock.monitor(address, events)
+    ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
+    reader: zmq.Socket = ctx.socket(zmq.PAIR)
+    reader.linger = 0
+    reader.rcvhwm = 0
+    reader.connect(address)
+    return reader
+
+
 def unbind_all(sock: zmq.Socket, endpoints: Sequence[str], timeout: float = 1.0) -> None:
     """Unbind ``sock`` from its bound ``endpoints`` and wait (up to ``timeout`` s) until libzmq has closed their
     listeners, so the addresses can be bound again at once (a closed socket frees them later, in libzmq's
     reaper). Call it in the socket's thread, just before closing it: it takes over the socket's monitor."""
-    address = f"inproc://zmqkit-unbind-{os.getpid()}-{os.urandom(6).hex()}"
-    sock.monitor(address, zmq.EVENT_CLOSED)
-    ctx = sock.context if type(sock.context) is zmq.Context else zmq.Context.shadow(sock.context.underlying)
-    watch = ctx.socket(zmq.PAIR)
+    watch = monitor_reader(sock, zmq.EVENT_CLOSED, "unbind")
     try:
-        watch.linger = 0
-        watch.connect(address)
         bound = [ep for ep in endpoints if not ep.startswith("inproc://")]  # inproc has no listener to wait for
         for endpoint in endpoints:
             with contextlib.suppress(zmq.ZMQError):

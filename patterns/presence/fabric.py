@@ -414,13 +414,12 @@ class Fabric:
     def refusal(self) -> AuthenticationFailed | None:
         """What to raise instead of "nothing found" when every fabric server refused this member's CURVE
         handshake; None while any of them takes it."""
-        refused = self.refused()
-        if not refused or len(refused) < len(self.endpoints):
-            return None
-        endpoint, reason = next(iter(refused.items()))
         with self._changes.lock:
-            unsure = endpoint in self._refused_unsure
-        return AuthenticationFailed(endpoint, reason, unsure=unsure)
+            refused, unsure = self._refused, self._refused_unsure
+            if not refused or len(refused) < len(self.endpoints):
+                return None
+            endpoint, reason = next(iter(refused.items()))
+        return AuthenticationFailed(endpoint, reason, unsure=endpoint in unsure)
 
     @property
     def node(self) -> str:
