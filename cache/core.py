@@ -24,7 +24,9 @@ hinted for it, and its return is a rejoin like a dead node's. What was written i
 recorded per node that took it (:meth:`ClientCore._stood_in`); once the node has rejoined, those nodes delete
 it before they serve again (:meth:`ClientCore._displaced`), so no later leave exposes it. A node new to the
 client after the client's first write is flushed before it serves: it may hold copies older than this client's
-writes.
+writes. It is also *late*: the nodes it took keys from keep this client's older copies of them, so the keys
+written to it are recorded until its first leave, and the nodes that would serve them in its place delete them
+before they next serve (:meth:`ClientCore._release_late`): when it leaves, or in batches of ``max_hints``.
 """
 
 from __future__ import annotations
@@ -225,13 +227,15 @@ class ClientCore:
             if version == self.applied:
                 return
             up = sorted(ep for ep, status in statuses.items() if status == "up")
-            added = self.health.follow(up, suspect_new=self.wrote)
+            added, released = self.health.follow(up, suspect_new=self.wrote)
             if added:
                 self.endpoints.extend(node.endpoint for node in added)
                 self.known_ring = HashRing(self.endpoints, vnodes=self.vnodes)
             self.ring = HashRing(up, vnodes=self.vnodes)
             self.req_gets = {}  # routes of the old ring
             self.applied = version
+            for node, keys in released:
+                self._release_late(node, keys)
         if added:
             self._nodes_added()
 
@@ -377,6 +381,8 @@ class ClientCore:
                 calls = [self._call(index, *build(items), items) for index, items in groups.items()]
             if hinted:
                 self._stood_in(calls, hinted, keys)
+            if write and health.late:
+                self._wrote_late(calls, keys)
             if answered is not None and len(calls) == 1 and calls[0].node == answered[0]:
                 replies = {} if answered[1] is None else {calls[0].rid: answered[1]}
             else:
@@ -448,6 +454,8 @@ class ClientCore:
                 calls.append(self._call(index, command, args, items))
             if hinted:
                 self._stood_in(calls, hinted, keys)
+            if write and health.late:
+                self._wrote_late(calls, keys)
             replies = yield Batch(calls, wait)
             pending = []
             # A returning node serves only after its invalidation went through (it ran first: same connection).
@@ -517,6 +525,43 @@ class ClientCore:
         for (node, target), stood in written.items():
             self.health.stood_in(node, target, stood)
 
+    def _wrote_late(self, calls: list[Call], keys: list[bytes]) -> None:
+        """Record the keys written to late nodes (see the module docstring); release a batch when one is due."""
+        nodes = self.health.nodes
+        for call in calls:
+            node = nodes[call.node]
+            if node.late and not call.rejoin:
+                batch = self.health.wrote_late(node, [keys[i] for i in call.items])
+                if batch:
+                    self._release_late(node, batch)
+
+    def _release_late(self, late: NodeHealth, keys: list[bytes] | None) -> None:
+        """``keys`` were written to ``late``: each node that would serve one of them in its place (it may keep
+        this client's copy from before ``late`` joined) deletes it before it next serves; so does each node off
+        the ring or dead before that one (it may own the key again). The nodes that take the writes with it
+        (``replicas``) keep theirs. With ``None`` (not listed), every other node is flushed."""
+        health = self.health
+        if keys is None:
+            health.flush_others(late)
+            return
+        by_endpoint, replicas = health.by_endpoint, self.replicas
+        stale: dict[NodeHealth, list[bytes]] = {}
+        for key in keys:
+            owners = 1  # late itself
+            for endpoint in self.known_ring.iter_nodes(key):
+                node = by_endpoint[endpoint]
+                if node is late:
+                    continue
+                up = not node.away and node.dead_until is None
+                if up and owners < replicas:
+                    owners += 1  # it takes the writes too
+                    continue
+                stale.setdefault(node, []).append(key)
+                if up:
+                    break
+        for node, held in stale.items():
+            health.stale(node, held)
+
     def _displaced(self, back: NodeHealth, stand_ins: dict[int, set[bytes]] | None) -> None:
         """``back`` serves again: the copies written in its place (``stand_ins``, from ``Health.rejoined``) go
         stale once the client writes those keys to it, and would be read if it left again. Each node holding
@@ -524,9 +569,7 @@ class ClientCore:
         it too); with ``None`` (too many to list), every other node is flushed."""
         health = self.health
         if stand_ins is None:
-            for node in health.nodes:
-                if node is not back:
-                    health.stale(node, None)
+            health.flush_others(back)
             return
         for index, stood in stand_ins.items():
             node = health.nodes[index]

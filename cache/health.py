@@ -10,6 +10,11 @@ and would serve them if the node left again (after newer writes to it). So a nod
 stood in for it, the keys written there (:meth:`Health.stood_in`); when it is alive again, :meth:`Health.rejoined`
 hands them back, and those nodes are made to delete them before they serve again (:meth:`Health.stale`).
 
+A node new to the client after its first write is *late*: the nodes it took keys from keep this client's older
+copies of them. Until its first leave, the keys written to it are recorded (:meth:`Health.wrote_late`) and
+handed back when it leaves, or in batches of ``max_hints`` while it stays; the client makes the nodes that would
+serve them in its place delete them (:meth:`Health.stale`). After its first leave, the records above cover it.
+
 >>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
 >>> node = health.nodes[0]
 >>> health.failed(node, [b"k"]), health.failed(node, [b"k"])     # a retry, then dead; b"k" is hinted
@@ -32,7 +37,19 @@ log = logging.getLogger(__name__)
 class NodeHealth:
     """One node: consecutive missed answers, when it may be tried again, and its hints."""
 
-    __slots__ = ("away", "dead_until", "endpoint", "failures", "flush", "hints", "index", "stand_ins", "stood")
+    __slots__ = (
+        "away",
+        "dead_until",
+        "endpoint",
+        "failures",
+        "flush",
+        "hints",
+        "index",
+        "late",
+        "late_keys",
+        "stand_ins",
+        "stood",
+    )
 
     def __init__(self, index: int, endpoint: str) -> None:
         self.index = index
@@ -45,6 +62,9 @@ class NodeHealth:
         # Keys written to other nodes in its place, {node index: keys} (None: too many to list); stood: how many.
         self.stand_ins: dict[int, set[bytes]] | None = {}
         self.stood = 0
+        # New after the client's first write, and not away since: keys written to it (see the module docstring).
+        self.late = False
+        self.late_keys: set[bytes] = set()
 
 
 class Health:
@@ -61,16 +81,21 @@ class Health:
         self.clock = clock
         self.healthy = True  # no node is dead or rejoining: callers may take their short path
         self.away: list[NodeHealth] = []  # nodes off the ring (membership): writes hint them
+        self.late = False  # some node is late: writes to it are recorded
         self._lock = threading.Lock()
 
-    def follow(self, up: list[str], suspect_new: bool) -> list[NodeHealth]:
+    def follow(
+        self, up: list[str], suspect_new: bool
+    ) -> tuple[list[NodeHealth], list[tuple[NodeHealth, list[bytes] | None]]]:
         """Apply membership: ``up`` are the endpoints on the ring now; the others are away. Returns the nodes
-        new to this client. With ``suspect_new`` (this client has written), a new node is flushed before it
+        new to this client, and each late node that left with the keys written to it (None: not listed, with
+        ``max_hints=0``). With ``suspect_new`` (this client has written), a new node is flushed before it
         serves: it may hold copies older than this client's writes (it may be one that was away before this
-        client started)."""
+        client started); it is late."""
         with self._lock:
             now = self.clock()
             added = []
+            released: list[tuple[NodeHealth, list[bytes] | None]] = []
             for endpoint in up:
                 node = self.by_endpoint.get(endpoint)
                 if node is None:
@@ -81,6 +106,7 @@ class Health:
                     if suspect_new:
                         node.flush = True
                         node.dead_until = now  # usable at once, through a rejoin
+                        node.late = True
                 elif node.away:
                     node.away = False
                     if node.flush or node.hints or node.stand_ins != {}:
@@ -92,9 +118,13 @@ class Health:
                     node.away = True
                     node.dead_until = None
                     node.failures = 0
+                    if node.late:
+                        released.append((node, list(node.late_keys) if self.max_hints else None))
+                        node.late, node.late_keys = False, set()
             self.away = [n for n in self.nodes if n.away]
+            self.late = any(n.late for n in self.nodes)
             self.healthy = bool(up) and all(n.dead_until is None for n in self.nodes)
-            return added
+            return added, released
 
     @staticmethod
     def usable(node: NodeHealth, now: float) -> bool:
@@ -131,6 +161,21 @@ class Health:
             if node.stood > self.max_hints:
                 node.stand_ins = None
 
+    def wrote_late(self, node: NodeHealth, keys: list[bytes]) -> list[bytes] | None:
+        """``keys`` are written to ``node``, late (see the module docstring). Returns the keys whose older copies
+        elsewhere must be deleted now: all of them when ``node`` left while this write was in flight (its leave
+        has been handled already), a batch when its list reached ``max_hints``; else None."""
+        with self._lock:
+            if not node.late:
+                return keys
+            if not self.max_hints:
+                return None  # not listed: every other node is flushed when it leaves
+            node.late_keys.update(keys)
+            if len(node.late_keys) < self.max_hints:
+                return None
+            batch, node.late_keys = list(node.late_keys), set()
+            return batch
+
     def stale(self, node: NodeHealth, keys: list[bytes] | None) -> None:
         """``node`` may hold copies of ``keys`` (None: of anything) older than this client's writes: it deletes
         them (flushes) before it serves again."""
@@ -151,6 +196,13 @@ class Health:
         if node.dead_until is None:
             node.dead_until = self.clock()  # usable at once, but through a rejoin
         self.healthy = False
+
+    def flush_others(self, node: NodeHealth) -> None:
+        """Every node but ``node`` may hold copies older than this client's writes, which keys unknown: each is
+        flushed before it serves again."""
+        for other in self.nodes:
+            if other is not node:
+                self.stale(other, None)
 
     def failed(self, node: NodeHealth, keys: list[bytes]) -> bool:
         """Count a missed answer (to a write of ``keys``); after ``retries`` misses the node is dead for

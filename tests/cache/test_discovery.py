@@ -281,6 +281,121 @@ def test_a_node_that_leaves_twice_leaves_no_stale_copy_on_the_node_that_stood_in
             comings.close()
 
 
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    "max_hints", [10_000, 100, 3, 0], ids=["listed", "released-early", "overflow-flush", "unlisted-flush"]
+)
+@pytest.mark.parametrize("away", ["maintenance", "expiry"])
+def test_a_node_new_after_the_first_write_leaves_no_stale_copy_on_the_node_it_took_keys_from(
+    fabric: Fabric, away: str, max_hints: int, tmp_path: Any
+) -> None:
+    """Y owns every key and holds the client's first writes; N, new to the client, joins and takes some of
+    them; the client writes those to N; when N leaves, they are read on Y again, which must not serve the
+    copies it kept from before N joined. With max_hints=100, N's list is released in batches while N stays (Y
+    deletes them the next time the client calls it); with 3, Y's own list overflows: Y is flushed; with 0 there
+    are no lists: Y is flushed when N leaves."""
+    with CacheNode() as n, CacheNode(announce="cache", fabric=fabric) as y:
+        n.start()
+        y.start()
+        assert n.endpoint is not None and y.endpoint is not None
+        with CacheClient(service="cache", fabric=fabric, max_hints=max_hints) as client:
+            wait_until(lambda: on_ring(client, y.endpoint), 3.0, "Y on the ring")
+            assert client.set_many({key: "before N" for key in KEYS}) == []  # all on Y
+            comings = Comings(fabric, n.endpoint, away, tmp_path)
+            try:
+                wait_until(lambda: on_ring(client, n.endpoint), 5.0, "N on the ring")
+                taken = owned_by(client, n.endpoint)
+                others = [key for key in KEYS if key not in set(taken)]
+                for start in range(0, len(taken), 50):
+                    assert client.set_many({key: "on N" for key in taken[start : start + 50]}) == []
+                    assert client.get(others[0]) in ("before N", None)  # a call to Y: it deletes what was released
+                assert client.set(taken[0], "on N")  # the one-key path too
+                with CacheClient([y.endpoint]) as direct:  # Y still holds the older copies (unless released)
+                    held = direct.get_many(taken)
+                assert set(held.values()) <= {"before N"}
+                if max_hints == 10_000:
+                    assert len(held) == len(taken)  # the case this test is about is really set up
+                elif max_hints == 100:
+                    assert len(held) < len(taken)  # released in batches of 100 (the rest when N leaves)
+                comings.away()
+                wait_until(lambda: not on_ring(client, n.endpoint), 5.0, f"N off the ring ({away})")
+                assert client.get(taken[0]) in ("on N", None), "a stale read through the one-key path"
+                values = client.get_many(taken)
+                stale = [key for key, value in values.items() if value != "on N"]
+                assert not stale, f"{len(stale)} stale reads, e.g. {values[stale[0]]!r}"
+                kept = client.get_many(others)
+                if max_hints >= 100:  # listed or released early: only N's keys were deleted on Y
+                    assert kept == {key: "before N" for key in others}
+                assert set(kept.values()) <= {"before N"}
+            finally:
+                comings.close()
+
+
+def test_with_replicas_a_late_nodes_leave_deletes_the_old_copy_and_keeps_the_other_replica(fabric: Fabric) -> None:
+    """replicas=2, keys whose order is N, X, Z: first written to X and Z; N, new to the client, joins and the
+    keys go to N and X; when N leaves they go to X and Z again: X keeps its current copy, Z deletes its older
+    one, so with X gone too, Z serves a miss, never the older value."""
+    with (
+        CacheNode() as n,
+        CacheNode() as x,
+        CacheNode(announce="cache", fabric=fabric) as z,
+    ):
+        for node in (n, x, z):
+            node.start()
+        assert n.endpoint is not None and x.endpoint is not None and z.endpoint is not None
+        ax = Announcer(fabric, "cache", [x.endpoint])
+        an: Announcer | None = None
+        try:
+            with CacheClient(service="cache", fabric=fabric, replicas=2) as client:
+                wait_until(lambda: on_ring(client, x.endpoint), 3.0, "X on the ring")
+                assert client.set_many({key: "before N" for key in KEYS}) == []  # every key on X and Z
+                an = Announcer(fabric, "cache", [n.endpoint])
+                wait_until(lambda: on_ring(client, n.endpoint), 3.0, "N on the ring")
+                order = [n.endpoint, x.endpoint, z.endpoint]
+                keys = [k for k in KEYS if list(client.ring.iter_nodes(client.key_bytes(k))) == order]
+                assert keys, "no key ordered N, X, Z"
+                assert client.set_many({key: "on N" for key in keys}) == []  # on N and X
+                an.maintenance()
+                wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
+                assert client.get_many(keys) == {key: "on N" for key in keys}  # from X, which kept its copy
+                ax.maintenance()
+                wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "only Z on the ring")
+                values = client.get_many(keys)
+                stale = [key for key, value in values.items() if value != "on N"]
+                assert not stale, f"{len(stale)} stale reads from Z"
+        finally:
+            ax.close()
+            if an is not None:
+                an.close()
+
+
+def test_the_asyncio_client_reads_no_stale_copy_when_a_late_node_leaves(fabric: Fabric) -> None:
+    """The late node's case through the asyncio client (the logic is the core's; this drives it from asyncio)."""
+
+    async def scenario(n: CacheNode, y: CacheNode) -> None:
+        assert n.endpoint is not None and y.endpoint is not None
+        async with AsyncCacheClient(service="cache", fabric=fabric) as client:
+            wait_until(lambda: on_ring(client, y.endpoint), 3.0, "Y on the ring")
+            assert await client.set_many({key: "before N" for key in KEYS}) == []
+            announcer = Announcer(fabric, "cache", [n.endpoint])
+            try:
+                wait_until(lambda: on_ring(client, n.endpoint), 3.0, "N on the ring")
+                taken = owned_by(client, n.endpoint)
+                await asyncio.gather(*(client.set(key, "on N") for key in taken))
+                announcer.maintenance()
+                wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
+                values = await asyncio.gather(*(client.get(key) for key in taken))
+                stale = [value for value in values if value not in ("on N", None)]
+                assert not stale, f"{len(stale)} stale reads"
+            finally:
+                announcer.close()
+
+    with CacheNode() as n, CacheNode(announce="cache", fabric=fabric) as y:
+        n.start()
+        y.start()
+        asyncio.run(scenario(n, y))
+
+
 def test_with_replicas_the_copy_written_in_a_returning_nodes_place_is_never_read(fabric: Fabric) -> None:
     """replicas=2, keys whose order is X, Y, Z: while X is away they go to Y and Z; X returns and the keys go to
     X and Y again, so Z's copies go stale; when X and Y both leave, Z must not serve them."""

@@ -81,3 +81,29 @@ def test_too_many_copies_to_list_become_unknown_and_a_late_one_is_stale_at_once(
     assert health.rejoined(a, health.rejoin_request(a)) is None
     health.stood_in(a, b.index, [b"5"])  # A came back while this write was in flight: B deletes it now
     assert b.hints == {b"5"} and health.state()["tcp://b:1"] == "rejoining"
+
+
+def test_a_node_new_after_the_first_write_is_late_until_it_leaves(clock: FakeClock) -> None:
+    health = make(clock)  # max_hints=3
+    added, released = health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=True)
+    (c,) = added
+    assert c.late and health.late and released == []
+    assert health.wrote_late(c, [b"1", b"2"]) is None  # listed
+    assert sorted(health.wrote_late(c, [b"2", b"3"]) or []) == [b"1", b"2", b"3"]  # the list is full: a batch
+    assert c.late_keys == set()
+    assert health.wrote_late(c, [b"4"]) is None
+    _, released = health.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)
+    assert released == [(c, [b"4"])] and not c.late and not health.late
+    assert health.wrote_late(c, [b"5"]) == [b"5"]  # written while it left: released at once
+    health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=True)
+    assert not c.late  # back from away: the records of writes made in its place cover it now
+
+
+def test_a_node_new_before_the_first_write_is_not_late_and_max_hints_0_lists_nothing(clock: FakeClock) -> None:
+    health = make(clock)
+    (c,) = health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=False)[0]
+    assert not c.late and not health.late
+    unlisted = make(clock, max_hints=0)
+    (d,) = unlisted.follow(["tcp://a:1", "tcp://b:1", "tcp://d:1"], suspect_new=True)[0]
+    assert unlisted.wrote_late(d, [b"1"]) is None and d.late_keys == set()
+    assert unlisted.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)[1] == [(d, None)]  # flush the others
