@@ -32,7 +32,8 @@ __all__ = ["fabric", "services"]
     default=SETTLE,
     show_default=True,
     type=click.FloatRange(min=0),
-    help="Seconds after the start during which snapshots wait for reconnecting members to re-announce.",
+    help="Seconds after the start (or after a silence in which every entry expired) during which snapshots wait"
+    " for the members to re-announce.",
 )
 @curve_options("server")
 @metrics_options

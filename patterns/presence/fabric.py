@@ -14,7 +14,8 @@ that announces or finds services joins with one :class:`Fabric`: an XSUB socket 
   fabric server at all (none connected, or no beat: ``[_zk.fabric, seconds]`` every ``beat`` s) expires
   nothing meanwhile, and gives every entry a fresh window when it hears the fabric again (``hearing.py``).
 - After a restart, announcers re-announce as soon as they reconnect, and a fabric server holds the snapshots
-  it owes for ``settle`` seconds after it starts, so that they are complete.
+  it owes for ``settle`` seconds after it starts, so that they are complete. It does the same when it hears an
+  announcement after a silence in which every entry it held expired (its host was cut off, then healed).
 
 Pattern objects use two small parts: :class:`Announcer` (what a server, producer, publisher or cache node
 announces: up, maintenance when it leaves, down when it closes) and :class:`Members` (the live instances of one
@@ -186,15 +187,16 @@ class FabricServer:
     ) -> None:
         """``misses``: heartbeats an entry may miss before it expires; ``max_entries`` bounds the table (a
         flood of made-up announcements costs bounded memory); ``beat``: seconds between the beats that tell
-        members they still hear the fabric; ``settle``: seconds after the start during which snapshots are
-        held back, so that members reconnecting after a restart are heard first; with ``curve`` only allowed
-        keys can announce."""
+        members they still hear the fabric; ``settle``: seconds after the start (and after a silence in which
+        every entry expired) during which snapshots are held back, so that members reconnecting after a restart
+        are heard first; with ``curve`` only allowed keys can announce."""
         self.beat = check_number("beat", beat, above=True)
         self.settle = check_number("settle", settle)
         self._table = DirectoryTable(misses, clock, max_entries)
         self._clock = clock
         self._settled_at = clock() + self.settle
         self._held: set[bytes] = set()  # prefixes subscribed while settling, answered when it ends
+        self._silent_after: float | None = None  # when every entry taken so far will have expired unheard
         self._next_beat = 0.0
         self._xpub = make_socket("xpub", resolve_options(options, curve))  # XPUB_VERBOSER: every subscription
         self._refusals = Refusals()
@@ -235,8 +237,19 @@ class FabricServer:
             if entry.status != "down" and not self._table.holds(entry):
                 return  # refused: the table is full
             self.announcements += 1
+            self._settle_after_silence(entry)
         # Heartbeats are passed on too: they keep every member's copy of the entry alive.
         self._send(entry)
+
+    def _settle_after_silence(self, entry: Entry) -> None:
+        """If this is the first announcement heard after every entry expired unheard (this server was cut off),
+        the members it lost come back over the next heartbeats: settle again, as after a start."""
+        now = self._clock()
+        if self._silent_after is not None and now >= self._silent_after:
+            self._settled_at = max(self._settled_at, now + self.settle)
+            log.info("fabric server heard nobody for a whole expiry window; holding snapshots for %gs", self.settle)
+        if entry.status != "down":
+            self._silent_after = max(self._silent_after or 0.0, entry.expires_at)
 
     def _send(self, entry: Entry) -> None:
         topic = (TOPIC_PREFIX + entry.service).encode()

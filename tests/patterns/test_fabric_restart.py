@@ -190,3 +190,65 @@ def test_a_closed_fabric_server_frees_its_port_at_once() -> None:
         endpoint = first.endpoint
         first.close()
         FabricServer(endpoint, settle=0).close()
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.mark.timeout(30)
+def test_a_fabric_server_that_heard_nobody_for_a_whole_window_settles_again_before_answering(
+    zmq_ctx: zmq.Context,
+) -> None:
+    """Its host cut off and healed: every entry expired unheard. The first announcement heard again starts a
+    new settle, so a member subscribing right then gets every member that comes back, not only the first."""
+    clock = _Clock()
+    with FabricServer("tcp://127.0.0.1:0", settle=1.0, clock=clock) as server:
+        announcer = zmq_ctx.socket(zmq.XSUB)
+        announcer.linger = 0
+        announcer.connect(server.endpoint)
+
+        def announce(endpoint: str) -> None:
+            body = {"service": "jobs", "endpoint": endpoint, "status": "up", "interval": 1, "node": "raw"}
+            announcer.send(ANNOUNCE + json.dumps(body).encode())
+
+        def listed() -> list[str]:
+            return [entry.endpoint for entry in server.lookup("jobs")]
+
+        a, b = "tcp://10.9.6.1:1", "tcp://10.9.6.2:1"
+        clock.now += 2  # past the start's own settle
+        announce(a)
+        announce(b)
+        wait_until(lambda: listed() == [a, b], 5, "both announced")
+        clock.now += 10  # the cut: three missed heartbeats and more, nothing heard
+        assert listed() == []
+        announce(a)  # healed: A is heard first
+        wait_until(lambda: listed() == [a], 5, "A heard again")
+        subscriptions = server.stats()["subscriptions"]
+        member = zmq_ctx.socket(zmq.XSUB)
+        member.linger = 0
+        member.connect(server.endpoint)
+        member.send(b"\x01_zk.presence.jobs")
+        wait_until(lambda: server.stats()["subscriptions"] > subscriptions, 5, "the new member's subscription")
+        announce(b)
+        wait_until(lambda: listed() == [a, b], 5, "B heard again")
+        clock.now += 1.5  # the new settle is over
+        snapshot: list[str] = []
+
+        def ended() -> bool:
+            while member.poll(0):
+                _topic, body = member.recv_multipart()
+                if body == b"":
+                    return True
+                snapshot.append(json.loads(body)["endpoint"])
+            return False
+
+        wait_until(ended, 10, "the end of the snapshot")
+        # Heartbeats are passed on live too (B may come twice); what matters is what came before the end marker.
+        assert sorted(set(snapshot)) == [a, b], "the snapshot was sent before the lost members came back"
+        member.close()
+        announcer.close()
