@@ -44,13 +44,15 @@ def grow(client: CacheClient, nodes: int) -> dict[str, Any]:
     }
 
 
-def cut(client: CacheClient, nodes: int) -> dict[str, Any]:
+def cut(client: CacheClient, nodes: int, fabric: Fabric) -> dict[str, Any]:
     """Write round after round while one node's host is cut off and healed; every read is checked against the
     last value this client wrote for the key (a hit of anything else is a stale read).
 
     Half the keys are written on every round; the other half once before the cut and once while the node is
     away (off the ring), so the returning node still holds old copies of those: the reads after its return
-    show whether they are ever served.
+    show whether they are ever served. The host is healed when this prints ``WRITTEN``; the client then makes
+    no call until the fabric lists the node again and it has looked at what the node holds (a call would apply
+    its return and clean it first).
     """
     live, parked = KEYS[:500], KEYS[500:]
     latest: dict[str, int] = {}
@@ -75,8 +77,11 @@ def cut(client: CacheClient, nodes: int) -> dict[str, Any]:
     (away,) = endpoints - set(client.ring.nodes)
     print(f"AWAY {away}", flush=True)
     write(parked, max(latest.values()) + 1)
-    # Looked at before each round, so no round reaches the returning node before the direct look below.
-    wait_until(lambda: ring_size(client) == nodes or (round_(), False)[1], 30, "the healed node back on the ring")
+    for _ in range(3):
+        round_()  # rounds while it is away
+    print("WRITTEN", flush=True)
+    listed = lambda: any(e.endpoint == away and e.status == "up" for e in fabric.lookup("cache"))  # noqa: E731
+    wait_until(listed, 30, "the healed node announced again")
     with CacheClient([away], timeout=5.0) as direct:  # what it holds, before this client uses it again
         held = direct.get_many(parked)
         old = sum(1 for key, value in held.items() if value != latest[key])
@@ -103,7 +108,7 @@ def main() -> None:
     fabric = Fabric([fabric_address], interval=0.5)
     with fabric, CacheClient(service="cache", fabric=fabric, timeout=0.5, retries=0, dead_timeout=1.0) as client:
         wait_until(lambda: ring_size(client) == nodes, 20, f"{nodes} nodes on the ring")
-        result = grow(client, nodes) if mode == "grow" else cut(client, nodes)
+        result = grow(client, nodes) if mode == "grow" else cut(client, nodes, fabric)
     print("RESULT " + json.dumps(result), flush=True)
 
 

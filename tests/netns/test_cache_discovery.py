@@ -68,6 +68,7 @@ def test_a_node_host_cut_and_healed_while_a_client_writes_gives_no_stale_read(ho
     client.wait_line("READY", 30)
     h2.cut()
     assert client.wait_line("AWAY", 30) == cut_node  # expired after the fabric's missed-heartbeat limit
+    client.wait_line("WRITTEN", 30)  # written while it is away
     h2.heal()
     measured = result(client)
     print("host cut and healed:", measured)
