@@ -250,6 +250,8 @@ class FabricServer:
             log.info("fabric server heard nobody for a whole expiry window; holding snapshots for %gs", self.settle)
         if entry.status != "down":
             self._silent_after = max(self._silent_after or 0.0, entry.expires_at)
+        elif not len(self._table):
+            self._silent_after = None  # every member left saying so: nothing was lost
 
     def _send(self, entry: Entry) -> None:
         topic = (TOPIC_PREFIX + entry.service).encode()

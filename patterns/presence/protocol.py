@@ -212,6 +212,10 @@ class DirectoryTable:
             self._last_warning = now
             log.warning("ignored a malformed presence announcement (%d so far): %s", self.malformed, error)
 
+    def __len__(self) -> int:
+        """Entries held, expired ones not yet dropped included."""
+        return len(self._entries)
+
     def holds(self, entry: Entry) -> bool:
         """Whether the table has an entry for ``entry``'s service and endpoint."""
         return (entry.service, entry.endpoint) in self._entries

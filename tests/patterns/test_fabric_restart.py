@@ -200,6 +200,20 @@ class _Clock:
         return self.now
 
 
+def _snapshot_ended(member: zmq.Socket, endpoints: list[str]) -> Callable[[], bool]:
+    """A condition: the end marker of ``member``'s snapshot has come (the endpoints before it go to ``endpoints``)."""
+
+    def ended() -> bool:
+        while member.poll(0):
+            _topic, body = member.recv_multipart()
+            if body == b"":
+                return True
+            endpoints.append(json.loads(body)["endpoint"])
+        return False
+
+    return ended
+
+
 @pytest.mark.timeout(30)
 def test_a_fabric_server_that_heard_nobody_for_a_whole_window_settles_again_before_answering(
     zmq_ctx: zmq.Context,
@@ -238,17 +252,37 @@ def test_a_fabric_server_that_heard_nobody_for_a_whole_window_settles_again_befo
         wait_until(lambda: listed() == [a, b], 5, "B heard again")
         clock.now += 1.5  # the new settle is over
         snapshot: list[str] = []
-
-        def ended() -> bool:
-            while member.poll(0):
-                _topic, body = member.recv_multipart()
-                if body == b"":
-                    return True
-                snapshot.append(json.loads(body)["endpoint"])
-            return False
-
-        wait_until(ended, 10, "the end of the snapshot")
+        wait_until(_snapshot_ended(member, snapshot), 10, "the end of the snapshot")
         # Heartbeats are passed on live too (B may come twice); what matters is what came before the end marker.
         assert sorted(set(snapshot)) == [a, b], "the snapshot was sent before the lost members came back"
+        member.close()
+        announcer.close()
+
+
+@pytest.mark.timeout(30)
+def test_a_fabric_server_whose_members_all_left_saying_so_does_not_settle_again(zmq_ctx: zmq.Context) -> None:
+    clock = _Clock()
+    with FabricServer("tcp://127.0.0.1:0", settle=1.0, clock=clock) as server:
+        announcer = zmq_ctx.socket(zmq.XSUB)
+        announcer.linger = 0
+        announcer.connect(server.endpoint)
+
+        def announce(endpoint: str, status: str) -> None:
+            body = {"service": "jobs", "endpoint": endpoint, "status": status, "interval": 1, "node": "raw"}
+            announcer.send(ANNOUNCE + json.dumps(body).encode())
+
+        clock.now += 2  # past the start's own settle
+        announce("tcp://10.9.6.3:1", "up")
+        announce("tcp://10.9.6.3:1", "down")
+        wait_until(lambda: server.stats()["announcements"] == 2, 5, "both announcements taken")
+        clock.now += 10
+        announce("tcp://10.9.6.4:1", "up")
+        wait_until(lambda: server.stats()["announcements"] == 3, 5, "the next one taken")
+        member = zmq_ctx.socket(zmq.XSUB)
+        member.linger = 0
+        member.connect(server.endpoint)
+        member.send(b"\x01_zk.presence.jobs")
+        # The clock stands still: only a snapshot answered at once can end.
+        wait_until(_snapshot_ended(member, []), 10, "the snapshot, answered at once")
         member.close()
         announcer.close()
