@@ -24,9 +24,9 @@ hinted for it, and its return is a rejoin like a dead node's. What was written i
 recorded per node that took it (:meth:`ClientCore._stood_in`); once the node has rejoined, those nodes delete
 it before they serve again (:meth:`ClientCore._displaced`), so no later leave exposes it. A node new to the
 client after the client's first write is flushed before it serves: it may hold copies older than this client's
-writes. It is also *late*: the nodes it took keys from keep this client's older copies of them, so the keys
-written to it are recorded until its first leave, and the nodes that would serve them in its place delete them
-before they next serve (:meth:`ClientCore._release_late`): when it leaves, or in batches of ``max_hints``.
+writes. It is also *late*, for good: the nodes it took keys from keep this client's older copies of them, so
+the keys written to it are recorded, and the nodes that would serve them in its place delete them before they
+next serve (:meth:`ClientCore._release_late`) whenever it leaves or is given up on as dead, and in batches.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from zmqkit.security import Curve
 from zmqkit.sockets import SocketOptions, resolve_options
 
 from .actions import Batch, Call, Compute, Op, Reply, Sleep
-from .health import Health, NodeHealth
+from .health import Health, Late, NodeHealth
 from .keys import Key, canonical, key_bytes
 from .protocol import GET_OPCODE, HEADER, Status, encode_request, pack_list, u32, u64, unpack_list
 from .ring import DEFAULT_VNODES, HashRing
@@ -231,11 +231,13 @@ class ClientCore:
             if added:
                 self.endpoints.extend(node.endpoint for node in added)
                 self.known_ring = HashRing(self.endpoints, vnodes=self.vnodes)
-            self.ring = HashRing(up, vnodes=self.vnodes)
+            ring = HashRing(up, vnodes=self.vnodes)
+            # Before any call can use the new ring, the nodes it sends a late node's keys to must be marked.
+            for node, written in released:
+                self._release_late(node, written)
+            self.ring = ring
             self.req_gets = {}  # routes of the old ring
             self.applied = version
-            for node, keys in released:
-                self._release_late(node, keys)
         if added:
             self._nodes_added()
 
@@ -357,16 +359,17 @@ class ClientCore:
         (node, reply or None) is the outcome of a one-key request the fast path already made: it answers the
         first request when that goes to the same node.
         """
+        if write and not self.wrote:
+            with self._follow_lock:  # a membership change applied meanwhile sees it: its new nodes are late
+                self.wrote = True
         if self.members.version != self.applied:
             self.follow()
         wait = self._wait(timeout)
         health = self.health
         nodes = health.nodes
         hinted: dict[int, list[NodeHealth]] | None = None  # writes: key index -> nodes hinted for it
-        if write:
-            self.wrote = True
-            if health.away:
-                hinted = self._hint_away(keys)
+        if write and health.away:
+            hinted = self._hint_away(keys)
         out: dict[int, Reply] = {}
         given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
         if health.healthy and self.replicas == 1:
@@ -393,7 +396,7 @@ class ClientCore:
                 reply = replies.get(call.rid)
                 if reply is None:
                     self._check_refused(call.node)
-                    if health.failed(node, [keys[i] for i in call.items] if write else []):
+                    if self._failed(node, [keys[i] for i in call.items] if write else []):
                         given_up += [(i, call.node) for i in call.items]
                         if write:
                             hinted = _add_hinted(hinted, call.items, node)
@@ -467,7 +470,7 @@ class ClientCore:
                 reply = replies.get(call.rid)
                 if reply is None or call.node in not_rejoined:
                     self._check_refused(call.node)
-                    if health.failed(node, [keys[i] for i in call.items] if write else []):
+                    if self._failed(node, [keys[i] for i in call.items] if write else []):
                         for i in call.items:
                             tried[i].add(call.node)
                         if write:
@@ -525,40 +528,54 @@ class ClientCore:
         for (node, target), stood in written.items():
             self.health.stood_in(node, target, stood)
 
+    def _failed(self, node: NodeHealth, keys: list[bytes]) -> bool:
+        """:meth:`Health.failed`; a late node given up on as dead hands back its keys before reads fail over."""
+        dead = self.health.failed(node, keys)
+        if dead and node.late:
+            self._release_late(node, self.health.take_late(node))
+        return dead
+
     def _wrote_late(self, calls: list[Call], keys: list[bytes]) -> None:
-        """Record the keys written to late nodes (see the module docstring); release a batch when one is due."""
+        """Record the keys written to late nodes, each with the other nodes it went to (see the module
+        docstring); hand back what is due."""
+        targets: dict[int, list[int]] = {}  # key index -> the nodes this batch writes it to
+        for call in calls:
+            if not call.rejoin:
+                for i in call.items:
+                    targets.setdefault(i, []).append(call.node)
         nodes = self.health.nodes
         for call in calls:
             node = nodes[call.node]
             if node.late and not call.rejoin:
-                batch = self.health.wrote_late(node, [keys[i] for i in call.items])
-                if batch:
-                    self._release_late(node, batch)
+                written = {keys[i]: tuple(t for t in targets[i] if t != call.node) for i in call.items}
+                due = self.health.wrote_late(node, written)
+                if due is None or due:
+                    self._release_late(node, due)
 
-    def _release_late(self, late: NodeHealth, keys: list[bytes] | None) -> None:
-        """``keys`` were written to ``late``: each node that would serve one of them in its place (it may keep
-        this client's copy from before ``late`` joined) deletes it before it next serves; so does each node off
-        the ring or dead before that one (it may own the key again). The nodes that take the writes with it
-        (``replicas``) keep theirs. With ``None`` (not listed), every other node is flushed."""
+    def _release_late(self, late: NodeHealth, written: Late) -> None:
+        """The keys written to ``late`` (``{key: the other nodes that took the write}``, from
+        :meth:`Health.take_late`): each node that may serve one in its place, and may keep this client's copy
+        from before ``late`` joined, deletes it before it next serves. That is every node after the key's
+        start in its order over all known nodes, except those that took the write, up to ``replicas`` nodes
+        up that are not late (a late one's own leave would not hand the key back); nodes away or dead on the
+        way delete it when they return. With ``None`` (not listed), every other node is flushed."""
         health = self.health
-        if keys is None:
+        if written is None:
             health.flush_others(late)
             return
         by_endpoint, replicas = health.by_endpoint, self.replicas
         stale: dict[NodeHealth, list[bytes]] = {}
-        for key in keys:
-            owners = 1  # late itself
+        for key, took in written.items():
+            passed = 0
             for endpoint in self.known_ring.iter_nodes(key):
                 node = by_endpoint[endpoint]
-                if node is late:
-                    continue
-                up = not node.away and node.dead_until is None
-                if up and owners < replicas:
-                    owners += 1  # it takes the writes too
+                if node is late or node.index in took:
                     continue
                 stale.setdefault(node, []).append(key)
-                if up:
-                    break
+                if not node.away and node.dead_until is None and not node.late:
+                    passed += 1
+                    if passed >= replicas:
+                        break
         for node, held in stale.items():
             health.stale(node, held)
 

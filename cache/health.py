@@ -10,10 +10,11 @@ and would serve them if the node left again (after newer writes to it). So a nod
 stood in for it, the keys written there (:meth:`Health.stood_in`); when it is alive again, :meth:`Health.rejoined`
 hands them back, and those nodes are made to delete them before they serve again (:meth:`Health.stale`).
 
-A node new to the client after its first write is *late*: the nodes it took keys from keep this client's older
-copies of them. Until its first leave, the keys written to it are recorded (:meth:`Health.wrote_late`) and
-handed back when it leaves, or in batches of ``max_hints`` while it stays; the client makes the nodes that would
-serve them in its place delete them (:meth:`Health.stale`). After its first leave, the records above cover it.
+A node new to the client after its first write is *late*, for good: the nodes it took keys from keep this
+client's older copies of them, which no record above lists. So the keys written to a late node are recorded,
+each with the nodes that took the same write (:meth:`Health.wrote_late`), and handed back whenever it leaves or
+is given up on as dead, and in batches while it stays (:meth:`Health.take_late`); the client makes the nodes
+that would serve them in its place delete them (:meth:`Health.stale`).
 
 >>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
 >>> node = health.nodes[0]
@@ -28,10 +29,14 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
+from typing import TypeAlias
 
-__all__ = ["Health", "NodeHealth"]
+__all__ = ["Health", "Late", "NodeHealth"]
 
 log = logging.getLogger(__name__)
+
+# What a late node hands back: {key: indexes of the other nodes that took its latest write}; None: not listed.
+Late: TypeAlias = dict[bytes, tuple[int, ...]] | None
 
 
 class NodeHealth:
@@ -62,9 +67,10 @@ class NodeHealth:
         # Keys written to other nodes in its place, {node index: keys} (None: too many to list); stood: how many.
         self.stand_ins: dict[int, set[bytes]] | None = {}
         self.stood = 0
-        # New after the client's first write, and not away since: keys written to it (see the module docstring).
+        # New after the client's first write (see the module docstring): keys written to it since they were last
+        # handed back, each with the indexes of the nodes that took the same write.
         self.late = False
-        self.late_keys: set[bytes] = set()
+        self.late_keys: dict[bytes, tuple[int, ...]] = {}
 
 
 class Health:
@@ -84,18 +90,15 @@ class Health:
         self.late = False  # some node is late: writes to it are recorded
         self._lock = threading.Lock()
 
-    def follow(
-        self, up: list[str], suspect_new: bool
-    ) -> tuple[list[NodeHealth], list[tuple[NodeHealth, list[bytes] | None]]]:
+    def follow(self, up: list[str], suspect_new: bool) -> tuple[list[NodeHealth], list[tuple[NodeHealth, Late]]]:
         """Apply membership: ``up`` are the endpoints on the ring now; the others are away. Returns the nodes
-        new to this client, and each late node that left with the keys written to it (None: not listed, with
-        ``max_hints=0``). With ``suspect_new`` (this client has written), a new node is flushed before it
-        serves: it may hold copies older than this client's writes (it may be one that was away before this
-        client started); it is late."""
+        new to this client, and each late node that left with what :meth:`take_late` hands back. With
+        ``suspect_new`` (this client has written), a new node is flushed before it serves: it may hold copies
+        older than this client's writes (it may be one that was away before this client started); it is late."""
         with self._lock:
             now = self.clock()
             added = []
-            released: list[tuple[NodeHealth, list[bytes] | None]] = []
+            released: list[tuple[NodeHealth, Late]] = []
             for endpoint in up:
                 node = self.by_endpoint.get(endpoint)
                 if node is None:
@@ -119,8 +122,7 @@ class Health:
                     node.dead_until = None
                     node.failures = 0
                     if node.late:
-                        released.append((node, list(node.late_keys) if self.max_hints else None))
-                        node.late, node.late_keys = False, set()
+                        released.append((node, self._take_late(node)))
             self.away = [n for n in self.nodes if n.away]
             self.late = any(n.late for n in self.nodes)
             self.healthy = bool(up) and all(n.dead_until is None for n in self.nodes)
@@ -161,20 +163,31 @@ class Health:
             if node.stood > self.max_hints:
                 node.stand_ins = None
 
-    def wrote_late(self, node: NodeHealth, keys: list[bytes]) -> list[bytes] | None:
-        """``keys`` are written to ``node``, late (see the module docstring). Returns the keys whose older copies
-        elsewhere must be deleted now: all of them when ``node`` left while this write was in flight (its leave
-        has been handled already), a batch when its list reached ``max_hints``; else None."""
+    def wrote_late(self, node: NodeHealth, written: dict[bytes, tuple[int, ...]]) -> Late:
+        """``written`` (key: the other nodes the write went to) went to ``node``, late. Returns what the client
+        must hand back now (see :meth:`take_late`): everything when ``node`` is away or given up on as dead (that
+        may have been handled while this write was in flight), a batch when its list is half full (so a batch
+        fits in the hints of the node that takes it); else ``{}``."""
         with self._lock:
-            if not node.late:
-                return keys
-            if not self.max_hints:
-                return None  # not listed: every other node is flushed when it leaves
-            node.late_keys.update(keys)
-            if len(node.late_keys) < self.max_hints:
-                return None
-            batch, node.late_keys = list(node.late_keys), set()
-            return batch
+            if self.max_hints:
+                node.late_keys.update(written)
+            given_up = node.away or not self.usable(node, self.clock())  # not merely rejoining
+            if given_up or len(node.late_keys) >= max(1, self.max_hints // 2):
+                return self._take_late(node)
+            return {}
+
+    def take_late(self, node: NodeHealth) -> Late:
+        """Hand back the keys written to late ``node`` (when it is given up on as dead): ``{key: the other
+        nodes that took the write}``, or None when nothing is listed (``max_hints=0``: every other node must be
+        flushed instead)."""
+        with self._lock:
+            return self._take_late(node)
+
+    def _take_late(self, node: NodeHealth) -> Late:
+        if not self.max_hints:
+            return None
+        taken, node.late_keys = node.late_keys, {}
+        return taken
 
     def stale(self, node: NodeHealth, keys: list[bytes] | None) -> None:
         """``node`` may hold copies of ``keys`` (None: of anything) older than this client's writes: it deletes

@@ -231,6 +231,26 @@ class Comings:
         self.away()
 
 
+@contextlib.contextmanager
+def joined_late(fabric: Fabric, client: Any, node: CacheNode) -> Iterator[Announcer]:
+    """Announce ``node`` (after ``client`` has written: late to it); yields once it is on the client's ring."""
+    assert node.endpoint is not None
+    announcer = Announcer(fabric, "cache", [node.endpoint])
+    try:
+        wait_until(lambda: on_ring(client, node.endpoint), 3.0, "the late node on the ring")
+        yield announcer
+    finally:
+        announcer.close()
+
+
+def ordered(client: Any, *nodes: CacheNode) -> list[str]:
+    """The keys whose order over the client's ring is ``nodes`` (their failover order)."""
+    order = [node.endpoint for node in nodes]
+    keys = [key for key in KEYS if list(client.ring.iter_nodes(client.key_bytes(key))) == order]
+    assert keys, f"no key ordered {order}"
+    return keys
+
+
 def owned_by(client: Any, endpoint: str) -> list[str]:
     keys = [key for key in KEYS if client.node_for(key) == endpoint]
     assert keys, f"no key owned by {endpoint}"
@@ -329,6 +349,110 @@ def test_a_node_new_after_the_first_write_leaves_no_stale_copy_on_the_node_it_to
                 assert set(kept.values()) <= {"before N"}
             finally:
                 comings.close()
+
+
+def test_a_late_node_stays_late_after_its_first_leave(fabric: Fabric) -> None:
+    """N, new after the first write, leaves with nothing written to it and comes back; only then is it written
+    to. Y still holds the copies from before N first joined: N's second leave must not expose them."""
+    with CacheNode() as n, CacheNode(announce="cache", fabric=fabric) as y:
+        n.start()
+        y.start()
+        assert n.endpoint is not None
+        with CacheClient(service="cache", fabric=fabric) as client:
+            wait_until(lambda: on_ring(client, y.endpoint), 3.0, "Y on the ring")
+            assert client.set_many({key: "before N" for key in KEYS}) == []
+            with joined_late(fabric, client, n) as announcer:
+                taken = owned_by(client, n.endpoint)
+                assert set(client.get_many(taken).values()) == set()  # N was flushed, serves: nothing written
+                announcer.maintenance()
+                wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
+                announcer.up()
+                wait_until(lambda: on_ring(client, n.endpoint), 3.0, "N back on the ring")
+                assert client.set_many({key: "on N" for key in taken}) == []
+                announcer.maintenance()
+                wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring again")
+                assert set(client.get_many(taken).values()) <= {"on N"}
+
+
+def test_two_late_nodes_in_a_row_leave_no_stale_copy_behind_them(fabric: Fabric) -> None:
+    """Keys ordered N2, N1, Y, first written on Y; N1 then N2 join; the keys are written to N2 only. When N2
+    leaves they go to N1 (never written them), and when N1 leaves too, to Y: neither may serve an older copy."""
+    with CacheNode() as n1, CacheNode() as n2, CacheNode(announce="cache", fabric=fabric) as y:
+        for node in (n1, n2, y):
+            node.start()
+        with CacheClient(service="cache", fabric=fabric) as client:
+            wait_until(lambda: on_ring(client, y.endpoint), 3.0, "Y on the ring")
+            assert client.set_many({key: "before" for key in KEYS}) == []
+            with joined_late(fabric, client, n1) as a1:
+                client.get_many(KEYS)  # N1 rejoined (flushed) and serves
+                with joined_late(fabric, client, n2) as a2:
+                    keys = ordered(client, n2, n1, y)
+                    assert client.set_many({key: "on N2" for key in keys}) == []
+                    a2.maintenance()
+                    wait_until(lambda: not on_ring(client, n2.endpoint), 3.0, "N2 off the ring")
+                    assert set(client.get_many(keys).values()) <= {"on N2"}
+                    a1.maintenance()
+                    wait_until(lambda: not on_ring(client, n1.endpoint), 3.0, "N1 off the ring")
+                    values = client.get_many(keys)
+                    assert set(values.values()) <= {"on N2"}, f"{len(values)} stale reads from Y"
+
+
+@pytest.mark.parametrize("last", ["set", "delete"])
+def test_a_late_node_that_stops_answering_hands_its_keys_back_before_reads_fail_over(fabric: Fabric, last: str) -> None:
+    """N, late, is written to (or its keys deleted), then stops answering while still announced up: once the
+    client gives up on it, reads of its keys fail over to Y, which must not serve the copies from before N."""
+    with CacheNode() as n, CacheNode(announce="cache", fabric=fabric) as y:
+        n.start()
+        y.start()
+        assert n.endpoint is not None
+        with CacheClient(service="cache", fabric=fabric, timeout=0.3, retries=1, dead_timeout=30) as client:
+            wait_until(lambda: on_ring(client, y.endpoint), 3.0, "Y on the ring")
+            assert client.set_many({key: "before N" for key in KEYS}) == []
+            with joined_late(fabric, client, n):
+                taken = owned_by(client, n.endpoint)
+                if last == "set":
+                    assert client.set_many({key: "on N" for key in taken}) == []
+                else:
+                    assert client.delete_many(taken) == 0  # N was flushed: nothing to delete there
+                n.stop()
+                first = client.get(taken[0])  # times out twice: N is dead, the read fails over to Y
+                assert client.node_state()[n.endpoint] == "dead"
+                values = client.get_many(taken)
+                assert first in ("on N", None) and set(values.values()) <= {"on N"}, "stale reads from Y"
+
+
+@pytest.mark.parametrize("gone", ["dead", "away"])
+def test_with_replicas_a_copy_that_never_took_the_late_write_is_deleted_when_its_partner_is_gone(
+    fabric: Fabric, gone: str
+) -> None:
+    """replicas=2, keys ordered N, X, Z, first written on X and Z; N (late) and X take the newer write; X then
+    dies (or leaves), then N leaves: Z, which never took the newer write, must not serve its older copy."""
+    with CacheNode() as n, CacheNode() as x, CacheNode(announce="cache", fabric=fabric) as z:
+        for node in (n, x, z):
+            node.start()
+        assert x.endpoint is not None
+        ax = Announcer(fabric, "cache", [x.endpoint])
+        try:
+            with CacheClient(service="cache", fabric=fabric, replicas=2, timeout=0.3, dead_timeout=30) as client:
+                both = lambda: on_ring(client, x.endpoint) and on_ring(client, z.endpoint)  # noqa: E731
+                wait_until(both, 3.0, "X and Z on the ring")
+                assert client.set_many({key: "before N" for key in KEYS}) == []
+                with joined_late(fabric, client, n) as an:
+                    keys = ordered(client, n, x, z)
+                    assert client.set_many({key: "on N and X" for key in keys}) == []
+                    if gone == "dead":
+                        x.stop()
+                        client.set(next(k for k in KEYS if client.node_for(k) == x.endpoint), "probe")  # given up
+                    else:
+                        ax.maintenance()
+                        wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "X off the ring")
+                    assert client.node_state()[x.endpoint] == gone
+                    an.maintenance()
+                    wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
+                    values = client.get_many(keys)
+                    assert set(values.values()) <= {"on N and X"}, f"{len(values)} stale reads from Z"
+        finally:
+            ax.close()
 
 
 def test_with_replicas_a_late_nodes_leave_deletes_the_old_copy_and_keeps_the_other_replica(fabric: Fabric) -> None:

@@ -83,20 +83,23 @@ def test_too_many_copies_to_list_become_unknown_and_a_late_one_is_stale_at_once(
     assert b.hints == {b"5"} and health.state()["tcp://b:1"] == "rejoining"
 
 
-def test_a_node_new_after_the_first_write_is_late_until_it_leaves(clock: FakeClock) -> None:
-    health = make(clock)  # max_hints=3
+def test_a_node_new_after_the_first_write_is_late_for_good(clock: FakeClock) -> None:
+    health = make(clock, max_hints=6)  # a batch is handed back at half of max_hints
     added, released = health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=True)
     (c,) = added
     assert c.late and health.late and released == []
-    assert health.wrote_late(c, [b"1", b"2"]) is None  # listed
-    assert sorted(health.wrote_late(c, [b"2", b"3"]) or []) == [b"1", b"2", b"3"]  # the list is full: a batch
-    assert c.late_keys == set()
-    assert health.wrote_late(c, [b"4"]) is None
+    health.rejoined(c, health.rejoin_request(c))  # flushed: alive
+    assert health.wrote_late(c, {b"1": (), b"2": (0,)}) == {}  # listed, with the nodes that took the write too
+    assert health.wrote_late(c, {b"3": ()}) == {b"1": (), b"2": (0,), b"3": ()}  # half full: a batch
+    assert health.wrote_late(c, {b"4": ()}) == {}
     _, released = health.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)
-    assert released == [(c, [b"4"])] and not c.late and not health.late
-    assert health.wrote_late(c, [b"5"]) == [b"5"]  # written while it left: released at once
+    assert released == [(c, {b"4": ()})] and c.late_keys == {}
+    assert health.wrote_late(c, {b"5": ()}) == {b"5": ()}  # written as it left: handed back at once
     health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=True)
-    assert not c.late  # back from away: the records of writes made in its place cover it now
+    assert c.late and health.late  # back: still late (the nodes it took keys from may keep older copies)
+    health.rejoined(c, health.rejoin_request(c))
+    health.wrote_late(c, {b"6": ()})
+    assert health.take_late(c) == {b"6": ()}  # given up on as dead: the client hands them back
 
 
 def test_a_node_new_before_the_first_write_is_not_late_and_max_hints_0_lists_nothing(clock: FakeClock) -> None:
@@ -105,5 +108,6 @@ def test_a_node_new_before_the_first_write_is_not_late_and_max_hints_0_lists_not
     assert not c.late and not health.late
     unlisted = make(clock, max_hints=0)
     (d,) = unlisted.follow(["tcp://a:1", "tcp://b:1", "tcp://d:1"], suspect_new=True)[0]
-    assert unlisted.wrote_late(d, [b"1"]) is None and d.late_keys == set()
+    unlisted.rejoined(d, unlisted.rejoin_request(d))
+    assert unlisted.wrote_late(d, {b"1": ()}) == {} and d.late_keys == {}
     assert unlisted.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)[1] == [(d, None)]  # flush the others
