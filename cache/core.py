@@ -26,7 +26,7 @@ it before they serve again (:meth:`ClientCore._displaced`), so no later leave ex
 client after the client's first write is flushed before it serves: it may hold copies older than this client's
 writes. It is also *late*, for good: the nodes it took keys from keep this client's older copies of them, so
 the keys written to it are recorded, and the nodes that would serve them in its place delete them before they
-next serve (:meth:`ClientCore._release_late`) whenever it leaves or is given up on as dead, and in batches.
+next serve (:meth:`ClientCore._release_late`) whenever any node leaves or is given up on as dead, and in batches.
 """
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ class ClientCore:
         self.allow_pickle = isinstance(fallback, PickleCodec)
         self.clock = clock
         self._rids = itertools.count(1)
-        self.req_gets: dict[Key, ReqGet] = {}  # see req_get
+        self.req_gets: dict[Key, ReqGet] = {}  # see _req_get
         self.wrote = False  # whether this client has written yet (nodes new after that are flushed first)
         self.service = service
         self.members: Members | _Fixed = _Fixed()
@@ -232,7 +232,8 @@ class ClientCore:
                 self.endpoints.extend(node.endpoint for node in added)
                 self.known_ring = HashRing(self.endpoints, vnodes=self.vnodes)
             ring = HashRing(up, vnodes=self.vnodes)
-            # Before any call can use the new ring, the nodes it sends a late node's keys to must be marked.
+            # Marked before the ring is published: a reader that sees the new ring (read before its health
+            # check, as _route and fast_get do) sees the marks too.
             for node, written in released:
                 self._release_late(node, written)
             self.ring = ring
@@ -359,11 +360,13 @@ class ClientCore:
         (node, reply or None) is the outcome of a one-key request the fast path already made: it answers the
         first request when that goes to the same node.
         """
-        if write and not self.wrote:
-            with self._follow_lock:  # a membership change applied meanwhile sees it: its new nodes are late
-                self.wrote = True
         if self.members.version != self.applied:
             self.follow()
+        if write and not self.wrote and len(self.ring):
+            with self._follow_lock:  # any membership change applied from now on sees it: its new nodes are late
+                self.wrote = True
+        # Read before the health check: follow() marks the nodes that must rejoin before it publishes a ring.
+        ring = self.ring
         wait = self._wait(timeout)
         health = self.health
         nodes = health.nodes
@@ -374,7 +377,7 @@ class ClientCore:
         given_up: list[tuple[int, int]] = []  # (key index, node) pairs the fast path gave up on
         if health.healthy and self.replicas == 1:
             # The common case, kept lean: every node alive, one copy of each key; no failover bookkeeping.
-            owner, get_node = health.by_endpoint, self.ring.get_node
+            owner, get_node = health.by_endpoint, ring.get_node
             if len(keys) == 1:
                 calls: list[Call] = [self._call(owner[get_node(keys[0])].index, *build([0]), [0])]
             else:
@@ -529,21 +532,25 @@ class ClientCore:
             self.health.stood_in(node, target, stood)
 
     def _failed(self, node: NodeHealth, keys: list[bytes]) -> bool:
-        """:meth:`Health.failed`; a late node given up on as dead hands back its keys before reads fail over."""
+        """:meth:`Health.failed`; when a node is given up on as dead, the late nodes hand back their keys before
+        reads fail over (see :meth:`_release_late`)."""
         dead = self.health.failed(node, keys)
-        if dead and node.late:
-            self._release_late(node, self.health.take_late(node))
+        if dead and self.health.late:
+            for late, written in self.health.take_all_late():
+                self._release_late(late, written)
         return dead
 
     def _wrote_late(self, calls: list[Call], keys: list[bytes]) -> None:
         """Record the keys written to late nodes, each with the other nodes it went to (see the module
         docstring); hand back what is due."""
+        nodes = self.health.nodes
+        if not any(nodes[call.node].late for call in calls):
+            return
         targets: dict[int, list[int]] = {}  # key index -> the nodes this batch writes it to
         for call in calls:
             if not call.rejoin:
                 for i in call.items:
                     targets.setdefault(i, []).append(call.node)
-        nodes = self.health.nodes
         for call in calls:
             node = nodes[call.node]
             if node.late and not call.rejoin:
@@ -554,11 +561,13 @@ class ClientCore:
 
     def _release_late(self, late: NodeHealth, written: Late) -> None:
         """The keys written to ``late`` (``{key: the other nodes that took the write}``, from
-        :meth:`Health.take_late`): each node that may serve one in its place, and may keep this client's copy
-        from before ``late`` joined, deletes it before it next serves. That is every node after the key's
-        start in its order over all known nodes, except those that took the write, up to ``replicas`` nodes
-        up that are not late (a late one's own leave would not hand the key back); nodes away or dead on the
-        way delete it when they return. With ``None`` (not listed), every other node is flushed."""
+        :meth:`Health.take_late`): each node that may serve one once ``late`` or a node that took the write
+        with it is gone, and may keep this client's copy from before ``late`` joined, deletes it before it next
+        serves. That is every node after ``late`` in the key's order over all known nodes, except those that
+        took the write, up to ``replicas`` nodes up that are not late (a late one's own departure would not hand
+        the key back); nodes away or dead on the way delete it when they return. (Nodes before ``late`` that
+        missed the write were hinted for it when it was made.) With ``None`` (not listed), every other node is
+        flushed."""
         health = self.health
         if written is None:
             health.flush_others(late)
@@ -567,9 +576,13 @@ class ClientCore:
         stale: dict[NodeHealth, list[bytes]] = {}
         for key, took in written.items():
             passed = 0
+            after = False
             for endpoint in self.known_ring.iter_nodes(key):
                 node = by_endpoint[endpoint]
-                if node is late or node.index in took:
+                if node is late:
+                    after = True
+                    continue
+                if not after or node.index in took:
                     continue
                 stale.setdefault(node, []).append(key)
                 if not node.away and node.dead_until is None and not node.late:
@@ -627,31 +640,30 @@ class ClientCore:
     # -- the fast path: a get that skips its generator (the runners' _get_fast) -------------------------------
 
     def fast_get(self, key: Key) -> ReqGet | None:
-        """The key's get as one REQ request to its node (see :meth:`req_get`) while a get may skip its generator:
+        """The key's get as one REQ request to its node (see :meth:`_req_get`) while a get may skip its generator:
         one copy per key, every node alive; else None."""
         if self.members.version != self.applied:
             self.follow()
+        # Both read before the health check: follow() marks the nodes that must rejoin before it publishes them.
+        memo, ring = self.req_gets, self.ring
         if self.replicas != 1 or not self.health.healthy:
             return None
         kind = type(key)
-        route = self.req_gets.get(key) if kind is str or kind is bytes or kind is int else None
-        return self.req_get(key) if route is None else route
+        route = memo.get(key) if kind is str or kind is bytes or kind is int else None
+        return self._req_get(key, ring, memo) if route is None else route
 
-    def req_get(self, key: Key) -> ReqGet | None:
-        """A get of ``key`` as one REQ request to its node, when a get may skip its generator (one copy per key;
-        the runner checks that the node is alive, as routing would only send it there then); else None.
-        Remembered in :attr:`req_gets` for str, bytes and int keys (a lookup checks the exact type first: True
-        equals 1, 1.0 equals 1), so the next get of the key costs a dict lookup until the ring changes (:meth:`follow`
-        starts the memo over)."""
-        if self.replicas != 1:
-            return None
+    def _req_get(self, key: Key, ring: HashRing, memo: dict[Key, ReqGet]) -> ReqGet:
+        """A get of ``key`` as one REQ request to its node on ``ring``. Remembered in ``memo`` (the
+        :attr:`req_gets` of that ring: a route never outlives its ring) for str, bytes and int keys (a lookup
+        checks the exact type first: True equals 1, 1.0 equals 1), so the next get of the key costs a dict
+        lookup until the ring changes (:meth:`follow` starts the memo over)."""
         k = self.key_bytes(key)
-        node = self.health.by_endpoint[self.ring.get_node(k)]
+        node = self.health.by_endpoint[ring.get_node(k)]
         route = (HEADER + REQ_RID + GET_OPCODE + k, node.index, node, k)
         if type(key) is str or type(key) is bytes or type(key) is int:
-            if len(self.req_gets) >= _REQ_GETS_MAX:
-                self.req_gets.clear()
-            self.req_gets[key] = route
+            if len(memo) >= _REQ_GETS_MAX:
+                memo.clear()
+            memo[key] = route
         return route
 
     def fast_value(self, node: int, reply: Reply | None, default: Value) -> tuple[bool, Value]:

@@ -12,9 +12,10 @@ hands them back, and those nodes are made to delete them before they serve again
 
 A node new to the client after its first write is *late*, for good: the nodes it took keys from keep this
 client's older copies of them, which no record above lists. So the keys written to a late node are recorded,
-each with the nodes that took the same write (:meth:`Health.wrote_late`), and handed back whenever it leaves or
-is given up on as dead, and in batches while it stays (:meth:`Health.take_late`); the client makes the nodes
-that would serve them in its place delete them (:meth:`Health.stale`).
+each with the nodes that took the same write (:meth:`Health.wrote_late`), and handed back whenever any node
+leaves or is given up on as dead (the late one, or one that took a write with it: either way the nodes behind
+may now be read), and in batches while it stays (:meth:`Health.take_all_late`); the client makes the nodes that
+would serve them in their place delete them (:meth:`Health.stale`).
 
 >>> health = Health(["tcp://a:1", "tcp://b:1"], retries=1, dead_timeout=10, max_hints=10_000, clock=clock)
 >>> node = health.nodes[0]
@@ -52,6 +53,7 @@ class NodeHealth:
         "index",
         "late",
         "late_keys",
+        "late_written",
         "stand_ins",
         "stood",
     )
@@ -71,6 +73,7 @@ class NodeHealth:
         # handed back, each with the indexes of the nodes that took the same write.
         self.late = False
         self.late_keys: dict[bytes, tuple[int, ...]] = {}
+        self.late_written = False  # written to since they were handed back (what max_hints=0 keeps instead)
 
 
 class Health:
@@ -92,13 +95,13 @@ class Health:
 
     def follow(self, up: list[str], suspect_new: bool) -> tuple[list[NodeHealth], list[tuple[NodeHealth, Late]]]:
         """Apply membership: ``up`` are the endpoints on the ring now; the others are away. Returns the nodes
-        new to this client, and each late node that left with what :meth:`take_late` hands back. With
-        ``suspect_new`` (this client has written), a new node is flushed before it serves: it may hold copies
-        older than this client's writes (it may be one that was away before this client started); it is late."""
+        new to this client, and, when a node left, what :meth:`take_all_late` hands back. With ``suspect_new``
+        (this client has written), a new node is flushed before it serves: it may hold copies older than this
+        client's writes (it may be one that was away before this client started); it is late."""
         with self._lock:
             now = self.clock()
             added = []
-            released: list[tuple[NodeHealth, Late]] = []
+            left = False
             for endpoint in up:
                 node = self.by_endpoint.get(endpoint)
                 if node is None:
@@ -121,12 +124,11 @@ class Health:
                     node.away = True
                     node.dead_until = None
                     node.failures = 0
-                    if node.late:
-                        released.append((node, self._take_late(node)))
+                    left = True
             self.away = [n for n in self.nodes if n.away]
             self.late = any(n.late for n in self.nodes)
             self.healthy = bool(up) and all(n.dead_until is None for n in self.nodes)
-            return added, released
+            return added, self._take_all_late() if left else []
 
     @staticmethod
     def usable(node: NodeHealth, now: float) -> bool:
@@ -169,6 +171,7 @@ class Health:
         may have been handled while this write was in flight), a batch when its list is half full (so a batch
         fits in the hints of the node that takes it); else ``{}``."""
         with self._lock:
+            node.late_written = True
             if self.max_hints:
                 node.late_keys.update(written)
             given_up = node.away or not self.usable(node, self.clock())  # not merely rejoining
@@ -176,18 +179,22 @@ class Health:
                 return self._take_late(node)
             return {}
 
-    def take_late(self, node: NodeHealth) -> Late:
-        """Hand back the keys written to late ``node`` (when it is given up on as dead): ``{key: the other
-        nodes that took the write}``, or None when nothing is listed (``max_hints=0``: every other node must be
-        flushed instead)."""
+    def take_all_late(self) -> list[tuple[NodeHealth, Late]]:
+        """Hand back what every late node was written since the last time (a node was given up on as dead):
+        ``(node, {key: the other nodes that took the write})``, or ``(node, None)`` when it was written to but
+        nothing is listed (``max_hints=0``: every other node must be flushed instead)."""
         with self._lock:
-            return self._take_late(node)
+            return self._take_all_late()
+
+    def _take_all_late(self) -> list[tuple[NodeHealth, Late]]:
+        taken = [(node, self._take_late(node)) for node in self.nodes if node.late and node.late_written]
+        return [(node, written) for node, written in taken if written is None or written]
 
     def _take_late(self, node: NodeHealth) -> Late:
-        if not self.max_hints:
-            return None
+        listed = bool(self.max_hints)
+        node.late_written = False
         taken, node.late_keys = node.late_keys, {}
-        return taken
+        return taken if listed else None
 
     def stale(self, node: NodeHealth, keys: list[bytes] | None) -> None:
         """``node`` may hold copies of ``keys`` (None: of anything) older than this client's writes: it deletes

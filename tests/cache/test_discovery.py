@@ -422,11 +422,13 @@ def test_a_late_node_that_stops_answering_hands_its_keys_back_before_reads_fail_
 
 
 @pytest.mark.parametrize("gone", ["dead", "away"])
-def test_with_replicas_a_copy_that_never_took_the_late_write_is_deleted_when_its_partner_is_gone(
-    fabric: Fabric, gone: str
+@pytest.mark.parametrize("last", ["set", "delete"])
+def test_with_replicas_the_copy_behind_a_late_node_is_never_read_once_its_partner_is_gone(
+    fabric: Fabric, last: str, gone: str
 ) -> None:
-    """replicas=2, keys ordered N, X, Z, first written on X and Z; N (late) and X take the newer write; X then
-    dies (or leaves), then N leaves: Z, which never took the newer write, must not serve its older copy."""
+    """replicas=2, keys ordered N, X, Z, first written on X and Z; N (late) joins and the keys are written (or
+    deleted) on N and X. X then dies (or leaves): a get that misses on N falls back to Z, and once N leaves too
+    Z serves them. Z never took the newer write: its older copy must never be read."""
     with CacheNode() as n, CacheNode() as x, CacheNode(announce="cache", fabric=fabric) as z:
         for node in (n, x, z):
             node.start()
@@ -439,7 +441,11 @@ def test_with_replicas_a_copy_that_never_took_the_late_write_is_deleted_when_its
                 assert client.set_many({key: "before N" for key in KEYS}) == []
                 with joined_late(fabric, client, n) as an:
                     keys = ordered(client, n, x, z)
-                    assert client.set_many({key: "on N and X" for key in keys}) == []
+                    if last == "set":
+                        assert client.set_many({key: "newer" for key in keys}) == []
+                    else:
+                        client.delete_many(keys)
+                    expected = {"newer"} if last == "set" else set()
                     if gone == "dead":
                         x.stop()
                         client.set(next(k for k in KEYS if client.node_for(k) == x.endpoint), "probe")  # given up
@@ -447,12 +453,41 @@ def test_with_replicas_a_copy_that_never_took_the_late_write_is_deleted_when_its
                         ax.maintenance()
                         wait_until(lambda: not on_ring(client, x.endpoint), 3.0, "X off the ring")
                     assert client.node_state()[x.endpoint] == gone
+                    assert client.node_state()[n.endpoint] == "alive"
+                    assert client.get(keys[0]) in expected | {None}, "a stale read through the one-key path"
+                    assert set(client.get_many(keys).values()) <= expected, "stale reads with N up"
                     an.maintenance()
                     wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
-                    values = client.get_many(keys)
-                    assert set(values.values()) <= {"on N and X"}, f"{len(values)} stale reads from Z"
+                    assert set(client.get_many(keys).values()) <= expected, "stale reads from Z"
         finally:
             ax.close()
+
+
+def test_a_late_nodes_leave_keeps_the_newest_copy_on_the_node_before_it(fabric: Fabric) -> None:
+    """Keys ordered A, N, Y (N late): while A is away they are written to N; A returns and takes a newer write;
+    when N leaves, A (before N in the keys' order) keeps that newest copy."""
+    with CacheNode() as a, CacheNode() as n, CacheNode(announce="cache", fabric=fabric) as y:
+        for node in (a, n, y):
+            node.start()
+        assert a.endpoint is not None
+        aa = Announcer(fabric, "cache", [a.endpoint])
+        try:
+            with CacheClient(service="cache", fabric=fabric) as client:
+                wait_until(lambda: on_ring(client, a.endpoint), 3.0, "A on the ring")
+                assert client.set_many({key: "first" for key in KEYS}) == []
+                with joined_late(fabric, client, n) as an:
+                    keys = ordered(client, a, n, y)
+                    aa.maintenance()
+                    wait_until(lambda: not on_ring(client, a.endpoint), 3.0, "A off the ring")
+                    assert client.set_many({key: "on N" for key in keys}) == []
+                    aa.up()
+                    wait_until(lambda: on_ring(client, a.endpoint), 3.0, "A back on the ring")
+                    assert client.set_many({key: "newest" for key in keys}) == []
+                    an.maintenance()
+                    wait_until(lambda: not on_ring(client, n.endpoint), 3.0, "N off the ring")
+                    assert client.get_many(keys) == {key: "newest" for key in keys}
+        finally:
+            aa.close()
 
 
 def test_with_replicas_a_late_nodes_leave_deletes_the_old_copy_and_keeps_the_other_replica(fabric: Fabric) -> None:

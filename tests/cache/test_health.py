@@ -91,15 +91,17 @@ def test_a_node_new_after_the_first_write_is_late_for_good(clock: FakeClock) -> 
     health.rejoined(c, health.rejoin_request(c))  # flushed: alive
     assert health.wrote_late(c, {b"1": (), b"2": (0,)}) == {}  # listed, with the nodes that took the write too
     assert health.wrote_late(c, {b"3": ()}) == {b"1": (), b"2": (0,), b"3": ()}  # half full: a batch
-    assert health.wrote_late(c, {b"4": ()}) == {}
-    _, released = health.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)
-    assert released == [(c, {b"4": ()})] and c.late_keys == {}
+    assert health.wrote_late(c, {b"4": (1,)}) == {}
+    _, released = health.follow(["tcp://a:1", "tcp://c:1"], suspect_new=True)  # B (which took 4 too) left
+    assert released == [(c, {b"4": (1,)})] and c.late_keys == {}
+    _, released = health.follow(["tcp://a:1"], suspect_new=True)  # C leaves: nothing written since
+    assert released == []
     assert health.wrote_late(c, {b"5": ()}) == {b"5": ()}  # written as it left: handed back at once
-    health.follow(["tcp://a:1", "tcp://b:1", "tcp://c:1"], suspect_new=True)
+    health.follow(["tcp://a:1", "tcp://c:1"], suspect_new=True)
     assert c.late and health.late  # back: still late (the nodes it took keys from may keep older copies)
     health.rejoined(c, health.rejoin_request(c))
     health.wrote_late(c, {b"6": ()})
-    assert health.take_late(c) == {b"6": ()}  # given up on as dead: the client hands them back
+    assert health.take_all_late() == [(c, {b"6": ()})]  # a node given up on as dead: the client hands them back
 
 
 def test_a_node_new_before_the_first_write_is_not_late_and_max_hints_0_lists_nothing(clock: FakeClock) -> None:
@@ -109,5 +111,6 @@ def test_a_node_new_before_the_first_write_is_not_late_and_max_hints_0_lists_not
     unlisted = make(clock, max_hints=0)
     (d,) = unlisted.follow(["tcp://a:1", "tcp://b:1", "tcp://d:1"], suspect_new=True)[0]
     unlisted.rejoined(d, unlisted.rejoin_request(d))
+    assert unlisted.take_all_late() == []  # not written to: nothing to hand back
     assert unlisted.wrote_late(d, {b"1": ()}) == {} and d.late_keys == {}
-    assert unlisted.follow(["tcp://a:1", "tcp://b:1"], suspect_new=True)[1] == [(d, None)]  # flush the others
+    assert unlisted.follow(["tcp://a:1", "tcp://d:1"], suspect_new=True)[1] == [(d, None)]  # flush the others
