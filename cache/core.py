@@ -561,7 +561,7 @@ class ClientCore:
 
     def _release_late(self, late: NodeHealth, written: Late) -> None:
         """The keys written to ``late`` (``{key: the other nodes that took the write}``, from
-        :meth:`Health.take_late`): each node that may serve one once ``late`` or a node that took the write
+        :meth:`Health.take_all_late`): each node that may serve one once ``late`` or a node that took the write
         with it is gone, and may keep this client's copy from before ``late`` joined, deletes it before it next
         serves. That is every node after ``late`` in the key's order over all known nodes, except those that
         took the write, up to ``replicas`` nodes up that are not late (a late one's own departure would not hand

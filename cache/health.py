@@ -167,7 +167,7 @@ class Health:
 
     def wrote_late(self, node: NodeHealth, written: dict[bytes, tuple[int, ...]]) -> Late:
         """``written`` (key: the other nodes the write went to) went to ``node``, late. Returns what the client
-        must hand back now (see :meth:`take_late`): everything when ``node`` is away or given up on as dead (that
+        must hand back now (see :meth:`take_all_late`): everything when ``node`` is away or given up on as dead (that
         may have been handled while this write was in flight), a batch when its list is half full (so a batch
         fits in the hints of the node that takes it); else ``{}``."""
         with self._lock:
